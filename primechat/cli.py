@@ -1,0 +1,96 @@
+"""The `primechat` command: one subcommand per pipeline stage.
+
+Each stage lives in its own module exposing `add_arguments(parser)` and `main(args)`; the same module can be run
+directly (`python -m primechat.train.base`, e.g. under torchrun) through `run_module`. Only the chosen stage's
+module is imported, so `primechat data …` never pays for importing torch.
+"""
+
+import argparse
+import importlib
+import sys
+
+from primechat.common import UserError
+
+# command -> (help, module) or (help, {subcommand: (help, module)})
+COMMANDS = {
+    "info": ("show the home folder, device, dtype and what has been produced so far", "primechat.info"),
+    "data": ("pretraining data: download shards, add your own text, build the offline demo corpus", {
+        "download": ("download pretraining shards from the Hugging Face Hub", "primechat.data.download"),
+        "add": ("turn your own text files (txt, jsonl, parquet) into shards", "primechat.data.local"),
+        "demo": ("build the offline demo corpus from Python's own docstrings", "primechat.data.demo"),
+    }),
+    "tokenizer": ("train and evaluate the BPE tokenizer", {
+        "train": ("train a byte-level BPE tokenizer on a dataset's training shards", "primechat.tokenizer"),
+        "eval": ("print and record the tokenizer's compression table", "primechat.eval.tokenizer"),
+    }),
+    "bench": ("benchmarks whose results go into docs/benchmarks.md", {
+        "tokenizer": ("time tokenizer training (rustbpe vs HF tokenizers) and encoding", "primechat.bench.tokenizer"),
+    }),
+}
+
+
+class Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+def _command_path(argv: list[str]) -> list[str]:
+    """The leading non-option words of argv that name a (sub)command, e.g. ['data', 'download']."""
+    path, table = [], COMMANDS
+    for word in argv:
+        if not isinstance(table, dict) or word not in table:
+            break
+        path.append(word)
+        table = table[word][1]
+    return path
+
+
+def build_parser(argv: list[str]) -> argparse.ArgumentParser:
+    chosen = _command_path(argv)
+    parser = argparse.ArgumentParser(prog="primechat", description=__doc__.split("\n")[0], formatter_class=Formatter)
+
+    def add(subparsers, table, prefix):
+        for name, (help_text, target) in table.items():
+            path = prefix + [name]
+            sub = subparsers.add_parser(name, help=help_text, description=help_text, formatter_class=Formatter)
+            if isinstance(target, dict):
+                add(sub.add_subparsers(dest="_".join(path), required=True, metavar="COMMAND"), target, path)
+            elif path == chosen:  # import only the module that will run
+                module = importlib.import_module(target)
+                if module.__doc__:
+                    sub.description = module.__doc__
+                module.add_arguments(sub)
+                sub.set_defaults(run=module.main)
+
+    add(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"), COMMANDS, [])
+    return parser
+
+
+def run_guarded(fn, args) -> int:
+    """Run a stage; a UserError becomes one line on stderr and exit code 2, Ctrl-C exits 130 without a traceback."""
+    try:
+        fn(args)
+    except UserError as e:
+        print(f"primechat: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("primechat: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+def run_module(add_arguments, main, argv=None) -> None:
+    """Entry point for `python -m primechat.<stage>`: the stage's own parser, the same error handling."""
+    parser = argparse.ArgumentParser(formatter_class=Formatter)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    sys.exit(run_guarded(main, args))
+
+
+def main(argv=None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv).parse_args(argv)
+    sys.exit(run_guarded(args.run, args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,140 @@
+"""Shared plumbing: the home folder, user errors, atomic files, progress bars, device, dtype and distributed setup.
+
+Everything primechat produces lives under one home folder ($PRIMECHAT_HOME, else ~/.cache/primechat) with nanochat's
+layout, so a user can find, copy or delete any stage's output by hand:
+
+    base_data/<dataset>/shard_XXXXX.parquet   tokenizer/{tokenizer.pkl,token_bytes.pt}   eval_bundle/
+    base_checkpoints/<tag>/   mid_checkpoints/<tag>/   chatsft_checkpoints/<tag>/   chatrl_checkpoints/<tag>/
+    base_eval/   report/
+"""
+
+import contextlib
+import os
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+
+class UserError(Exception):
+    """A mistake the user can fix (bad flag, missing input). The CLI prints it as one line and exits with code 2."""
+
+
+def home_dir() -> Path:
+    home = Path(os.environ.get("PRIMECHAT_HOME") or Path.home() / ".cache" / "primechat").expanduser()
+    home.mkdir(parents=True, exist_ok=True)
+    return home
+
+
+def base_data_dir() -> Path:
+    return home_dir() / "base_data"
+
+
+def dataset_dir(name: str) -> Path:
+    """Shards of one pretraining corpus: `karpathy/climbmix-400b-shuffle` and `climbmix-400b-shuffle` name the same."""
+    short = name.rstrip("/").split("/")[-1]
+    if not short or short in (".", ".."):
+        raise UserError(f"bad dataset name {name!r}: use OWNER/NAME or NAME")
+    return base_data_dir() / short
+
+
+def tokenizer_dir() -> Path:
+    return home_dir() / "tokenizer"
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike):
+    """Yield a temporary path beside `path`; on success rename it onto `path`, on any failure delete it.
+
+    Readers therefore see either the old complete file or the new complete file, never half of one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def progress(iterable=None, **kwargs):
+    """A tqdm bar (rate and ETA) on stderr; quiet when stderr is not a terminal unless PRIMECHAT_PROGRESS=1."""
+    show = sys.stderr.isatty() or os.environ.get("PRIMECHAT_PROGRESS") == "1"
+    return tqdm(iterable, disable=not show, dynamic_ncols=True, **kwargs)
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Device, dtype, distributed. torch is imported lazily so that data and tokenizer commands start fast.
+
+def autodetect_device() -> str:
+    import torch
+    if torch.cuda.is_available():
+        return "cuda"
+    if torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def compute_dtype(device_type: str):
+    """bf16 on CUDA GPUs that have it (SM 8.0+), fp32 elsewhere; PRIMECHAT_DTYPE=bfloat16|float16|float32 overrides."""
+    import torch
+    name = os.environ.get("PRIMECHAT_DTYPE")
+    if name:
+        if name not in ("bfloat16", "float16", "float32"):
+            raise UserError(f"PRIMECHAT_DTYPE={name} is not one of bfloat16, float16, float32")
+        return getattr(torch, name)
+    if device_type == "cuda" and torch.cuda.get_device_capability()[0] >= 8:
+        return torch.bfloat16
+    return torch.float32
+
+
+def dist_info() -> tuple[bool, int, int, int]:
+    """(is_distributed, rank, local_rank, world_size) from torchrun's environment variables."""
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        return True, int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ["WORLD_SIZE"])
+    return False, 0, 0, 1
+
+
+def is_master() -> bool:
+    return dist_info()[1] == 0
+
+
+def print0(*args, **kwargs):
+    if is_master():
+        print(*args, **kwargs, flush=True)
+
+
+def compute_init(device_type: str = ""):
+    """Seed, pick the device and join the process group when launched by torchrun. Returns (device, rank, world)."""
+    import torch
+    import torch.distributed as dist
+    device_type = device_type or autodetect_device()
+    if device_type == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device-type cuda asked for, but this torch sees no CUDA GPU: drop the flag to use the CPU")
+    torch.manual_seed(42)
+    ddp, rank, local_rank, world = dist_info()
+    if device_type == "cuda":
+        torch.backends.cuda.matmul.fp32_precision = "tf32"
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device(device_type)
+    if ddp and not dist.is_initialized():
+        backend = "nccl" if device_type == "cuda" else "gloo"
+        dist.init_process_group(backend, device_id=device if device_type == "cuda" else None)
+    return device, rank, world
+
+
+def compute_cleanup():
+    import torch.distributed as dist
+    if dist.is_initialized():
+        dist.destroy_process_group()

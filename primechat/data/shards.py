@@ -1,0 +1,69 @@
+"""The pretraining shard format, and which shard is validation.
+
+A dataset is a folder base_data/<name>/ of parquet files `shard_XXXXX.parquet`, each with one `text` column written
+in row groups of 1024 documents (zstd), exactly like nanochat's shards, so shards move freely between the two.
+
+Validation split rule: the folder's `dataset.json` names the validation shard (`val_shard`); every other shard is
+training data. Without a manifest (shards copied in by hand) the last shard in sorted order is validation, as in
+nanochat. For Hub datasets the validation shard is the repo's highest-numbered shard (climbmix-400b-shuffle:
+shard_06542, fineweb-edu-100b-shuffle: shard_01822), always downloaded first.
+"""
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from primechat.common import UserError, atomic_path, dataset_dir
+
+DEFAULT_DATASET = "karpathy/climbmix-400b-shuffle"  # nanochat's current pretraining corpus
+ROW_GROUP_SIZE = 1024
+MANIFEST = "dataset.json"
+
+
+def shard_name(index: int) -> str:
+    return f"shard_{index:05d}.parquet"
+
+
+def write_shard(texts: list[str], path: Path) -> None:
+    """Write one shard atomically: the file appears complete or not at all."""
+    table = pa.table({"text": pa.array(texts, type=pa.string())})
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, row_group_size=ROW_GROUP_SIZE, compression="zstd", compression_level=3,
+                       use_dictionary=False, write_statistics=False)
+
+
+def read_manifest(folder: Path) -> dict:
+    path = folder / MANIFEST
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def write_manifest(folder: Path, **fields) -> None:
+    manifest = {**read_manifest(folder), **fields}
+    with atomic_path(folder / MANIFEST) as tmp:
+        tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+def list_shards(dataset: str) -> tuple[list[Path], Path]:
+    """(train shards, validation shard) of a local dataset, or a UserError saying how to get some."""
+    folder = dataset_dir(dataset)
+    shards = sorted(folder.glob("shard_*.parquet"))
+    if len(shards) < 2:
+        have = sorted(p.name for p in folder.parent.glob("*/") if any(p.glob("shard_*.parquet")))
+        hint = f" (datasets present: {', '.join(have)}; pick one with --dataset)" if have else ""
+        raise UserError(f"dataset {folder.name!r} needs at least 2 shards (train + val) in {folder}, found "
+                        f"{len(shards)}: run `primechat data download -n 8`, `primechat data demo` or "
+                        f"`primechat data add FILES`{hint}")
+    val_name = read_manifest(folder).get("val_shard")
+    val = folder / val_name if val_name and (folder / val_name).exists() else shards[-1]
+    return [p for p in shards if p != val], val
+
+
+def iter_texts(paths: list[Path], start_rank: int = 0, stride: int = 1):
+    """Yield (text, shard_index, row_group_index) over the row groups rank, rank+stride, … of every shard in turn."""
+    for shard_index, path in enumerate(paths):
+        pf = pq.ParquetFile(path)
+        for rg in range(start_rank, pf.num_row_groups, stride):
+            for text in pf.read_row_group(rg, columns=["text"]).column("text").to_pylist():
+                yield text, shard_index, rg
