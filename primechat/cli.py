@@ -23,6 +23,9 @@ COMMANDS = {
         "train": ("train a byte-level BPE tokenizer on a dataset's training shards", "primechat.tokenizer"),
         "eval": ("print and record the tokenizer's compression table", "primechat.eval.tokenizer"),
     }),
+    "train": ("train a model", {
+        "base": ("pretrain a base model (everything derives from --depth)", "primechat.train.base"),
+    }),
     "bench": ("benchmarks whose results go into docs/benchmarks.md", {
         "tokenizer": ("time tokenizer training (rustbpe vs HF tokenizers) and encoding", "primechat.bench.tokenizer"),
     }),

@@ -138,3 +138,18 @@ def compute_cleanup():
     import torch.distributed as dist
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+# Dense bf16 tensor-core peaks (FLOP/s) from the vendors' datasheets, for MFU; matched against the device name.
+PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "H800": 989e12, "B200": 2250e12, "GH200": 989e12,
+                   "A100": 312e12, "A800": 312e12, "L40S": 362e12, "L4": 121e12, "A10G": 70e12, "A10": 125e12,
+                   "RTX 4090": 165e12, "RTX 3090": 71e12, "V100": 125e12}
+
+
+def peak_flops(device) -> float | None:
+    """The device's dense bf16 peak, or None where unknown (CPU, MPS, unlisted GPUs: MFU is then not shown)."""
+    import torch
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((peak for key, peak in PEAK_BF16_FLOPS.items() if key in name), None)

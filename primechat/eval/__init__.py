@@ -1,0 +1,1 @@
+"""Evaluation: tokenizer compression, bits per byte, and (later) CORE and chat benchmarks."""

@@ -1,0 +1,381 @@
+"""Base-model pretraining: `primechat train base --depth N` or `torchrun --nproc_per_node 8 -m primechat.train.base`.
+
+Everything derives from --depth (nanochat 2026, reference B5): width, heads, the token budget (tokens:params ratio),
+the total batch (grows with the data as D^0.383, rounded to a power of two), learning rates (× sqrt(B/2^19)) and
+weight decay (× sqrt(B/2^19) × D_ref/D, D_ref being a d12 model's budget). Any derived value can be overridden.
+
+The loop: gradient accumulation to the total batch, MuonAdamW (which also synchronises gradients across ranks),
+validation bits per byte every --eval-every steps, greedy samples every --sample-every, metrics appended to
+metrics.jsonl and a loss-curve PNG beside the checkpoints, checkpoints every --save-every steps and at the end.
+SIGTERM or Ctrl-C finish the current step, save, and exit; `--resume` continues exactly where a run stopped.
+"""
+
+import json
+import math
+import signal
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from primechat import report
+from primechat.common import (UserError, atomic_path, compute_cleanup, compute_dtype, compute_init, peak_flops,
+                              print0, progress)
+from primechat.data.loader import DataParallelLoader, PretrainLoader
+from primechat.data.shards import DEFAULT_DATASET, list_shards
+from primechat.eval.loss import evaluate_bpb
+from primechat.model import GPT, config_for_depth
+from primechat.optim import build_optimizer
+from primechat.plots import plot_training_curves
+from primechat.tokenizer import load_tokenizer
+from primechat.train import checkpoint
+
+SAMPLE_PROMPTS = ["The capital of France is", "The chemical symbol of gold is",
+                  "If yesterday was Friday, then tomorrow will be", "The opposite of hot is",
+                  "The planets of the solar system are:", "My favorite color is", "If 5*x + 3 = 13, then x is"]
+B_REF = 2 ** 19  # the reference total batch (tokens) at which the default learning rates were tuned
+DEPTH_REF = 12  # the reference model for the data-size scaling of batch and weight decay
+
+
+def add_arguments(p):
+    p.add_argument("--depth", type=int, default=20, help="number of layers: the one dial everything derives from")
+    p.add_argument("--aspect-ratio", type=int, default=64, help="model width = depth × this, rounded to heads")
+    p.add_argument("--head-dim", type=int, default=128, help="attention head size")
+    p.add_argument("--max-seq-len", type=int, default=2048, help="context length in tokens")
+    p.add_argument("--window-pattern", default="SSSL", help="per-layer attention windows: S = quarter, L = full")
+    p.add_argument("--dataset", default=DEFAULT_DATASET, help="pretraining dataset under base_data/")
+    p.add_argument("--data-streams", type=int, default=0, help="independent data streams (0: one per process); "
+                   "runs with equal streams and total batch see the same data whatever the process count")
+    p.add_argument("--device-type", default="", help="cuda|cpu|mps (default: autodetect)")
+    p.add_argument("--device-batch-size", type=int, default=32, help="rows per forward pass; lower it to save "
+                   "memory (gradient accumulation keeps the result the same)")
+    p.add_argument("--total-batch-size", type=int, default=-1, help="tokens per optimizer step (-1: from depth)")
+    p.add_argument("--num-iterations", type=int, default=-1, help="optimizer steps (-1: from the horizon below)")
+    p.add_argument("--target-flops", type=float, default=-1, help="training FLOPs budget (-1: use the ratio)")
+    p.add_argument("--target-param-data-ratio", type=float, default=12, help="training tokens per scaling param")
+    p.add_argument("--embedding-lr", type=float, default=0.3, help="AdamW LR of token and value embeddings")
+    p.add_argument("--unembedding-lr", type=float, default=0.008, help="AdamW LR of the output head")
+    p.add_argument("--matrix-lr", type=float, default=0.02, help="Muon LR of the transformer matrices")
+    p.add_argument("--scalar-lr", type=float, default=0.5, help="AdamW LR of the residual/x0 lambdas")
+    p.add_argument("--weight-decay", type=float, default=0.28, help="Muon weight decay at the d12 reference "
+                   "(scaled with batch and data size)")
+    p.add_argument("--warmup-steps", type=int, default=40, help="linear LR warmup steps")
+    p.add_argument("--warmdown-ratio", type=float, default=0.65, help="final fraction of steps with LR decay")
+    p.add_argument("--final-lr-frac", type=float, default=0.05, help="LR at the end as a fraction of the peak")
+    p.add_argument("--eval-every", type=int, default=250, help="validation bpb every N steps (-1: only at the end)")
+    p.add_argument("--eval-tokens", type=int, default=80 * 524288, help="validation tokens per evaluation")
+    p.add_argument("--sample-every", type=int, default=2000, help="print greedy samples every N steps (-1: end)")
+    p.add_argument("--save-every", type=int, default=-1, help="checkpoint every N steps (-1: only at the end)")
+    p.add_argument("--model-tag", default=None, help="checkpoint folder name (default: d<depth>)")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint of this tag")
+    p.add_argument("--resume-from-step", type=int, default=-1, help="continue from this saved step")
+    p.add_argument("--compile", choices=["auto", "on", "off"], default="auto", help="torch.compile (auto: on CUDA)")
+    p.add_argument("--wandb", default=None, metavar="PROJECT", help="also log to this Weights & Biases project")
+
+
+@dataclass
+class Plan:
+    """Everything derived from the flags: what will be trained, on how much data, with which hyper-parameters."""
+    total_batch: int
+    grad_accum: int
+    num_steps: int
+    batch_lr_scale: float
+    weight_decay: float
+    target_tokens: int
+    flops_per_token: float
+
+
+def scaling_params(depth: int, args, vocab_size: int) -> int:
+    with torch.device("meta"):
+        model = GPT(config_for_depth(depth, vocab_size, args.max_seq_len, args.aspect_ratio, args.head_dim,
+                                     args.window_pattern))
+    return model.num_params()["scaling"]
+
+
+def make_plan(args, model: GPT, world: int) -> Plan:
+    n_scaling = model.num_params()["scaling"]
+    flops_per_token = model.estimate_flops()
+    data_ratio = n_scaling / scaling_params(DEPTH_REF, args, model.config.vocab_size)  # D / D_ref at equal ratio
+    tokens_per_pass = args.device_batch_size * args.max_seq_len * world
+    if args.total_batch_size > 0:
+        total_batch = args.total_batch_size
+        if total_batch % tokens_per_pass:
+            raise UserError(f"--total-batch-size {total_batch} is not a multiple of device batch × seq len × "
+                            f"processes = {args.device_batch_size}×{args.max_seq_len}×{world} = {tokens_per_pass}")
+    else:  # Power Lines: the best batch grows as D^0.383; then round to a whole number of passes
+        total_batch = 2 ** round(math.log2(B_REF * data_ratio ** 0.383))
+        total_batch = max(1, round(total_batch / tokens_per_pass)) * tokens_per_pass
+    target_tokens = int(args.target_param_data_ratio * n_scaling)
+    if args.num_iterations > 0:
+        num_steps = args.num_iterations
+    elif args.target_flops > 0:
+        num_steps = round(args.target_flops / (flops_per_token * total_batch))
+    else:
+        num_steps = target_tokens // total_batch
+    if num_steps < 1:
+        raise UserError(f"the horizon comes to {num_steps} steps: raise --num-iterations, --target-flops or "
+                        f"--target-param-data-ratio, or lower --total-batch-size")
+    batch_scale = math.sqrt(total_batch / B_REF)
+    return Plan(total_batch=total_batch, grad_accum=total_batch // tokens_per_pass, num_steps=num_steps,
+                batch_lr_scale=batch_scale, weight_decay=args.weight_decay * batch_scale / data_ratio,
+                target_tokens=num_steps * total_batch, flops_per_token=flops_per_token)
+
+
+def lr_multiplier(step: int, args, num_steps: int) -> float:
+    warmdown = round(args.warmdown_ratio * num_steps)
+    if step < args.warmup_steps:
+        return (step + 1) / args.warmup_steps
+    if step <= num_steps - warmdown:
+        return 1.0
+    progress_left = (num_steps - step) / warmdown
+    return progress_left + (1 - progress_left) * args.final_lr_frac
+
+
+def muon_momentum(step: int, args, num_steps: int) -> float:
+    """0.85 → 0.97 over the first 400 steps, then down to 0.90 during the LR warmdown."""
+    warmdown = round(args.warmdown_ratio * num_steps)
+    ramp = 0.85 + 0.12 * min(step / 400, 1.0)
+    into_warmdown = max(0, step - (num_steps - warmdown)) / max(warmdown, 1)
+    return min(ramp, 0.97 - 0.07 * into_warmdown)
+
+
+def print_plan(model: GPT, plan: Plan, args, world: int, device):
+    counts = model.num_params()
+    rows = [(f"params: {name}", f"{n:,}") for name, n in counts.items()]
+    rows += [("FLOPs per token", f"{plan.flops_per_token:.4e}"),
+             ("total FLOPs", f"{plan.flops_per_token * plan.target_tokens:.4e}"),
+             ("tokens", f"{plan.target_tokens:,} ({plan.target_tokens / counts['scaling']:.1f} per scaling param)"),
+             ("steps", f"{plan.num_steps:,}"),
+             ("total batch (tokens)", f"{plan.total_batch:,}"),
+             ("device batch × seq len × processes", f"{args.device_batch_size} × {args.max_seq_len} × {world}"),
+             ("gradient accumulation", plan.grad_accum),
+             ("LR batch scale / Muon weight decay", f"{plan.batch_lr_scale:.3f} / {plan.weight_decay:.4f}"),
+             ("device / dtype", f"{device} / {str(compute_dtype(device.type)).removeprefix('torch.')}")]
+    width = max(len(k) for k, _ in rows)
+    print0("\n".join(f"  {k:<{width}}  {v}" for k, v in rows))
+
+
+class StopRequest:
+    """SIGTERM or the first Ctrl-C asks the loop to save and stop after the current step; a second Ctrl-C kills."""
+
+    def __init__(self):
+        self.signum = 0
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        self.signum = signum
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        print0(f"\n{signal.Signals(signum).name}: saving a checkpoint after this step, then stopping")
+
+    def requested(self, device) -> bool:
+        flag = torch.tensor(float(self.signum > 0), device=device)
+        if dist.is_initialized():  # every rank must stop (and save) at the same step
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return flag.item() > 0
+
+
+def validation_batches(tokenizer, val_path, args, rank: int, world: int) -> list:
+    """This rank's share of the --eval-tokens validation rows, packed once and reused at every evaluation.
+
+    Every rank packs the same stream and keeps batches rank, rank+world, …, so validation bpb is the same number
+    whatever the process count (and works on a validation shard with fewer row groups than processes).
+    """
+    packer = PretrainLoader(tokenizer, [val_path], args.device_batch_size, args.max_seq_len)
+    total = max(world, math.ceil(args.eval_tokens / (args.device_batch_size * args.max_seq_len) / world) * world)
+    return [batch for i in range(total) if (batch := packer.next_batch()) and i % world == rank]
+
+
+def append_metrics(path, record: dict):
+    if dist.is_initialized() and dist.get_rank() != 0:
+        return
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def truncate_metrics(path, last_step: int):
+    """On resume, drop records written after the checkpoint by the run that stopped."""
+    if not path.exists():
+        return
+    records = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= last_step]
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(r + "\n" for r in records))
+
+
+def main(args):
+    device, rank, world = compute_init(args.device_type)
+    master = rank == 0
+    user_config = {k: v for k, v in vars(args).items() if not callable(v)}
+    tokenizer = load_tokenizer()
+    train_paths, val_path = list_shards(args.dataset)
+    config = config_for_depth(args.depth, tokenizer.vocab_size, args.max_seq_len, args.aspect_ratio, args.head_dim,
+                              args.window_pattern)
+    tag = args.model_tag or f"d{args.depth}"
+    folder = checkpoint.checkpoint_dir("base", tag)
+
+    with torch.device("meta"):
+        model = GPT(config)
+    model.to_empty(device=device)
+    model.init_weights()
+    model.compute_dtype = compute_dtype(device.type)
+    plan = make_plan(args, model, world)
+    streams_per_rank = (args.data_streams or world) // world
+    if streams_per_rank and plan.grad_accum % streams_per_rank:
+        raise UserError(f"gradient accumulation ({plan.grad_accum}) must be a multiple of the data streams per "
+                        f"process ({streams_per_rank}): change --data-streams or --total-batch-size")
+    optimizer = build_optimizer(model, matrix_lr=args.matrix_lr, embedding_lr=args.embedding_lr,
+                                unembedding_lr=args.unembedding_lr, scalar_lr=args.scalar_lr,
+                                weight_decay=plan.weight_decay, batch_lr_scale=plan.batch_lr_scale)
+
+    # Resume: model, optimizer shard, loader state and loop state of a saved step.
+    step, loader_state = 0, None
+    loop = {"min_val_bpb": float("inf"), "smooth_loss": 0.0, "training_time": 0.0, "val_bpb": None}
+    resuming = args.resume or args.resume_from_step >= 0
+    if resuming:
+        step = checkpoint.resolve_step(folder, args.resume_from_step if args.resume_from_step >= 0 else None)
+        meta = checkpoint.load_meta(folder, step)
+        if meta["model_config"] != config.to_dict():
+            changed = [k for k, v in config.to_dict().items() if meta["model_config"].get(k) != v]
+            raise UserError(f"checkpoint {folder.name} step {step} has another model config ({', '.join(changed)} "
+                            f"differ): use the flags it was trained with, or another --model-tag")
+        model.load_state_dict(checkpoint.load_model_state(folder, step, device))
+        optimizer.load_state_dict(checkpoint.load_rank_state(folder, step, "optim", rank, device))
+        loader_state = checkpoint.load_rank_state(folder, step, "loader", rank)
+        loop.update(meta["loop_state"])
+        if master:
+            truncate_metrics(folder / "metrics.jsonl", step)
+        print0(f"resuming {folder} from step {step}")
+    elif folder.exists() and checkpoint.saved_steps(folder):
+        raise UserError(f"{folder} already holds checkpoints: pass --resume to continue it, or pick a new "
+                        f"--model-tag")
+
+    print_plan(model, plan, args, world, device)
+    use_compile = args.compile == "on" or (args.compile == "auto" and device.type == "cuda")
+    train_model = torch.compile(model, dynamic=False) if use_compile else model
+    train_loader = DataParallelLoader(tokenizer, train_paths, args.device_batch_size, args.max_seq_len, rank, world,
+                                      args.data_streams or world, device, state=loader_state)
+    val_batches = None
+    token_bytes = torch.tensor(tokenizer.token_byte_lengths(), dtype=torch.int64, device=device)
+    peak = peak_flops(device)
+    wandb_run = None
+    if args.wandb and master:
+        try:
+            import wandb
+        except ImportError:
+            raise UserError("--wandb needs the wandb package: pip install wandb (or drop --wandb)") from None
+        wandb_run = wandb.init(project=args.wandb, name=tag, config=user_config)
+    metrics_path = folder / "metrics.jsonl"
+    folder.mkdir(parents=True, exist_ok=True)
+    stop = StopRequest()
+    bar = progress(total=plan.num_steps, initial=step, desc="train", unit="step")
+    num_steps, resumed_at = plan.num_steps, step if resuming else None
+
+    def say(line):  # above the progress bar, from rank 0 only
+        if master:
+            tqdm.write(line)
+
+    def log(record):
+        append_metrics(metrics_path, record)
+        if wandb_run:
+            wandb_run.log(record, step=record["step"])
+
+    def save(step):
+        meta = {"step": step, "val_bpb": loop["val_bpb"], "model_config": config.to_dict(), "user_config": user_config,
+                "device_batch_size": args.device_batch_size, "max_seq_len": args.max_seq_len,
+                "total_batch_size": plan.total_batch, "num_iterations": num_steps, "world_size": world,
+                "plan": asdict(plan), "loop_state": loop}
+        checkpoint.save_checkpoint(folder, step, model.state_dict(), meta, optimizer.state_dict(),
+                                   train_loader.state_dict(), rank)
+
+    while True:
+        last = step == num_steps
+        fresh = step != resumed_at  # the resumed step was evaluated and saved by the run that stopped
+        if fresh and (last or (args.eval_every > 0 and step % args.eval_every == 0)):
+            if val_batches is None:
+                val_batches = validation_batches(tokenizer, val_path, args, rank, world)
+            with torch.no_grad():
+                val_bpb = evaluate_bpb(train_model, (tuple(t.to(device) for t in b) for b in val_batches),
+                                       len(val_batches), token_bytes)
+            loop["val_bpb"], loop["min_val_bpb"] = val_bpb, min(loop["min_val_bpb"], val_bpb)
+            say(f"step {step:05d} | validation bpb {val_bpb:.4f}")
+            log({"step": step, "val_bpb": val_bpb})
+            if master:
+                plot_training_curves(metrics_path, folder / "loss_curve.png", title=f"base {tag}")
+        if fresh and master and (last or (args.sample_every > 0 and step % args.sample_every == 0 and step > 0)):
+            for prompt in SAMPLE_PROMPTS:
+                ids = tokenizer.encode(prompt, prepend=tokenizer.bos_id)
+                say(tokenizer.decode(ids[1:] + list(model.generate(ids, 16, temperature=0))))
+        stopping = step != resumed_at and stop.requested(device)
+        if fresh and (last or stopping or (args.save_every > 0 and step % args.save_every == 0 and step > 0)):
+            save(step)
+        if last or stopping:
+            break
+
+        # One optimizer step: grad_accum micro-batches, then the synchronising optimizer.
+        t0 = time.time()
+        lrm = lr_multiplier(step, args, num_steps)
+        for group in optimizer.param_groups:
+            group["lr"] = group["initial_lr"] * lrm
+            if group["kind"] == "muon":
+                group["momentum"] = muon_momentum(step, args, num_steps)
+                group["weight_decay"] = group["initial_weight_decay"] * 0.5 * (1 + math.cos(math.pi * step / num_steps))
+        train_loss = torch.zeros((), device=device)
+        try:
+            for _ in range(plan.grad_accum):
+                inputs, targets = train_loader.next_batch()
+                loss = train_model(inputs, targets) / plan.grad_accum
+                loss.backward()
+                train_loss += loss.detach()
+        except torch.OutOfMemoryError:
+            raise UserError(f"out of GPU memory at --device-batch-size {args.device_batch_size}: lower it (e.g. "
+                            f"{max(1, args.device_batch_size // 2)}); gradient accumulation keeps the result the "
+                            f"same") from None
+        optimizer.step()
+        model.zero_grad(set_to_none=True)
+        if dist.is_initialized():
+            dist.all_reduce(train_loss, op=dist.ReduceOp.SUM)
+            train_loss /= world
+        loss_value = train_loss.item()  # the one host sync per step
+        dt = time.time() - t0
+        step += 1
+        if step > 10 or resumed_at is not None:  # the first steps include compilation and warm-up
+            loop["training_time"] += dt
+        beta = 0.9
+        loop["smooth_loss"] = beta * loop["smooth_loss"] + (1 - beta) * loss_value
+        smooth = loop["smooth_loss"] / (1 - beta ** step)
+        tok_per_sec = plan.total_batch / dt
+        mfu = plan.flops_per_token * tok_per_sec / (peak * world) * 100 if peak else None
+        steps_timed = max(1, step - 10)
+        eta = loop["training_time"] / steps_timed * (num_steps - step)
+        bar.update(1)
+        mfu_text = f"{mfu:.1f}%" if mfu is not None else "-"
+        say(f"step {step:05d}/{num_steps} ({100 * step / num_steps:.1f}%) | loss {smooth:.4f} | lrm {lrm:.2f} | "
+            f"dt {dt * 1000:.0f}ms | tok/s {tok_per_sec:,.0f} | mfu {mfu_text} | "
+            f"time {loop['training_time'] / 60:.1f}m | eta {eta / 60:.1f}m")
+        log({"step": step, "loss": smooth, "raw_loss": loss_value, "lrm": lrm, "dt": dt, "tok_per_sec": tok_per_sec,
+             "mfu": mfu, "training_time": loop["training_time"]})
+    bar.close()
+
+    if stop.signum and step != num_steps:
+        print0(f"stopped at step {step}; checkpoint saved in {folder}. Continue with --resume")
+        compute_cleanup()
+        raise SystemExit(128 + stop.signum)
+    peak_mem = torch.cuda.max_memory_allocated() / 2 ** 30 if device.type == "cuda" else None
+    summary = {"model tag": tag, "depth": args.depth, "parameters": model.num_params()["total"],
+               "scaling parameters": model.num_params()["scaling"], "FLOPs per token": f"{plan.flops_per_token:e}",
+               "steps": num_steps, "total batch size": plan.total_batch, "tokens": plan.target_tokens,
+               "min validation bpb": loop["min_val_bpb"], "final validation bpb": loop["val_bpb"],
+               "training time (min)": loop["training_time"] / 60,
+               "peak memory (GiB)": f"{peak_mem:.2f}" if peak_mem else "-", "dataset": args.dataset,
+               "processes": world}
+    report.log_section("Base model training", summary)
+    print0(f"done: min val bpb {loop['min_val_bpb']:.4f}, training time {loop['training_time'] / 60:.2f} min"
+           + (f", peak memory {peak_mem:.2f} GiB" if peak_mem else ""))
+    compute_cleanup()
+
+
+if __name__ == "__main__":
+    from primechat.cli import run_module
+    run_module(add_arguments, main)

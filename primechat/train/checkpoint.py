@@ -1,0 +1,92 @@
+"""Checkpoints: save, find and load them, crash-safe, in nanochat's layout.
+
+<home>/<stage>_checkpoints/<tag>/ holds per step S (6 digits):
+    model_S.pt             model state_dict (rank 0)
+    optim_S_rank<r>.pt     each rank's optimizer shard (ZeRO-2 splits the state)
+    loader_S_rank<r>.pt    each rank's data loader state (exact resume)
+    meta_S.json            model config, user config, step, val bpb, loop state: written LAST
+Every file is written to a temporary name and renamed, and meta is written only once every rank's files are on
+disk, so a step counts as saved exactly when its meta file exists; a crash mid-save leaves the previous one intact.
+"""
+
+import json
+import re
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from primechat.common import UserError, atomic_path, home_dir
+
+STAGE_DIRS = {"base": "base_checkpoints", "mid": "mid_checkpoints", "sft": "chatsft_checkpoints",
+              "rl": "chatrl_checkpoints"}
+
+
+def checkpoint_dir(stage: str, tag: str) -> Path:
+    return home_dir() / STAGE_DIRS[stage] / tag
+
+
+def _save(obj, path: Path):
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def save_checkpoint(folder: Path, step: int, model_state: dict, meta: dict, optimizer_state=None,
+                    loader_state=None, rank: int = 0):
+    if rank == 0:
+        _save(model_state, folder / f"model_{step:06d}.pt")
+    if optimizer_state is not None:
+        _save(optimizer_state, folder / f"optim_{step:06d}_rank{rank}.pt")
+    if loader_state is not None:
+        _save(loader_state, folder / f"loader_{step:06d}_rank{rank}.pt")
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()  # every rank's shards exist before meta marks the step complete
+    if rank == 0:
+        with atomic_path(folder / f"meta_{step:06d}.json") as tmp:
+            tmp.write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def saved_steps(folder: Path) -> list[int]:
+    """Steps whose checkpoint is complete (its meta file exists)."""
+    return sorted(int(m.group(1)) for p in folder.glob("meta_*.json") if (m := re.fullmatch(r"meta_(\d+)\.json", p.name)))
+
+
+def resolve_step(folder: Path, step: int | None) -> int:
+    """The given step (checked) or the latest complete one."""
+    steps = saved_steps(folder)
+    if not steps:
+        raise UserError(f"no checkpoint in {folder}: train this stage first (or pick another --model-tag)")
+    if step is None or step < 0:
+        return steps[-1]
+    if step not in steps:
+        raise UserError(f"no checkpoint at step {step} in {folder}; saved steps: {', '.join(map(str, steps))}")
+    return step
+
+
+def default_tag(stage: str) -> str:
+    """The deepest d<N> tag of a stage, else the most recently written one (nanochat's rule)."""
+    root = home_dir() / STAGE_DIRS[stage]
+    tags = [p for p in root.glob("*/") if saved_steps(p)] if root.exists() else []
+    if not tags:
+        raise UserError(f"no {stage} checkpoints under {root}: run `primechat train {stage}` first")
+    depth_tags = [(int(m.group(1)), p.name) for p in tags if (m := re.fullmatch(r"d(\d+)", p.name))]
+    if depth_tags:
+        return max(depth_tags)[1]
+    return max(tags, key=lambda p: p.stat().st_mtime).name
+
+
+def load_meta(folder: Path, step: int) -> dict:
+    return json.loads((folder / f"meta_{step:06d}.json").read_text())
+
+
+def load_rank_state(folder: Path, step: int, kind: str, rank: int, device="cpu"):
+    path = folder / f"{kind}_{step:06d}_rank{rank}.pt"
+    if not path.exists():
+        raise UserError(f"{path.name} is missing in {folder}: the checkpoint was saved by fewer processes; "
+                        f"resume with the same number of GPUs")
+    return torch.load(path, map_location=device, weights_only=False)
+
+
+def load_model_state(folder: Path, step: int, device="cpu") -> dict:
+    state = torch.load(folder / f"model_{step:06d}.pt", map_location=device, weights_only=True)
+    return {k.removeprefix("_orig_mod."): v for k, v in state.items()}  # saved from a torch.compile'd model
