@@ -26,8 +26,10 @@ COMMANDS = {
     "train": ("train a model", {
         "base": ("pretrain a base model (everything derives from --depth)", "primechat.train.base"),
     }),
+    "speedrun": ("the whole pipeline in one resumable command, from a preset", "primechat.speedrun"),
     "bench": ("benchmarks whose results go into docs/benchmarks.md", {
         "tokenizer": ("time tokenizer training (rustbpe vs HF tokenizers) and encoding", "primechat.bench.tokenizer"),
+        "train": ("training throughput (tok/s), MFU and peak memory at a given depth", "primechat.bench.train"),
     }),
 }
 

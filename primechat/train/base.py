@@ -69,7 +69,8 @@ def add_arguments(p):
     p.add_argument("--sample-every", type=int, default=2000, help="print greedy samples every N steps (-1: end)")
     p.add_argument("--save-every", type=int, default=-1, help="checkpoint every N steps (-1: only at the end)")
     p.add_argument("--model-tag", default=None, help="checkpoint folder name (default: d<depth>)")
-    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint of this tag")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint of this tag (or "
+                   "start if it has none)")
     p.add_argument("--resume-from-step", type=int, default=-1, help="continue from this saved step")
     p.add_argument("--compile", choices=["auto", "on", "off"], default="auto", help="torch.compile (auto: on CUDA)")
     p.add_argument("--wandb", default=None, metavar="PROJECT", help="also log to this Weights & Biases project")
@@ -232,7 +233,9 @@ def main(args):
     # Resume: model, optimizer shard, loader state and loop state of a saved step.
     step, loader_state = 0, None
     loop = {"min_val_bpb": float("inf"), "smooth_loss": 0.0, "training_time": 0.0, "val_bpb": None}
-    resuming = args.resume or args.resume_from_step >= 0
+    resuming = args.resume_from_step >= 0 or (args.resume and folder.exists() and checkpoint.saved_steps(folder))
+    if args.resume and not resuming:
+        print0(f"--resume: no checkpoint in {folder} yet, starting from scratch")
     if resuming:
         step = checkpoint.resolve_step(folder, args.resume_from_step if args.resume_from_step >= 0 else None)
         meta = checkpoint.load_meta(folder, step)

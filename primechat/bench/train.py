@@ -1,0 +1,68 @@
+"""`primechat bench train --depth D`: training throughput (tok/s), MFU and peak memory of the real training step.
+
+Random tokens stand in for data (the loader is not what is measured), the model, optimizer, dtype and torch.compile
+are exactly those of `primechat train base`. The first --warmup steps (compilation, allocator warm-up) are not
+timed. MFU is against the device's dense bf16 peak (common.PEAK_BF16_FLOPS), as nanochat reports it.
+"""
+
+import time
+
+import torch
+
+from primechat.common import compute_dtype, compute_init, peak_flops
+from primechat.model import GPT, config_for_depth
+from primechat.optim import build_optimizer
+
+
+def add_arguments(p):
+    p.add_argument("--depth", type=int, default=12, help="model depth")
+    p.add_argument("--vocab-size", type=int, default=32768, help="vocabulary size")
+    p.add_argument("--max-seq-len", type=int, default=2048, help="context length")
+    p.add_argument("--window-pattern", default="SSSL", help="attention windows, as in train base")
+    p.add_argument("--device-batch-size", type=int, default=32, help="rows per step")
+    p.add_argument("--steps", type=int, default=10, help="timed steps")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    p.add_argument("--compile", choices=["auto", "on", "off"], default="auto", help="torch.compile (auto: on CUDA)")
+    p.add_argument("--device-type", default="", help="cuda|cpu|mps (default: autodetect)")
+
+
+def main(args):
+    device, _, _ = compute_init(args.device_type)
+    config = config_for_depth(args.depth, args.vocab_size, args.max_seq_len, window_pattern=args.window_pattern)
+    with torch.device("meta"):
+        model = GPT(config)
+    model.to_empty(device=device)
+    model.init_weights()
+    model.compute_dtype = compute_dtype(device.type)
+    optimizer = build_optimizer(model)
+    use_compile = args.compile == "on" or (args.compile == "auto" and device.type == "cuda")
+    train_model = torch.compile(model, dynamic=False) if use_compile else model
+    tokens = torch.randint(0, args.vocab_size, (args.device_batch_size, args.max_seq_len + 1), device=device)
+    inputs, targets = tokens[:, :-1], tokens[:, 1:]
+
+    def step():
+        loss = train_model(inputs, targets)
+        loss.backward()
+        optimizer.step()
+        model.zero_grad(set_to_none=True)
+        return loss.item()
+
+    for _ in range(args.warmup):
+        step()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    for _ in range(args.steps):
+        step()
+    dt = (time.perf_counter() - t0) / args.steps
+    tok_per_sec = args.device_batch_size * args.max_seq_len / dt
+    peak = peak_flops(device)
+    mfu = f"{100 * model.estimate_flops() * tok_per_sec / peak:.1f}%" if peak else "-"
+    memory = f"{torch.cuda.max_memory_allocated() / 2 ** 30:.1f} GiB" if device.type == "cuda" else "-"
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+    dtype = str(model.compute_dtype).removeprefix("torch.")
+    print("| device | depth | params | batch × seq | dtype | compile | step ms | tok/s | MFU | peak memory |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    print(f"| {name} | {args.depth} | {model.num_params()['total'] / 1e6:.1f}M | {args.device_batch_size} × "
+          f"{args.max_seq_len} | {dtype} | {'yes' if use_compile else 'no'} | {dt * 1000:.0f} | {tok_per_sec:,.0f} | "
+          f"{mfu} | {memory} |")

@@ -1,0 +1,94 @@
+"""`primechat speedrun --preset NAME`: the whole pipeline as one command, resumable.
+
+A preset (primechat/configs/<NAME>.yaml, or a path to your own YAML) lists stages, each a `primechat` command line.
+Stages run in order as subprocesses; with several GPUs, stages marked `distributed` run under torchrun on all of
+them. A stage that exits 0 is recorded in <home>/speedrun/<preset>.json and skipped when the speedrun is run
+again, so after a crash or Ctrl-C the same command continues where it stopped (training stages pass `--resume`,
+which continues from the last checkpoint). Everything printed also goes to a log file per run.
+"""
+
+import datetime
+import json
+import shlex
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from primechat.cli import COMMANDS
+from primechat.common import UserError, atomic_path, home_dir
+
+CONFIGS = Path(__file__).parent / "configs"
+
+
+def add_arguments(p):
+    presets = sorted(f.stem for f in CONFIGS.glob("*.yaml") if "stages" in yaml.safe_load(f.read_text()))
+    p.add_argument("--preset", default="demo", help=f"one of {', '.join(presets)}, or a path to a preset YAML")
+    p.add_argument("--restart", action="store_true", help="forget which stages completed and run them all again")
+
+
+def load_preset(name: str) -> tuple[str, dict]:
+    path = Path(name) if name.endswith((".yaml", ".yml")) else CONFIGS / f"{name}.yaml"
+    if not path.exists():
+        known = ", ".join(sorted(f.stem for f in CONFIGS.glob("*.yaml")))
+        raise UserError(f"no preset {name!r}: use one of {known}, or a path to a .yaml file")
+    preset = yaml.safe_load(path.read_text())
+    if not isinstance(preset, dict) or not preset.get("stages"):
+        raise UserError(f"{path} has no `stages:` list")
+    return path.stem, preset
+
+
+def stage_command(stage: dict, num_gpus: int) -> list[str]:
+    words = shlex.split(stage["run"])
+    if stage.get("distributed") and num_gpus > 1:
+        help_text, module = COMMANDS[words[0]][1][words[1]]
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={num_gpus}",
+                "-m", module, *words[2:]]
+    return [sys.executable, "-m", "primechat.cli", *words]
+
+
+def main(args):
+    import torch
+
+    name, preset = load_preset(args.preset)
+    state_path = home_dir() / "speedrun" / f"{name}.json"
+    done = [] if args.restart or not state_path.exists() else json.loads(state_path.read_text())["completed"]
+    log_path = home_dir() / "speedrun" / f"{name}-{datetime.datetime.now():%Y%m%d-%H%M%S}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    num_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    print(f"speedrun {name}: {preset.get('description', '').strip()}\nlog: {log_path}")
+    with open(log_path, "w") as log:
+        for stage in preset["stages"]:
+            if stage["name"] in done:
+                print(f"== {stage['name']}: already complete, skipped")
+                continue
+            command = stage_command(stage, num_gpus)
+            print(f"== {stage['name']}: {shlex.join(command[1:])}", flush=True)
+            log.write(f"== {stage['name']}: {shlex.join(command)}\n")
+            started = datetime.datetime.now()
+            with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+                # SIGTERM is passed on; Ctrl-C reaches the stage by itself. Either way the stage saves a checkpoint
+                # and exits, and we keep relaying its output until it has: leaving early would kill it mid-save.
+                signal.signal(signal.SIGTERM, lambda signum, frame: proc.send_signal(signal.SIGTERM))
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+                try:
+                    for line in proc.stdout:
+                        sys.stdout.write(line)
+                        log.write(line)
+                        log.flush()
+                finally:
+                    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                    signal.signal(signal.SIGINT, signal.default_int_handler)
+            if proc.returncode in (128 + signal.SIGINT, 128 + signal.SIGTERM, -signal.SIGINT, -signal.SIGTERM):
+                print(f"== {stage['name']}: stopped; run the same command again to continue", flush=True)
+                raise SystemExit(proc.returncode if proc.returncode > 0 else 128 - proc.returncode)
+            if proc.returncode != 0:
+                raise UserError(f"stage {stage['name']} failed (exit {proc.returncode}); see {log_path}. Fix it and "
+                                f"run the same command again: completed stages are skipped")
+            done.append(stage["name"])
+            with atomic_path(state_path) as tmp:
+                tmp.write_text(json.dumps({"completed": done}, indent=2))
+            print(f"== {stage['name']}: done in {(datetime.datetime.now() - started).total_seconds():.0f}s")
+    print(f"speedrun {name}: all {len(preset['stages'])} stages complete")
