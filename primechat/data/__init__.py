@@ -1,0 +1,1 @@
+"""Pretraining data: the shard format, Hub downloads, your own text, and the offline demo corpus."""
