@@ -7,6 +7,7 @@ module is imported, so `primechat data …` never pays for importing torch.
 
 import argparse
 import importlib
+import os
 import sys
 
 from primechat.common import UserError
@@ -35,7 +36,12 @@ COMMANDS = {
 
 
 class Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    pass
+    """Shows defaults, except where there is none to show (required arguments, flags defaulting to None)."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False) or action.required:
+            return action.help
+        return super()._get_help_string(action)
 
 
 def _command_path(argv: list[str]) -> list[str]:
@@ -80,6 +86,9 @@ def run_guarded(fn, args) -> int:
     except KeyboardInterrupt:
         print("primechat: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into a reader that stopped early (`| head`): not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the flush at exit has somewhere to go
+        return 0
     return 0
 
 

@@ -221,6 +221,9 @@ def main(args):
     model.to_empty(device=device)
     model.init_weights()
     model.compute_dtype = compute_dtype(device.type)
+    if model.compute_dtype == torch.float16:
+        raise UserError("float16 training needs a gradient scaler, which primechat does not have yet: set "
+                        "PRIMECHAT_DTYPE=bfloat16 (GPUs since Ampere) or float32")
     plan = make_plan(args, model, world)
     streams_per_rank = (args.data_streams or world) // world
     if streams_per_rank and plan.grad_accum % streams_per_rank:
