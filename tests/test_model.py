@@ -1,0 +1,311 @@
+"""The GPT: shapes and losses, parameter and FLOP accounting, causality, sliding windows, config switches.
+
+Expectations are derived from the architecture's formulas or from independent computations in this file, never
+copied from the code under test.
+"""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from primechat.attention import attention
+from primechat.common import UserError
+from primechat.model import GPT, GPTConfig, config_for_depth
+
+VOCAB = 300  # not a multiple of 64, so the padded vocabulary (320) differs from the real one
+
+
+def tiny_config(**overrides) -> GPTConfig:
+    fields = dict(sequence_len=64, vocab_size=VOCAB, n_layer=2, n_head=4, n_kv_head=2, n_embd=64)
+    fields.update(overrides)
+    return GPTConfig(**fields)
+
+
+def build(config: GPTConfig, seed: int = 0, randomize_zero_init: bool = True) -> GPT:
+    """A model on the CPU, initialised; zero-initialised weights (output projections, zero lambdas) are given small
+    random values so that every path (attention, MLP, value embeds, smear, backout) influences the output."""
+    torch.manual_seed(seed)
+    model = GPT(config)
+    model.init_weights()
+    if randomize_zero_init:
+        with torch.no_grad():
+            for p in model.parameters():
+                if not p.any():
+                    p.normal_(0, 0.05)
+    return model
+
+
+def tokens(B, T, vocab=VOCAB, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, vocab, (B, T), generator=g)
+
+
+def expected_window_sizes(seq_len: int, pattern: str, n_layer: int) -> list[int]:
+    """Independent statement of the documented rule: S = a quarter of the context rounded up to a multiple of 128
+    (at most the context), L = the full context, pattern tiled over layers, the last layer always full."""
+    short = min(seq_len, 128 * math.ceil(seq_len / 4 / 128))
+    sizes = [short if pattern[i % len(pattern)] == "S" else seq_len for i in range(n_layer)]
+    sizes[-1] = seq_len
+    return sizes
+
+
+def value_embed_layers(n_layer: int) -> list[int]:
+    """Alternate layers, always including the last one."""
+    return [i for i in range(n_layer) if (n_layer - 1 - i) % 2 == 0]
+
+
+def expected_counts(config: GPTConfig) -> dict:
+    d, L, V = config.n_embd, config.n_layer, config.padded_vocab
+    kv_dim = config.n_kv_head * (d // config.n_head)
+    ve_layers = len(value_embed_layers(L)) if config.value_embeds else 0
+    # per layer: c_q and c_proj (d×d), c_k and c_v (kv_dim×d), MLP c_fc and c_proj (4d×d each)
+    per_layer = 2 * d * d + 2 * d * kv_dim + 8 * d * d
+    matrices = per_layer * L + ve_layers * 12 * config.n_kv_head  # + the small ve_gate (n_kv_head × 12)
+    counts = {"matrices": matrices, "wte": V * d, "lm_head": V * d, "value_embeds": ve_layers * V * kv_dim}
+    scalars = (2 * L if config.skip_lambdas else 0) + (24 + 1 if config.smear else 0) + (1 if config.backout else 0)
+    counts["scaling"] = matrices + V * d
+    counts["total"] = matrices + 2 * V * d + counts["value_embeds"] + scalars
+    return counts
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Shapes and losses
+
+def test_logits_shape_uses_the_real_vocab_and_are_softcapped():
+    config = tiny_config()
+    assert config.padded_vocab == 320  # ceil(300 / 64) * 64
+    model = build(config)
+    assert model.lm_head.weight.shape == (320, 64)
+    logits = model(tokens(3, 17))
+    assert logits.shape == (3, 17, VOCAB)
+    assert logits.dtype == torch.float32
+    assert logits.abs().max() <= config.softcap
+
+
+def test_loss_is_a_scalar_and_none_reduction_gives_one_value_per_target():
+    model = build(tiny_config())
+    x, y = tokens(3, 17, seed=1), tokens(3, 17, seed=2)
+    loss = model(x, y)
+    assert loss.shape == ()
+    per_token = model(x, y, loss_reduction="none")
+    assert per_token.shape == (3 * 17,)
+    torch.testing.assert_close(per_token.mean(), loss)
+    # independently: cross-entropy of the returned logits
+    logits = model(x)
+    torch.testing.assert_close(F.cross_entropy(logits.reshape(-1, VOCAB), y.reshape(-1), reduction="none"), per_token)
+
+
+def test_ignore_index_minus_one_is_left_out_of_the_loss():
+    model = build(tiny_config())
+    x, y = tokens(2, 20, seed=1), tokens(2, 20, seed=2)
+    ignored = torch.zeros_like(y, dtype=torch.bool)
+    ignored[0, :7] = True
+    ignored[1, 15:] = True
+    y_masked = y.masked_fill(ignored, -1)
+    per_token = model(x, y_masked, loss_reduction="none").view(2, 20)
+    assert torch.all(per_token[ignored] == 0)
+    full = model(x, y, loss_reduction="none").view(2, 20)
+    torch.testing.assert_close(per_token[~ignored], full[~ignored])
+    torch.testing.assert_close(model(x, y_masked), full[~ignored].mean())
+
+
+def test_loss_at_init_is_about_ln_vocab():
+    """The head starts tiny, so the first prediction is nearly uniform: loss ≈ ln(vocab)."""
+    torch.manual_seed(0)
+    model = GPT(tiny_config())
+    model.init_weights()  # the real init, nothing randomised
+    loss = model(tokens(4, 64, seed=3), tokens(4, 64, seed=4)).item()
+    assert abs(loss - math.log(VOCAB)) < 0.1
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Parameter counts and FLOPs
+
+@pytest.mark.parametrize("config", [
+    tiny_config(),  # GQA, 2 layers
+    tiny_config(n_layer=3, n_head=2, n_kv_head=2, n_embd=32),
+    config_for_depth(2, 512, 128, aspect_ratio=32, head_dim=16),
+    tiny_config(smear=False, backout=False, skip_lambdas=False, value_embeds=False),
+], ids=["gqa-d2", "d3", "depth-dial", "plain"])
+def test_parameter_counts_follow_the_formulas(config):
+    model = build(config, randomize_zero_init=False)
+    counts = model.num_params()
+    expected = expected_counts(config)
+    for key, value in expected.items():
+        assert counts[key] == value, key
+    assert counts["total"] == sum(p.numel() for p in model.parameters())
+
+
+def test_depth_dial_derives_width_and_heads():
+    config = config_for_depth(20, 32768)
+    assert (config.n_layer, config.n_embd, config.n_head, config.n_kv_head) == (20, 1280, 10, 10)
+    # the width is depth × aspect ratio rounded up to whole heads
+    config = config_for_depth(3, 300, 64, aspect_ratio=10, head_dim=8)
+    assert config.n_embd == 32 and config.n_head == 4
+
+
+@pytest.mark.parametrize("depth,total_m,scaling_m", [(12, 286.3, 110.1), (20, 896.5, 435.2), (24, 1384.1, 729.8)])
+def test_published_nanochat_parameter_counts(depth, total_m, scaling_m):
+    """nanochat's published sizes for vocab 32768: exact counts from the formulas, which round to the figures."""
+    config = config_for_depth(depth, 32768)
+    d = 64 * depth
+    L = depth
+    n_ve = len(value_embed_layers(L))
+    matrices = 12 * d * d * L + n_ve * 12 * config.n_head
+    scaling = matrices + 32768 * d
+    total = matrices + 2 * 32768 * d + n_ve * 32768 * d + 2 * L + 25 + 1
+    with torch.device("meta"):
+        model = GPT(config)
+    counts = model.num_params()
+    assert counts["scaling"] == scaling
+    assert counts["total"] == total
+    assert round(total / 1e6, 1) == total_m
+    assert round(scaling / 1e6, 1) == scaling_m
+
+
+@pytest.mark.parametrize("config", [
+    tiny_config(),
+    tiny_config(sequence_len=1024, n_layer=5, window_pattern="SSL"),  # short windows of 256 < 1024
+    tiny_config(sequence_len=256, value_embeds=False, smear=False),
+], ids=["d2", "windows", "switches"])
+def test_estimate_flops(config):
+    """6 × (weights used in matmuls) + Σ_layers 12 · n_head · head_dim · min(window, seq_len)."""
+    with torch.device("meta"):
+        model = GPT(config)
+    d, L, V = config.n_embd, config.n_layer, config.padded_vocab
+    hd = d // config.n_head
+    kv_dim = config.n_kv_head * hd
+    n_ve = len(value_embed_layers(L)) if config.value_embeds else 0
+    linear = (2 * d * d + 2 * d * kv_dim + 8 * d * d) * L + V * d + n_ve * 12 * config.n_kv_head \
+        + (24 if config.smear else 0)
+    windows = expected_window_sizes(config.sequence_len, config.window_pattern, L)
+    assert model.windows == windows
+    attn = sum(12 * config.n_head * hd * min(w, config.sequence_len) for w in windows)
+    assert model.estimate_flops() == 6 * linear + attn
+
+
+def test_window_sizes():
+    assert tiny_config(sequence_len=2048, n_layer=6).window_sizes() == [512, 512, 512, 2048, 512, 2048]
+    assert tiny_config(sequence_len=256, n_layer=3, window_pattern="SL").window_sizes() == [128, 256, 256]
+    assert tiny_config(sequence_len=64, n_layer=2).window_sizes() == [64, 64]  # a quarter rounds up to the context
+    assert tiny_config(sequence_len=2048, n_layer=3, window_pattern="L").window_sizes() == [2048] * 3
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Causality and sliding windows
+
+def test_causal_with_sliding_windows():
+    """Changing tokens after position t leaves the logits at positions ≤ t unchanged (short windows active)."""
+    config = tiny_config(sequence_len=256, window_pattern="SL", n_layer=2)
+    model = build(config)
+    assert model.windows == [128, 256]
+    T = 256
+    x = tokens(2, T, seed=5)
+    base = model(x)
+    for t in (0, 100, 130, 200, 254):
+        changed = x.clone()
+        changed[:, t + 1:] = (changed[:, t + 1:] + 1 + tokens(2, T - t - 1, VOCAB - 1, seed=t)) % VOCAB
+        assert torch.all(changed[:, t + 1:] != x[:, t + 1:])
+        out = model(changed)
+        torch.testing.assert_close(out[:, :t + 1], base[:, :t + 1], atol=1e-5, rtol=1e-5)
+        assert (out[:, t + 1:] - base[:, t + 1:]).abs().max() > 1e-3  # the change does reach later positions
+
+
+def reference_attention(q, k, v, window):
+    """Plain softmax attention in float64 with an explicit mask: query i sees keys j with i - window <= j <= i.
+    q: (B, T, H, D); k, v: (B, T, Hkv, D), query head h using kv head h // (H / Hkv)."""
+    B, T, H, D = q.shape
+    group = H // k.size(2)
+    k = k.repeat_interleave(group, dim=2).double()
+    v = v.repeat_interleave(group, dim=2).double()
+    scores = torch.einsum("bihd,bjhd->bhij", q.double(), k) / math.sqrt(D)
+    i = torch.arange(T)[:, None]
+    j = torch.arange(T)[None, :]
+    mask = (j <= i) & (j >= i - window)
+    scores = scores.masked_fill(~mask, float("-inf"))
+    return torch.einsum("bhij,bjhd->bihd", scores.softmax(dim=-1), v).to(q.dtype)
+
+
+@pytest.mark.parametrize("n_kv_head", [4, 2, 1], ids=["mha", "gqa", "mqa"])
+def test_sliding_window_attention_matches_explicit_mask(n_kv_head):
+    B, T, H, D = 2, 40, 4, 8
+    g = torch.Generator().manual_seed(n_kv_head)
+    q = torch.randn(B, T, H, D, generator=g)
+    k = torch.randn(B, T, n_kv_head, D, generator=g)
+    v = torch.randn(B, T, n_kv_head, D, generator=g)
+    causal = reference_attention(q, k, v, T)
+    for window in (0, 1, 5, 16, T - 2):
+        expected = reference_attention(q, k, v, window)
+        assert (expected - causal).abs().max() > 1e-3  # the window really cuts something off
+        torch.testing.assert_close(attention(q, k, v, window), expected, atol=1e-5, rtol=1e-5)
+    for window in (T - 1, T, 10 * T):
+        torch.testing.assert_close(attention(q, k, v, window), causal, atol=1e-5, rtol=1e-5)
+
+
+def test_forward_is_independent_of_the_batch():
+    model = build(tiny_config(sequence_len=256, window_pattern="SL"))
+    x = tokens(3, 200, seed=7)
+    batched = model(x)
+    for row in range(3):
+        torch.testing.assert_close(model(x[row:row + 1])[0], batched[row], atol=1e-5, rtol=1e-5)
+
+
+def test_generate_greedy_follows_the_argmax():
+    model = build(tiny_config())
+    prompt = [5, 17, 42]
+    out = list(model.generate(prompt, 6, temperature=0))
+    assert len(out) == 6
+    ids = list(prompt)
+    for _ in range(6):
+        ids.append(int(model(torch.tensor([ids]))[0, -1].argmax()))
+    assert out == ids[len(prompt):]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Config switches and bad configs
+
+def test_nanochat_oct_2025_model_via_switches():
+    """All 2026 extras off, full windows, RoPE base 10k, no QK scale, no vocab padding: 12·d²·L + 2·V·d params."""
+    config = GPTConfig(sequence_len=64, vocab_size=VOCAB, n_layer=2, n_head=4, n_kv_head=4, n_embd=64,
+                       window_pattern="L", rope_base=10000, qk_scale=1.0, value_embeds=False, smear=False,
+                       backout=False, skip_lambdas=False, vocab_pad_to=1)
+    model = build(config)
+    d, L = 64, 2
+    assert sum(p.numel() for p in model.parameters()) == 12 * d * d * L + 2 * VOCAB * d
+    assert model.num_params()["total"] == 12 * d * d * L + 2 * VOCAB * d
+    assert model.lm_head.weight.shape == (VOCAB, d)
+    assert model.windows == [64, 64]
+    assert len(model.value_embeds) == 0
+    for name in ("resid_lambdas", "x0_lambdas", "smear_lambda", "backout_lambda"):
+        assert not hasattr(model, name)
+    x, y = tokens(2, 64, seed=1), tokens(2, 64, seed=2)
+    assert model(x).shape == (2, 64, VOCAB)
+    loss = model(x, y)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(p.grad is not None for p in model.parameters())
+    # the RoPE base is used: a different base gives different tables
+    other = GPT(GPTConfig(**{**config.to_dict(), "rope_base": 100_000.0}))
+    other.init_weights()
+    assert not torch.allclose(model.sin, other.sin)
+
+
+@pytest.mark.parametrize("fields", [
+    dict(n_embd=100, n_head=3),  # heads do not divide the width
+    dict(n_embd=96, n_head=32, n_kv_head=32),  # head size 3 is odd (RoPE rotates pairs)
+    dict(n_head=4, n_kv_head=3),  # query heads not shared evenly among kv heads
+    dict(window_pattern="SXL"),
+    dict(window_pattern=""),
+], ids=["width", "odd-head", "kv-heads", "pattern-letters", "pattern-empty"])
+def test_bad_configs_raise_user_error(fields):
+    with pytest.raises(UserError):
+        tiny_config(**fields)
+
+
+def test_bad_depth_dial_raises_user_error():
+    with pytest.raises(UserError):
+        config_for_depth(0, VOCAB)
+    with pytest.raises(UserError):
+        config_for_depth(2, VOCAB, aspect_ratio=0)

@@ -1,0 +1,387 @@
+"""`primechat train base` end to end, in subprocesses, on a tiny generated corpus and tokenizer.
+
+Covers: what a run leaves behind (metrics, checkpoint, curve, report), bit-for-bit resume (--resume,
+--resume-from-step), SIGTERM save and resume, gradient accumulation, 2-process torchrun vs one process with two data
+streams, and bad input (exit code 2, one line, nothing damaged).
+"""
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from primechat.common import dataset_dir, tokenizer_dir
+from primechat.data import shards
+from primechat.model import GPT, GPTConfig, config_for_depth
+from primechat.tokenizer import train_tokenizer
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+VOCAB = 384
+COMMON = ["--dataset", "tiny", "--depth", "2", "--max-seq-len", "128", "--device-batch-size", "4",
+          "--total-batch-size", "1024", "--eval-every", "5", "--eval-tokens", "2048", "--sample-every", "-1",
+          "--warmup-steps", "2"]
+STEP_FILES = ("model_{s}.pt", "optim_{s}_rank0.pt", "loader_{s}_rank0.pt", "meta_{s}.json")
+
+# ---------------------------------------------------------------------------------------------------------------------
+# A tiny corpus: sentences from a small grammar (learnable structure), 3 shards of several row groups each.
+
+NOUNS = "cat dog bird fish horse mouse child farmer teacher sailor king queen robot river garden city".split()
+VERBS = "sees likes finds follows paints helps visits carries watches builds".split()
+ADJS = "red big small old young happy quiet bright green dark".split()
+PLACES = "near the river|in the garden|under the bridge|at the market|on the hill|by the sea".split("|")
+
+
+def make_docs(n: int, seed: int) -> list[str]:
+    rng = random.Random(seed)
+    docs = []
+    for _ in range(n):
+        sentences = []
+        for _ in range(rng.randint(1, 4)):
+            s = f"The {rng.choice(ADJS)} {rng.choice(NOUNS)} {rng.choice(VERBS)} the {rng.choice(NOUNS)}"
+            if rng.random() < 0.5:
+                s += " " + rng.choice(PLACES)
+            sentences.append(s + ".")
+        if rng.random() < 0.3:
+            sentences.append(f"It was {rng.randint(1, 99)} years ago.")
+        docs.append(" ".join(sentences))
+    return docs
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    """A home folder holding base_data/tiny (2 training shards + validation) and a 384-token tokenizer."""
+    root = tmp_path_factory.mktemp("corpus")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PRIMECHAT_HOME", str(root))
+        folder = dataset_dir("tiny")
+        sizes = [2500, 1500, 1100]  # row groups of 1024: 3, 2 and 2 per shard
+        docs = make_docs(sum(sizes), seed=0)
+        start = 0
+        for i, n in enumerate(sizes):
+            shards.write_shard(docs[start:start + n], folder / shards.shard_name(i))
+            start += n
+        train_tokenizer(iter(docs[:4000]), VOCAB).save(tokenizer_dir())
+    return root
+
+
+def make_home(corpus: Path, home: Path, data: bool = True, tokenizer: bool = True) -> Path:
+    home.mkdir(parents=True, exist_ok=True)
+    if data:
+        shutil.copytree(corpus / "base_data", home / "base_data")
+    if tokenizer:
+        shutil.copytree(corpus / "tokenizer", home / "tokenizer")
+    return home
+
+
+def env_for(home: Path) -> dict:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "PRIMECHAT_PROGRESS",
+                        "PRIMECHAT_DTYPE")}
+    path = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
+    return {**env, "PRIMECHAT_HOME": str(home), "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
+
+
+def train_command(*args) -> list[str]:
+    return [sys.executable, "-m", "primechat.cli", "train", "base", *COMMON, *map(str, args)]
+
+
+def train(home: Path, *args, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run the trainer; later flags override COMMON's (argparse keeps the last)."""
+    return subprocess.run(train_command(*args), env=env_for(home), capture_output=True, text=True, timeout=timeout)
+
+
+def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result
+
+
+def assert_user_error(result: subprocess.CompletedProcess, *fragments: str) -> str:
+    """Exit code 2 and exactly one line on stderr, `primechat: error: ...`, with no traceback."""
+    assert result.returncode == 2, f"exit {result.returncode}\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("primechat: error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+    return lines[0]
+
+
+def ckpt(home: Path, tag: str = "d2") -> Path:
+    return home / "base_checkpoints" / tag
+
+
+def metrics(home: Path, tag: str = "d2") -> list[dict]:
+    return [json.loads(line) for line in (ckpt(home, tag) / "metrics.jsonl").read_text().splitlines()]
+
+
+def load_model(home: Path, step: int, tag: str = "d2") -> dict:
+    return torch.load(ckpt(home, tag) / f"model_{step:06d}.pt", weights_only=True)
+
+
+def assert_same_tensors(a, b, path="state"):
+    """Nested dicts/lists of tensors and plain values, equal bit for bit."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape, path
+        assert torch.equal(a, b), path
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), path
+        for k in a:
+            assert_same_tensors(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same_tensors(x, y, f"{path}[{i}]")
+    else:
+        assert a == b, path
+
+
+def snapshot(folder: Path) -> dict:
+    """Every file under folder -> (size, mtime_ns, sha256), to show nothing was touched."""
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns,
+                                         hashlib.sha256(p.read_bytes()).hexdigest())
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def delete_step(folder: Path, step: int):
+    for pattern in STEP_FILES:
+        (folder / pattern.format(s=f"{step:06d}")).unlink()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Run A: 12 steps, uninterrupted; the reference for several tests.
+
+@pytest.fixture(scope="module")
+def run_a(corpus, tmp_path_factory):
+    home = make_home(corpus, tmp_path_factory.mktemp("run_a") / "home")
+    result = ok(train(home, "--num-iterations", 12))
+    return home, result
+
+
+def test_a_run_leaves_metrics_checkpoint_curve_and_report(run_a):
+    home, result = run_a
+    folder = ckpt(home)
+    records = metrics(home)
+    steps = [r["step"] for r in records if "loss" in r]
+    assert steps == list(range(1, 13))
+    evals = [(r["step"], r["val_bpb"]) for r in records if "val_bpb" in r]
+    assert [s for s, _ in evals] == [0, 5, 10, 12]
+    train_losses = [r["raw_loss"] for r in records if "loss" in r]
+    assert train_losses[-1] < train_losses[0] - 0.3  # the loss falls
+    assert evals[-1][1] < evals[0][1] - 0.1  # and so does validation bpb
+    assert all(0 < bpb < 10 for _, bpb in evals)
+
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        [f.format(s="000012") for f in STEP_FILES] + ["metrics.jsonl", "loss_curve.png"])
+    meta = json.loads((folder / "meta_000012.json").read_text())
+    assert meta["step"] == 12
+    assert meta["val_bpb"] == evals[-1][1]
+    assert meta["model_config"] == config_for_depth(2, VOCAB, 128).to_dict()
+    assert meta["user_config"]["depth"] == 2 and meta["user_config"]["num_iterations"] == 12
+    assert meta["loop_state"]["min_val_bpb"] == min(bpb for _, bpb in evals)
+    assert meta["plan"]["grad_accum"] == 1024 // (4 * 128)
+
+    # the saved weights load into the configured model
+    model = GPT(GPTConfig(**meta["model_config"]))
+    model.load_state_dict(load_model(home, 12))
+
+    assert (folder / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report = (home / "report" / "base-model-training.md").read_text()
+    assert report.startswith("## Base model training")
+    assert "- steps: 12" in report and "final validation bpb" in report
+
+
+def test_save_and_resume_bit_for_bit(run_a, corpus, tmp_path):
+    home_a, _ = run_a
+    home = make_home(corpus, tmp_path / "home")
+    folder = ckpt(home)
+    ok(train(home, "--num-iterations", 12, "--save-every", 6))
+    assert sorted(int(p.stem.split("_")[1]) for p in folder.glob("meta_*.json")) == [6, 12]
+    delete_step(folder, 12)
+
+    resumed = ok(train(home, "--num-iterations", 12, "--save-every", 6, "--resume"))
+    assert "resuming" in resumed.stdout
+    expected = load_model(home_a, 12)
+    assert_same_tensors(load_model(home, 12), expected, "model")
+    for kind in ("optim", "loader"):
+        assert_same_tensors(torch.load(folder / f"{kind}_000012_rank0.pt", weights_only=False),
+                            torch.load(ckpt(home_a) / f"{kind}_000012_rank0.pt", weights_only=False), kind)
+    # the metrics read as if the run had never stopped: no duplicated steps, the same losses
+    strip = lambda rs: [(r["step"], r.get("raw_loss"), r.get("val_bpb")) for r in rs]  # noqa: E731
+    assert strip(metrics(home)) == strip(metrics(home_a))
+
+    # an explicit step works too
+    ok(train(home, "--num-iterations", 12, "--save-every", 6, "--resume-from-step", 6))
+    assert_same_tensors(load_model(home, 12), expected, "model")
+    # and a step that was never saved is a one-line error
+    before = snapshot(folder)
+    line = assert_user_error(train(home, "--num-iterations", 12, "--resume-from-step", 7), "step 7")
+    assert "6, 12" in line
+    assert snapshot(folder) == before
+
+
+def assert_same_training(home: Path, reference: Path, step: int):
+    """Two runs that should compute the same thing, up to float32 summation order.
+
+    Tight where float32 allows: the loss of every step and every validation bpb (to 5e-5; runs on other data differ
+    by 1e-4 to 1e-2), and every matrix, embedding and head to 1e-3 relative (Frobenius; other data: 5e-3 and up;
+    observed here: ~1e-4). Not the 1-D scalars: at init the output does not depend on resid/x0/backout lambdas (zero
+    output projections + final norm), so their first gradients are float32 rounding noise (~1e-11, exactly 0 in
+    float64) that AdamW with eps=1e-10 turns into steps of up to ±lr whose sign depends on summation order.
+    """
+    for key in ("raw_loss", "val_bpb"):
+        ours = [(r["step"], r[key]) for r in metrics(home) if key in r]
+        theirs = [(r["step"], r[key]) for r in metrics(reference) if key in r]
+        assert [s for s, _ in ours] == [s for s, _ in theirs]
+        for (s, a), (_, b) in zip(ours, theirs):
+            assert abs(a - b) < 5e-5, f"{key} at step {s}: {a} vs {b}"
+    got, expected = load_model(home, step), load_model(reference, step)
+    assert got.keys() == expected.keys()
+    for name, ref in expected.items():
+        if ref.ndim >= 2:
+            rel = ((got[name] - ref).norm() / ref.norm()).item()
+            assert rel < 1e-3, f"{name}: relative difference {rel:.2e}"
+
+
+def test_gradient_accumulation_gives_the_same_result(run_a, corpus, tmp_path):
+    """--device-batch-size 2 (4 micro-batches) trains on the same rows as 4 (2 micro-batches)."""
+    home_a, _ = run_a
+    home = make_home(corpus, tmp_path / "home")
+    ok(train(home, "--num-iterations", 12, "--device-batch-size", 2))
+    meta = json.loads((ckpt(home) / "meta_000012.json").read_text())
+    assert meta["plan"]["grad_accum"] == 4
+    assert_same_training(home, home_a, 12)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# SIGTERM: save where it stopped, resume to the same end result.
+
+SIG_ARGS = ["--max-seq-len", "64", "--device-batch-size", "2", "--total-batch-size", "128", "--num-iterations", 80,
+            "--eval-every", "-1", "--eval-tokens", "256", "--save-every", "-1"]
+
+
+def test_sigterm_saves_and_resume_matches_an_uninterrupted_run(corpus, tmp_path):
+    home = make_home(corpus, tmp_path / "stopped")
+    home_ref = make_home(corpus, tmp_path / "reference")
+    folder = ckpt(home)
+    out = open(tmp_path / "stopped.out", "w")
+    proc = subprocess.Popen(train_command(*SIG_ARGS), env=env_for(home), stdout=out, stderr=subprocess.STDOUT)
+    reference = subprocess.Popen(train_command(*SIG_ARGS), env=env_for(home_ref), stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL)  # meanwhile, on the other core
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None:
+            path = folder / "metrics.jsonl"
+            if path.exists() and sum('"loss"' in line for line in path.read_text().splitlines()) >= 3:
+                break
+            time.sleep(0.02)
+        assert proc.poll() is None, "the run ended before it could be interrupted"
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=120)
+        log = (tmp_path / "stopped.out").read_text()
+        assert code == 128 + signal.SIGTERM, log[-3000:]
+        assert "--resume" in log
+
+        saved = sorted(int(p.stem.split("_")[1]) for p in folder.glob("meta_*.json"))
+        assert len(saved) == 1
+        stopped_at = saved[0]
+        assert 3 <= stopped_at < 80
+        for pattern in STEP_FILES:
+            assert (folder / pattern.format(s=f"{stopped_at:06d}")).exists()
+        meta = json.loads((folder / f"meta_{stopped_at:06d}.json").read_text())
+        assert meta["step"] == stopped_at
+        assert max(r["step"] for r in metrics(home)) == stopped_at
+
+        ok(train(home, *SIG_ARGS, "--resume"))
+        assert reference.wait(timeout=300) == 0
+    finally:
+        for child in (proc, reference):
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+        out.close()
+    assert_same_tensors(load_model(home, 80), load_model(home_ref, 80), "model")
+    assert [r["step"] for r in metrics(home) if "loss" in r] == list(range(1, 81))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Two processes (torchrun, gloo) == one process with two data streams.
+
+def test_torchrun_two_processes_match_one_process_with_two_streams(corpus, tmp_path):
+    args = ["--num-iterations", 8]
+    home_dist = make_home(corpus, tmp_path / "dist")
+    home_one = make_home(corpus, tmp_path / "one")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "primechat.train.base", *COMMON, *map(str, args)]
+    dist_proc = subprocess.Popen(command, env=env_for(home_dist), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                 text=True)
+    try:
+        single = train(home_one, *args, "--data-streams", 2)
+        out, _ = dist_proc.communicate(timeout=300)
+    finally:
+        if dist_proc.poll() is None:
+            dist_proc.kill()
+            dist_proc.wait()
+    assert dist_proc.returncode == 0, out[-4000:]
+    ok(single)
+
+    folder = ckpt(home_dist)
+    for name in ("model_000008.pt", "meta_000008.json", "optim_000008_rank0.pt", "optim_000008_rank1.pt",
+                 "loader_000008_rank0.pt", "loader_000008_rank1.pt"):
+        assert (folder / name).exists(), name
+    assert not (ckpt(home_one) / "optim_000008_rank1.pt").exists()
+    meta_dist = json.loads((folder / "meta_000008.json").read_text())
+    meta_one = json.loads((ckpt(home_one) / "meta_000008.json").read_text())
+    assert meta_dist["world_size"] == 2 and meta_one["world_size"] == 1
+    assert (meta_dist["plan"]["grad_accum"], meta_one["plan"]["grad_accum"]) == (1, 2)
+
+    assert_same_training(home_dist, home_one, 8)
+    # Here even the noise-driven scalars agree: each process's micro-batch is the one process's micro-batch, and
+    # (g0 + g1) / 2 all-reduced equals g0/2 + g1/2 accumulated (halving is exact in binary floating point).
+    expected, got = load_model(home_one, 8), load_model(home_dist, 8)
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], atol=1e-5, rtol=0, msg=name)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Bad input: exit code 2, one line, nothing damaged.
+
+def test_missing_tokenizer(corpus, home):
+    make_home(corpus, home, tokenizer=False)
+    data_before = snapshot(home / "base_data")
+    assert_user_error(train(home, "--num-iterations", 2), "tokenizer")
+    assert not (home / "base_checkpoints").exists()
+    assert snapshot(home / "base_data") == data_before
+
+
+def test_missing_dataset(corpus, home):
+    make_home(corpus, home)
+    assert_user_error(train(home, "--num-iterations", 2, "--dataset", "nonexistent"), "nonexistent")
+    assert not (home / "base_checkpoints").exists()
+    assert not (home / "base_data" / "nonexistent").exists()
+
+
+def test_total_batch_not_divisible(corpus, home):
+    make_home(corpus, home)
+    assert_user_error(train(home, "--num-iterations", 2, "--total-batch-size", 1000), "1000")
+    assert not (home / "base_checkpoints").exists()
+
+
+@pytest.mark.parametrize("flags,fragment", [
+    (["--num-iterations", 12], "--resume"),  # a new run into a tag that has checkpoints
+    (["--num-iterations", 12, "--depth", 1, "--model-tag", "d2", "--resume"], "model config"),  # another model
+], ids=["existing-tag", "depth-mismatch"])
+def test_existing_checkpoints_are_left_alone(run_a, corpus, home, flags, fragment):
+    make_home(corpus, home)
+    shutil.copytree(ckpt(run_a[0]), ckpt(home), copy_function=shutil.copy2)
+    before = snapshot(ckpt(home))
+    assert_user_error(train(home, *flags), fragment)
+    assert snapshot(ckpt(home)) == before
+    assert not (home / "base_checkpoints" / "d1").exists()
