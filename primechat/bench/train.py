@@ -56,13 +56,14 @@ def main(args):
         step()
     dt = (time.perf_counter() - t0) / args.steps
     tok_per_sec = args.device_batch_size * args.max_seq_len / dt
+    achieved = model.estimate_flops() * tok_per_sec
     peak = peak_flops(device)
-    mfu = f"{100 * model.estimate_flops() * tok_per_sec / peak:.1f}%" if peak else "-"
+    mfu = f"{100 * achieved / peak:.1f}%" if peak else "-"  # no peak is known for CPUs
     memory = f"{torch.cuda.max_memory_allocated() / 2 ** 30:.1f} GiB" if device.type == "cuda" else "-"
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
     dtype = str(model.compute_dtype).removeprefix("torch.")
-    print("| device | depth | params | batch × seq | dtype | compile | step ms | tok/s | MFU | peak memory |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| device | depth | params | batch × seq | dtype | compile | step ms | tok/s | TFLOP/s | MFU | peak memory |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     print(f"| {name} | {args.depth} | {model.num_params()['total'] / 1e6:.1f}M | {args.device_batch_size} × "
           f"{args.max_seq_len} | {dtype} | {'yes' if use_compile else 'no'} | {dt * 1000:.0f} | {tok_per_sec:,.0f} | "
-          f"{mfu} | {memory} |")
+          f"{achieved / 1e12:.3f} | {mfu} | {memory} |")
