@@ -19,6 +19,8 @@ COMMANDS = {
         "download": ("download pretraining shards from the Hugging Face Hub", "primechat.data.download"),
         "add": ("turn your own text files (txt, jsonl, parquet) into shards", "primechat.data.local"),
         "demo": ("build the offline demo corpus from Python's own docstrings", "primechat.data.demo"),
+        "mixture": ("preview a chat-training data mixture: rows, tokens, shares, rendered examples",
+                    "primechat.tasks.mixture"),
     }),
     "tokenizer": ("train and evaluate the BPE tokenizer", {
         "train": ("train a byte-level BPE tokenizer on a dataset's training shards", "primechat.tokenizer"),
@@ -28,9 +30,14 @@ COMMANDS = {
         "base": ("pretrain a base model (everything derives from --depth)", "primechat.train.base"),
     }),
     "speedrun": ("the whole pipeline in one resumable command, from a preset", "primechat.speedrun"),
+    "eval": ("evaluate a model", {
+        "base": ("evaluate a base model: bits per byte, CORE, samples", "primechat.eval.base"),
+    }),
+    "chat": ("talk to a model in the terminal", "primechat.chat_cli"),
     "bench": ("benchmarks whose results go into docs/benchmarks.md", {
         "tokenizer": ("time tokenizer training (rustbpe vs HF tokenizers) and encoding", "primechat.bench.tokenizer"),
         "train": ("training throughput (tok/s), MFU and peak memory at a given depth", "primechat.bench.train"),
+        "infer": ("inference speed: prefill, time to first token, decode tok/s", "primechat.bench.infer"),
     }),
 }
 

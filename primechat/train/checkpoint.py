@@ -90,3 +90,30 @@ def load_rank_state(folder: Path, step: int, kind: str, rank: int, device="cpu")
 def load_model_state(folder: Path, step: int, device="cpu") -> dict:
     state = torch.load(folder / f"model_{step:06d}.pt", map_location=device, weights_only=True)
     return {k.removeprefix("_orig_mod."): v for k, v in state.items()}  # saved from a torch.compile'd model
+
+
+def load_model(stage: str, tag: str | None = None, step: int | None = None, device="cpu"):
+    """(model, tokenizer, meta) of a saved checkpoint, ready for inference: the stage's deepest tag and latest step
+    unless given. The tokenizer is the one saved beside the checkpoint if any (imported models), else the home one."""
+    from primechat.common import compute_dtype
+    from primechat.model import GPT, GPTConfig
+    from primechat.tokenizer import load_tokenizer
+
+    tag = tag or default_tag(stage)
+    folder = checkpoint_dir(stage, tag)
+    step = resolve_step(folder, step)
+    meta = load_meta(folder, step)
+    config = GPTConfig(**meta["model_config"])
+    tokenizer = load_tokenizer(folder if (folder / "tokenizer.pkl").exists() else None)
+    if tokenizer.vocab_size != config.vocab_size:
+        raise UserError(f"{stage} {tag} step {step} was trained with a {config.vocab_size:,}-token vocabulary but the "
+                        f"tokenizer has {tokenizer.vocab_size:,}: restore the tokenizer it was trained with")
+    device = torch.device(device)
+    with torch.device("meta"):
+        model = GPT(config)
+    model.to_empty(device=device)
+    model.init_weights()  # RoPE tables (not saved); the weights are overwritten below
+    model.load_state_dict(load_model_state(folder, step, device))
+    model.compute_dtype = compute_dtype(device.type)
+    model.eval()
+    return model, tokenizer, meta
