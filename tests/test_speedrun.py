@@ -1,0 +1,85 @@
+"""The one-command pipeline: stages run in order, a stop (SIGTERM) leaves the running stage resumable, and running the
+same command again skips completed stages and finishes. Uses a tiny preset written by the test."""
+
+import json
+import signal
+import subprocess
+import time
+
+import torch
+
+PRESET = """
+description: a tiny pipeline for tests
+stages:
+  - name: data
+    run: data demo
+  - name: tokenizer
+    run: tokenizer train --dataset pydocs --vocab-size 300 --max-chars 300000
+  - name: base
+    run: >
+      train base --dataset pydocs --depth 1 --aspect-ratio 32 --head-dim 16 --max-seq-len 64
+      --device-batch-size 2 --total-batch-size 128 --num-iterations {steps} --warmup-steps 2
+      --eval-every -1 --eval-tokens 256 --sample-every -1 --save-every 10 --resume
+"""
+
+
+def write_preset(tmp_path, steps):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(PRESET.format(steps=steps))
+    return path
+
+
+def test_stop_then_rerun_continues_to_the_end(home, cli, tmp_path):
+    preset = write_preset(tmp_path, steps=400)
+    proc = cli.popen("speedrun", "--preset", preset, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    metrics = home / "base_checkpoints" / "d1" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 5):  # training has started
+        assert proc.poll() is None and time.time() < deadline, proc.stdout.read()
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, out
+    assert "run the same command again to continue" in out
+    state = json.loads((home / "speedrun" / "tiny.json").read_text())
+    assert state["completed"] == ["data", "tokenizer"]  # base was interrupted, so it is not complete
+    saved = sorted((home / "base_checkpoints" / "d1").glob("meta_*.json"))
+    assert saved, "the stopped stage saved a checkpoint"
+    stopped_at = json.loads(saved[-1].read_text())["step"]
+    assert 0 < stopped_at < 400
+
+    done = cli.run("speedrun", "--preset", preset, timeout=300)
+    assert done.code == 0, done.out + done.err
+    assert "data: already complete, skipped" in done.out and "tokenizer: already complete, skipped" in done.out
+    assert f"resuming {home / 'base_checkpoints' / 'd1'} from step {stopped_at}" in done.out
+    assert json.loads((home / "speedrun" / "tiny.json").read_text())["completed"] == ["data", "tokenizer", "base"]
+    assert (home / "base_checkpoints" / "d1" / "meta_000400.json").exists()
+    assert list((home / "speedrun").glob("tiny-*.log"))  # one log file per run
+
+
+def test_failed_stage_stops_the_run_with_one_line(home, cli, tmp_path):
+    preset = tmp_path / "broken.yaml"
+    preset.write_text("stages:\n  - name: base\n    run: train base --dataset nowhere --depth 1\n")
+    result = cli.run("speedrun", "--preset", preset)
+    assert result.code == 2
+    assert result.err.strip().splitlines()[-1].startswith("primechat: error: stage base failed (exit 2)")
+    assert not (home / "speedrun" / "broken.json").exists()
+
+
+def test_unknown_preset_is_a_user_error(home, cli):
+    result = cli("speedrun", "--preset", "no-such-preset")
+    assert result.code == 2 and "no preset 'no-such-preset'" in result.err and "demo" in result.err
+
+
+def test_resumed_training_equals_uninterrupted(home, cli, tmp_path):
+    """The stop/rerun path gives the same model as a run that was never stopped."""
+    preset = write_preset(tmp_path, steps=30)
+    assert cli.run("speedrun", "--preset", preset).code == 0
+    uninterrupted = torch.load(home / "base_checkpoints" / "d1" / "model_000030.pt")
+    for step in (20, 30):  # forget the end of the run, as if it had stopped at step 10
+        for f in (home / "base_checkpoints" / "d1").glob(f"*_{step:06d}*"):
+            f.unlink()
+    (home / "speedrun" / "tiny.json").write_text(json.dumps({"completed": ["data", "tokenizer"]}))
+    assert cli.run("speedrun", "--preset", preset).code == 0
+    resumed = torch.load(home / "base_checkpoints" / "d1" / "model_000030.pt")
+    assert all(torch.equal(uninterrupted[k], resumed[k]) for k in uninterrupted)
