@@ -1,0 +1,84 @@
+"""English word lists for the spelling tasks, from an explicit, pluggable source.
+
+nanochat downloads dwyl's words_alpha.txt (370K words) from GitHub. A source here is one of:
+    builtin          words harvested from the docstrings of Python's own standard library: no download, the same
+                     list for a given Python version (~3-4K words, cached under <home>/words/ after the first build)
+    https://…/x.txt  a word list downloaded once (progress bar, atomic) into <home>/words/, reused afterwards; e.g.
+                     https://raw.githubusercontent.com/dwyl/english-words/master/words_alpha.txt
+    PATH             a local text file, one word per line
+Only lowercase a-z words of 3+ letters are kept, deduplicated and sorted, so a list is the same wherever it comes from.
+"""
+
+import ast
+import collections
+import hashlib
+import re
+import sys
+import urllib.request
+from pathlib import Path
+
+from primechat.common import UserError, atomic_path, home_dir, progress
+
+WORD = re.compile(r"(?<![\w'])[a-z]{3,15}(?![\w'])")
+WORD_LINE = re.compile(r"[a-z]{3,}")
+
+
+def clean(lines) -> list[str]:
+    return sorted({w for w in (line.strip().lower() for line in lines) if WORD_LINE.fullmatch(w)})
+
+
+def builtin_words() -> list[str]:
+    """Lowercase words found in docstrings of at least 3 stdlib modules: common English, few identifiers."""
+    from primechat.data.demo import stdlib_files
+    seen_in = collections.Counter()
+    for _, path in stdlib_files():
+        try:
+            tree = ast.parse(path.read_bytes())
+        except (SyntaxError, ValueError):
+            continue
+        found = set()
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                found.update(WORD.findall(ast.get_docstring(node) or ""))
+        seen_in.update(found)
+    return sorted(w for w, n in seen_in.items() if n >= 3)
+
+
+def download(url: str, path: Path) -> None:
+    print(f"downloading the word list {url} to {path}", file=sys.stderr)
+    try:
+        with urllib.request.urlopen(url, timeout=30) as response, atomic_path(path) as tmp, open(tmp, "wb") as f:
+            size = int(response.headers.get("Content-Length") or 0) or None
+            with progress(total=size, unit="B", unit_scale=True, desc="words") as bar:
+                for block in iter(lambda: response.read(1 << 16), b""):
+                    f.write(block)
+                    bar.update(len(block))
+    except OSError as e:
+        raise UserError(f"cannot download the word list {url} ({e}): use `words: builtin` or a local file") from None
+
+
+def load_words(source: str = "builtin", base: Path | None = None) -> list[str]:
+    """The word list of a source (see the module docstring); relative paths are taken from `base`."""
+    folder = home_dir() / "words"
+    if source == "builtin":
+        cache = folder / f"builtin-py{sys.version_info[0]}.{sys.version_info[1]}.txt"
+        if not cache.exists():
+            with atomic_path(cache) as tmp:
+                tmp.write_text("\n".join(builtin_words()) + "\n")
+        return clean(cache.read_text().splitlines())
+    if source.startswith(("http://", "https://")):
+        name = re.sub(r"[^\w.-]", "_", source.rstrip("/").rsplit("/", 1)[-1])
+        path = folder / f"{hashlib.sha1(source.encode()).hexdigest()[:8]}-{name}"
+        if not path.exists():
+            download(source, path)
+    else:
+        path = Path(source).expanduser()
+        if not path.is_absolute() and base is not None:
+            path = base / path
+        if not path.is_file():
+            raise UserError(f"word list {path} not found: give a text file with one word per line, a URL, "
+                            "or `builtin`")
+    words = clean(path.read_text(errors="replace").splitlines())
+    if not words:
+        raise UserError(f"word list {source} has no words (lowercase a-z, 3+ letters, one per line)")
+    return words
