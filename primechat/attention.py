@@ -5,6 +5,10 @@ Inputs are (B, T, H, D) like FlashAttention's; a query at position i sees keys j
 - Sliding windows on CUDA use FlexAttention with a block mask, so blocks outside the window are skipped rather
   than computed and masked (a dense masked SDPA would spend the full T² on every short-window layer).
 - Elsewhere (CPU, MPS) sliding windows use SDPA with an explicit boolean mask: correct, not fast.
+
+`cached_attention` is the inference variant: T new queries at absolute positions pos..pos+T-1 against every key
+held in a KV cache (the prefix, then the new ones). Keys older than the earliest query's window are sliced off
+first, so a decode step on a short-window layer reads only its window of the cache.
 """
 
 from functools import lru_cache
@@ -41,4 +45,20 @@ def attention(q, k, v, window: int):
         y = flex_attention(q, k, v, block_mask=_window_block_mask(T, window, q.device), enable_gqa=gqa)
     else:
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=_window_mask(T, window, q.device), enable_gqa=gqa)
+    return y.transpose(1, 2)
+
+
+def cached_attention(q, k, v, pos: int, window: int):
+    """q: (B, T, H, D) at positions pos.., k and v: (B, pos + T, H_kv, D), the cache up to and including q's keys."""
+    T = q.size(1)
+    start = max(0, pos - window)
+    k, v = k[:, start:], v[:, start:]
+    gqa = q.size(2) != k.size(2)
+    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+    if T == 1:  # one query: every key kept is inside its window and not in its future
+        y = F.scaled_dot_product_attention(q, k, v, enable_gqa=gqa)
+    else:  # a chunk on top of a prefix: the prefix within the window, causal inside the chunk
+        i = torch.arange(pos, pos + T, device=q.device)[:, None]
+        j = torch.arange(start, pos + T, device=q.device)[None, :]
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=(j <= i) & (j >= i - window), enable_gqa=gqa)
     return y.transpose(1, 2)

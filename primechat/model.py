@@ -9,6 +9,10 @@ serves researchers as ablations.
 
 Weights are kept in fp32 (master weights); each matmul casts them to the activation dtype, which is bf16 on
 modern GPUs and fp32 elsewhere (no autocast).
+
+For inference, forward takes a KV cache (primechat.engine.KVCache): the new tokens sit at absolute positions
+cache.pos.., attend to everything cached before them, and leave their keys, values and last embedding (for smear)
+in the cache. Without a cache, forward is the training computation, untouched.
 """
 
 import math
@@ -18,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from primechat.attention import attention
+from primechat.attention import attention, cached_attention
 from primechat.common import UserError
 
 
@@ -103,6 +107,7 @@ def apply_rotary(x, cos, sin):
 class Attention(nn.Module):
     def __init__(self, config: GPTConfig, layer: int):
         super().__init__()
+        self.layer = layer
         self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.n_kv_head, config.head_dim
         self.qk_scale = config.qk_scale
         d, kv = config.n_embd, config.n_kv_head * config.head_dim
@@ -110,7 +115,7 @@ class Attention(nn.Module):
         self.c_proj = Linear(d, d, bias=False)
         self.ve_gate = Linear(12, config.n_kv_head, bias=False) if config.has_value_embed(layer) else None
 
-    def forward(self, x, ve, cos, sin, window):
+    def forward(self, x, ve, cos, sin, window, kv_cache=None):
         B, T, _ = x.shape
         q = self.c_q(x).view(B, T, self.n_head, self.head_dim)
         k = self.c_k(x).view(B, T, self.n_kv_head, self.head_dim)
@@ -120,7 +125,11 @@ class Attention(nn.Module):
             v = v + gate * ve.view(B, T, self.n_kv_head, self.head_dim)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         q, k = norm(q) * self.qk_scale, norm(k) * self.qk_scale
-        y = attention(q, k, v, window)
+        if kv_cache is None:
+            y = attention(q, k, v, window)
+        else:
+            k, v = kv_cache.insert(self.layer, k, v)
+            y = cached_attention(q, k, v, kv_cache.pos, window)
         return self.c_proj(y.reshape(B, T, -1))
 
 
@@ -140,8 +149,8 @@ class Block(nn.Module):
         self.attn = Attention(config, layer)
         self.mlp = MLP(config)
 
-    def forward(self, x, ve, cos, sin, window):
-        x = x + self.attn(norm(x), ve, cos, sin, window)
+    def forward(self, x, ve, cos, sin, window, kv_cache=None):
+        x = x + self.attn(norm(x), ve, cos, sin, window, kv_cache)
         return x + self.mlp(norm(x))
 
 
@@ -207,25 +216,41 @@ class GPT(nn.Module):
         freqs = torch.outer(torch.arange(length, dtype=torch.float32, device=device), inv_freq)
         return freqs.cos()[None, :, None, :], freqs.sin()[None, :, None, :]  # (1, T, 1, hd/2)
 
-    def forward(self, idx, targets=None, loss_reduction="mean"):
-        """Logits (B, T, vocab) or, with targets (-1 = ignore), the cross-entropy loss."""
+    def activation_dtype(self, device: torch.device) -> torch.dtype:
+        if self.compute_dtype:
+            return self.compute_dtype
+        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+
+    def forward(self, idx, targets=None, loss_reduction="mean", kv_cache=None):
+        """Logits (B, T, vocab) or, with targets (-1 = ignore), the cross-entropy loss. With a kv_cache, idx continues
+        the sequences held in it."""
         c = self.config
         B, T = idx.shape
-        dtype = self.compute_dtype or (torch.bfloat16 if idx.is_cuda and torch.cuda.is_bf16_supported()
-                                       else torch.float32)
-        cos, sin = self.cos[:, :T].to(dtype), self.sin[:, :T].to(dtype)
+        dtype = self.activation_dtype(idx.device)
+        pos = 0 if kv_cache is None else kv_cache.pos
+        cos, sin = self.cos[:, pos:pos + T].to(dtype), self.sin[:, pos:pos + T].to(dtype)
         x = norm(self.transformer.wte(idx).to(dtype))
         if c.smear:  # mix a gated share of the previous token's embedding into each position
-            gate = torch.sigmoid(self.smear_gate(x[:, 1:, :24]))
-            x = torch.cat([x[:, :1], x[:, 1:] + self.smear_lambda.to(dtype) * gate * x[:, :-1]], dim=1)
+            if pos == 0:
+                gate = torch.sigmoid(self.smear_gate(x[:, 1:, :24]))
+                smeared = torch.cat([x[:, :1], x[:, 1:] + self.smear_lambda.to(dtype) * gate * x[:, :-1]], dim=1)
+            else:  # the first new token's predecessor was in an earlier call: the cache kept its embedding
+                gate = torch.sigmoid(self.smear_gate(x[..., :24]))
+                prev = torch.cat([kv_cache.prev_embed, x[:, :-1]], dim=1)
+                smeared = x + self.smear_lambda.to(dtype) * gate * prev
+            if kv_cache is not None:
+                kv_cache.prev_embed = x[:, -1:]
+            x = smeared
         x0, x_mid = x, None
         for i, block in enumerate(self.transformer.h):
             if c.skip_lambdas:
                 x = self.resid_lambdas[i].to(dtype) * x + self.x0_lambdas[i].to(dtype) * x0
             ve = self.value_embeds[str(i)](idx).to(dtype) if str(i) in self.value_embeds else None
-            x = block(x, ve, cos, sin, self.windows[i])
+            x = block(x, ve, cos, sin, self.windows[i], kv_cache)
             if i == c.n_layer // 2:
                 x_mid = x
+        if kv_cache is not None:
+            kv_cache.pos += T
         if c.backout:
             x = x - self.backout_lambda.to(dtype) * x_mid
         logits = self.lm_head(norm(x))[..., :c.vocab_size].float()

@@ -1,0 +1,183 @@
+"""Talk to a model in the terminal: multi-turn chat with streamed replies and speed stats after each one.
+
+The conversation is kept as one growing list of token ids (<|bos|>, then <|user_start|>…<|user_end|>
+<|assistant_start|>…<|assistant_end|> per turn), so history is never re-encoded. A base model has no chat format:
+with -i base each prompt is completed as plain text instead.
+
+Commands: /clear (new conversation), /temperature [value], /topk [k], /help, /quit (or quit, exit, Ctrl-D).
+"""
+
+import sys
+import time
+
+from primechat.common import UserError, compute_init
+from primechat.train.checkpoint import STAGE_DIRS, default_tag, load_model
+
+HELP = """commands:
+  /clear              start a new conversation
+  /temperature [v]    show or set the sampling temperature (0 = greedy)
+  /topk [k]           show or set top-k sampling (0 = no limit)
+  /help               this list
+  /quit               leave (also quit, exit, Ctrl-D)"""
+
+
+def load_stage(stage: str, tag: str | None, step: int | None, device):
+    """load_model, but a missing stage names the stages that do have checkpoints."""
+    if tag is None:
+        try:
+            default_tag(stage)
+        except UserError:
+            present = [other for other in STAGE_DIRS if _has_checkpoints(other)]
+            hint = (f"checkpoints exist for: {', '.join(present)} (pick one with -i)" if present
+                    else "there are no checkpoints at all: train a model first")
+            raise UserError(f"no {stage} checkpoint to chat with; {hint}") from None
+    return load_model(stage, tag, step, device)
+
+
+def _has_checkpoints(stage: str) -> bool:
+    try:
+        default_tag(stage)
+        return True
+    except UserError:
+        return False
+
+
+class Chat:
+    """One conversation with a model: sends a turn, streams the reply to `out`, keeps the token history."""
+
+    def __init__(self, engine, tokenizer, chat_format: bool, temperature: float, top_k: int, max_tokens: int,
+                 out=sys.stdout):
+        from primechat.engine import StreamDecoder
+        self.engine, self.tokenizer, self.chat_format = engine, tokenizer, chat_format
+        self.temperature, self.top_k, self.max_tokens = temperature, top_k, max_tokens
+        self.out = out
+        special = tokenizer.encode_special
+        self.user_start, self.user_end = special("<|user_start|>"), special("<|user_end|>")
+        self.assistant_start, self.assistant_end = special("<|assistant_start|>"), special("<|assistant_end|>")
+        # tool calls show as «expression = result»
+        self.decoder = StreamDecoder(tokenizer, {special("<|python_start|>"): "«", special("<|python_end|>"): " = ",
+                                                 special("<|output_end|>"): "»"})
+        self.seed = 0
+        self.clear()
+
+    def clear(self):
+        self.tokens = [self.tokenizer.bos_id]
+
+    def reply(self, text: str) -> str:
+        """Generate the answer to `text`, streaming it; returns the one-line stats."""
+        if self.chat_format:
+            self.tokens += [self.user_start, *self.tokenizer.encode(text), self.user_end, self.assistant_start]
+            prompt = self.tokens
+        else:  # plain completion: each prompt stands alone
+            prompt = [self.tokenizer.bos_id, *self.tokenizer.encode(text)]
+            self.out.write(text)
+        self.seed += 1  # a fresh draw each turn, reproducible across runs
+        start = time.perf_counter()
+        first = None
+        generated = []
+        for column, _ in self.engine.generate(prompt, max_tokens=self.max_tokens, temperature=self.temperature,
+                                              top_k=self.top_k, seed=self.seed):
+            token = column[0]
+            if first is None:
+                first = time.perf_counter()
+            if token in self.engine.ends:
+                break
+            generated.append(token)
+            self.out.write(self.decoder.push(token))
+            self.out.flush()
+        end = time.perf_counter()
+        self.out.write(self.decoder.flush() + "\n")
+        if self.chat_format:
+            self.tokens += generated + [self.assistant_end]  # close the turn even if the reply was cut off
+        n = len(generated)
+        ttft = (first or end) - start
+        rate = f"{(n - 1) / (end - first):.1f} tok/s" if n > 1 and end > first else "- tok/s"
+        return f"time to first token {ttft * 1000:.0f} ms · {rate} · {n} tokens · {len(prompt) + n} in context"
+
+    def command(self, line: str) -> bool:
+        """Handle a /command; False when the user wants to leave."""
+        name, _, value = line.partition(" ")
+        value = value.strip()
+        if name in ("/quit", "/exit"):
+            return False
+        if name == "/clear":
+            self.clear()
+            print("(new conversation)", file=self.out)
+        elif name == "/temperature":
+            if value:
+                self.temperature = _non_negative(value, float, self.temperature, self.out)
+            print(f"temperature {self.temperature}", file=self.out)
+        elif name == "/topk":
+            if value:
+                self.top_k = _non_negative(value, int, self.top_k, self.out)
+            print(f"top-k {self.top_k or 'off'}", file=self.out)
+        elif name == "/help":
+            print(HELP, file=self.out)
+        else:
+            print(f"unknown command {name}; /help lists them", file=self.out)
+        return True
+
+
+def _non_negative(text: str, kind, current, out):
+    """text as a number >= 0 of the given kind, else a message and the current value kept."""
+    try:
+        value = kind(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        print(f"not a {kind.__name__} >= 0: {text!r}", file=out)
+        return current
+    return value
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("-i", "--source", choices=list(STAGE_DIRS), default="sft", help="which stage's model")
+    parser.add_argument("-g", "--model-tag", help="checkpoint tag (default: the stage's deepest d<N>)")
+    parser.add_argument("-s", "--step", type=int, help="checkpoint step (default: the latest)")
+    parser.add_argument("-p", "--prompt", help="answer this one prompt, print the reply and exit")
+    parser.add_argument("-t", "--temperature", type=float, default=0.6, help="sampling temperature (0 = greedy)")
+    parser.add_argument("-k", "--top-k", type=int, default=50, help="sample among the k likeliest tokens (0 = all)")
+    parser.add_argument("-m", "--max-tokens", type=int, default=512, help="longest reply in tokens")
+    parser.add_argument("--device-type", default="", help="cuda, mps or cpu (default: autodetect)")
+
+
+def main(args) -> None:
+    from primechat.engine import Engine
+
+    if args.temperature < 0 or args.top_k < 0 or args.max_tokens < 1:
+        raise UserError("--temperature and --top-k must be >= 0 and --max-tokens >= 1")
+    device, _, _ = compute_init(args.device_type)
+    model, tokenizer, meta = load_stage(args.source, args.model_tag, args.step, device)
+    chat = Chat(Engine(model, tokenizer), tokenizer, chat_format=args.source != "base",
+                temperature=args.temperature, top_k=args.top_k, max_tokens=args.max_tokens)
+    if args.prompt is not None:
+        stats = chat.reply(args.prompt)
+        print(stats, file=sys.stderr)
+        return
+
+    interactive = sys.stdin.isatty()
+    dim, reset = ("\033[2m", "\033[0m") if sys.stdout.isatty() else ("", "")
+    kind = "chat" if chat.chat_format else "text completion (base model: no chat format)"
+    print(f"primechat {kind} · {args.source} {meta.get('step', '')} · /help for commands, /quit to leave")
+    while True:
+        try:
+            line = input("\nYou: " if interactive else "").strip()
+        except EOFError:
+            break
+        if not line:
+            continue
+        if line in ("quit", "exit"):
+            break
+        if line.startswith("/"):
+            if not chat.command(line):
+                break
+            continue
+        if not interactive:
+            print(f"You: {line}")
+        print("Assistant: " if chat.chat_format else "", end="", flush=True)
+        print(dim + chat.reply(line) + reset)
+
+
+if __name__ == "__main__":
+    from primechat.cli import run_module
+    run_module(add_arguments, main)
