@@ -46,11 +46,11 @@ class Chat:
     """One conversation with a model: sends a turn, streams the reply to `out`, keeps the token history."""
 
     def __init__(self, engine, tokenizer, chat_format: bool, temperature: float, top_k: int, max_tokens: int,
-                 out=sys.stdout):
+                 out=None):
         from primechat.engine import StreamDecoder
         self.engine, self.tokenizer, self.chat_format = engine, tokenizer, chat_format
         self.temperature, self.top_k, self.max_tokens = temperature, top_k, max_tokens
-        self.out = out
+        self.out = out or sys.stdout
         special = tokenizer.encode_special
         self.user_start, self.user_end = special("<|user_start|>"), special("<|user_end|>")
         self.assistant_start, self.assistant_end = special("<|assistant_start|>"), special("<|assistant_end|>")
