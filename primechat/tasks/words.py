@@ -11,6 +11,7 @@ Only lowercase a-z words of 3+ letters are kept, deduplicated and sorted, so a l
 
 import ast
 import collections
+import functools
 import hashlib
 import re
 import sys
@@ -27,6 +28,7 @@ def clean(lines) -> list[str]:
     return sorted({w for w in (line.strip().lower() for line in lines) if WORD_LINE.fullmatch(w)})
 
 
+@functools.cache  # a few seconds of parsing; the answer never changes within one Python
 def builtin_words() -> list[str]:
     """Lowercase words found in docstrings of at least 3 stdlib modules: common English, few identifiers."""
     from primechat.data.demo import stdlib_files
