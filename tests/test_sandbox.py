@@ -1,6 +1,5 @@
 """The HumanEval sandbox (primechat/eval/sandbox.py): results, limits, the process group, blocked calls, isolation."""
 
-import os
 import time
 from pathlib import Path
 

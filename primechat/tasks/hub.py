@@ -3,8 +3,9 @@
 Datasets on the Hub keep one parquet file (or a few) per subset (also called config) and split, either at
 `<subset>/<split>-00000-of-00001.parquet` or, for datasets with one subset, `data/<split>-….parquet`. We download just
 the files of the asked (subset, split) with huggingface_hub, so they sit in the usual HF cache (~/.cache/huggingface,
-or $HF_HUB_CACHE), are shared with any other HF tool, and are reused without a network call once there (offline too,
-or with HF_HUB_OFFLINE=1). HF_ENDPOINT and HF_TOKEN work as everywhere else.
+or $HF_HUB_CACHE), are shared with any other HF tool, and are never downloaded twice: online, a run costs one small
+listing request; offline (no network, or HF_HUB_OFFLINE=1) the cached files are used as they are. HF_ENDPOINT and
+HF_TOKEN work as everywhere else.
 
 Rows are shuffled with numpy's default_rng(seed).permutation, which is the order `datasets.Dataset.shuffle(seed)`
 gives: the same examples land in the same places as in nanochat, which shuffles with seed 42.
