@@ -7,18 +7,21 @@ calls them:
     GET      /api/{datasets,models}/<repo>[/revision/<rev>]      repo_info, dataset_info, model_info
     GET      /api/{datasets,models}/<repo>/tree/<rev>[/<path>]   list_repo_tree, list_repo_files (paged by cursor)
     HEAD|GET /[datasets/]<repo>/resolve/<rev>/<path>              hf_hub_download: ETag, X-Repo-Commit, Range
+    GET      /static/<name>                                        plain files (e.g. the CORE eval bundle)
 
 Errors carry the Hub's X-Error-Code header (RepoNotFound, RevisionNotFound, EntryNotFound), which is what makes the
 client raise RepositoryNotFoundError, RevisionNotFoundError and EntryNotFoundError. Every request is kept in `log`.
 Knobs for failure tests: `throttle` slows file bodies down, `break_bodies(n)` cuts the next n file bodies off
-mid-way (the connection drops), `fail_requests(n)` answers the next n file GETs with an HTTP error.
+mid-way (the connection drops), `fail_requests(n)` answers the next n file GETs with an HTTP error (files under /resolve/ and /static/ alike).
 
     with FakeHub(tmp_path) as hub:                       # hub.url -> http://127.0.0.1:PORT, for HF_ENDPOINT
         hub.add_files("models/me/tiny", {"config.json": "{}"})
         texts = hub.add_shard_dataset("me/corpus", num_shards=4)     # datasets/me/corpus/shard_0000{0..3}.parquet
+        hub.add_static("eval_bundle.zip", b"garbage", zip_bytes)   # 1st GET: garbage, later GETs: zip_bytes
 """
 
 import hashlib
+import io
 import json
 import random
 import re
@@ -55,6 +58,7 @@ class FakeHub:
         self._breaks = []  # fractions at which the next file bodies are cut off
         self._failures = []  # statuses for the next file GETs
         self._etags = {}  # (path, size, mtime_ns) -> git blob sha1
+        self._static = {}  # name -> bodies still to serve in turn (the last one stays)
         self._server = None
 
     # ---- lifecycle -------------------------------------------------------------------------------------------------
@@ -115,6 +119,11 @@ class FakeHub:
         for index, shard in enumerate(texts):
             write_shard(shard, folder / shard_name(index))
         return texts
+
+    def add_static(self, name: str, *bodies: bytes) -> str:
+        """Serve bodies at /static/<name>, one per GET in turn, the last one from then on; returns the URL."""
+        self._static[name] = list(bodies)
+        return f"{self.url}/static/{name}"
 
     # ---- misbehaviour and the request log ---------------------------------------------------------------------------
 
@@ -196,6 +205,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.request_record = Request(self.command, unquote(url.path), parse_qs(url.query),
                                       {k.lower(): v for k, v in self.headers.items()})
         self.hub.log.append(self.request_record)
+        if url.path.startswith("/static/"):
+            return self.static(unquote(url.path.removeprefix("/static/")))
         if m := _RESOLVE.match(url.path):
             return self.resolve(f"{m['type'] or 'models'}/{unquote(m['owner'])}/{unquote(m['name'])}",
                                 unquote(m["rev"]), unquote(m["path"]))
@@ -266,11 +277,24 @@ class _Handler(BaseHTTPRequestHandler):
             headers["Content-Range"] = f"bytes {start}-{end}/{size}"
         self.send_body(file, start, end + 1, status, headers)
 
-    def send_body(self, file: Path, start: int, stop: int, status: int, headers: dict):
+    def static(self, name: str):
+        with self.hub._lock:
+            bodies = self.hub._static.get(name)
+            body = (bodies.pop(0) if len(bodies) > 1 else bodies[0]) if bodies else None
+        if body is None:
+            return self.error(404, None, f"no static file {name}")
+        if self.command == "HEAD":
+            return self.answer(200, {"Content-Length": len(body)})
+        if status := self.hub._next(self.hub._failures):
+            return self.error(status, None, "the fake hub was told to fail this request")
+        self.send_body(body, 0, len(body), 200, {"Content-Type": "application/octet-stream"})
+
+    def send_body(self, file: Path | bytes, start: int, stop: int, status: int, headers: dict):
+        """Send file[start:stop] (a file, or bytes in memory), throttled or cut off as the hub's knobs say."""
         cut = self.hub._next(self.hub._breaks)
         stop_at = stop if cut is None else start + int((stop - start) * cut)
         self.answer(status, {**headers, "Content-Length": stop - start})
-        with open(file, "rb") as f:
+        with (io.BytesIO(file) if isinstance(file, bytes) else open(file, "rb")) as f:
             f.seek(start)
             pos = start
             while pos < stop_at:
