@@ -16,6 +16,9 @@ from pathlib import Path
 from tqdm import tqdm
 
 
+CONFIGS_DIR = Path(__file__).parent / "configs"  # shipped presets, mixtures and the identity conversations
+
+
 class UserError(Exception):
     """A mistake the user can fix (bad flag, missing input). The CLI prints it as one line and exits with code 2."""
 

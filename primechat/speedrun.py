@@ -18,21 +18,19 @@ from pathlib import Path
 import yaml
 
 from primechat.cli import COMMANDS
-from primechat.common import UserError, atomic_path, home_dir
-
-CONFIGS = Path(__file__).parent / "configs"
+from primechat.common import CONFIGS_DIR, UserError, atomic_path, home_dir
 
 
 def add_arguments(p):
-    presets = sorted(f.stem for f in CONFIGS.glob("*.yaml") if "stages" in yaml.safe_load(f.read_text()))
+    presets = sorted(f.stem for f in CONFIGS_DIR.glob("*.yaml") if "stages" in yaml.safe_load(f.read_text()))
     p.add_argument("--preset", default="demo", help=f"one of {', '.join(presets)}, or a path to a preset YAML")
     p.add_argument("--restart", action="store_true", help="forget which stages completed and run them all again")
 
 
 def load_preset(name: str) -> tuple[str, dict]:
-    path = Path(name) if name.endswith((".yaml", ".yml")) else CONFIGS / f"{name}.yaml"
+    path = Path(name) if name.endswith((".yaml", ".yml")) else CONFIGS_DIR / f"{name}.yaml"
     if not path.exists():
-        known = ", ".join(sorted(f.stem for f in CONFIGS.glob("*.yaml")))
+        known = ", ".join(sorted(f.stem for f in CONFIGS_DIR.glob("*.yaml")))
         raise UserError(f"no preset {name!r}: use one of {known}, or a path to a .yaml file")
     preset = yaml.safe_load(path.read_text())
     if not isinstance(preset, dict) or not preset.get("stages"):

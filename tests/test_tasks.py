@@ -20,7 +20,8 @@ from primechat.tasks.common import Task, TaskMixture, TaskSequence, render_mc
 from primechat.tasks.customjson import CustomJSON
 from primechat.tasks.gsm8k import GSM8K, extract_answer, solution_parts
 from primechat.tasks.humaneval import HumanEval
-from primechat.tasks.mixture import CONFIGS, _check_entry, load_mixture
+from primechat.common import CONFIGS_DIR as CONFIGS
+from primechat.tasks.mixture import _check_entry, load_mixture
 from primechat.tasks.mmlu import MMLU
 from primechat.tasks.spelling import SimpleSpelling, SpellingBee
 from primechat.tasks.words import load_words

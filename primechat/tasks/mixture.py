@@ -32,7 +32,7 @@ from pathlib import Path
 
 import yaml
 
-from primechat.common import UserError
+from primechat.common import CONFIGS_DIR, UserError
 from primechat.tasks.arc import ARC
 from primechat.tasks.arithmetic import Arithmetic
 from primechat.tasks.chat import ChatTask, check_columns
@@ -44,7 +44,6 @@ from primechat.tasks.mmlu import MMLU
 from primechat.tasks.spelling import SimpleSpelling, SpellingBee
 from primechat.tasks.words import load_words
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 ADAPTERS = {"chat": ChatTask, "mmlu": MMLU, "arc": ARC, "gsm8k": GSM8K, "humaneval": HumanEval}
 KNOWN_DATASETS = {"HuggingFaceTB/smol-smoltalk": "chat", "cais/mmlu": "mmlu", "allenai/ai2_arc": "arc",
                   "openai/gsm8k": "gsm8k", "openai/openai_humaneval": "humaneval"}  # others default to `chat`
@@ -86,10 +85,10 @@ def resolve(name: str) -> Path:
     path = Path(name).expanduser()
     if path.is_file():
         return path
-    shipped = CONFIGS / f"{name}.yaml"
+    shipped = CONFIGS_DIR / f"{name}.yaml"
     if "/" not in name and shipped.is_file():
         return shipped
-    names = ", ".join(sorted(p.stem for p in CONFIGS.glob("*.yaml") if p.stem != "demo"))
+    names = ", ".join(sorted(p.stem for p in CONFIGS_DIR.glob("*.yaml") if p.stem != "demo"))
     raise UserError(f"mixture {name} not found: give a YAML file, or one of the shipped mixtures ({names})")
 
 
