@@ -11,6 +11,7 @@ import sys
 import time
 
 from primechat.common import UserError, compute_init
+from primechat.engine import Engine, StreamDecoder
 from primechat.train.checkpoint import STAGE_DIRS, default_tag, load_model
 
 HELP = """commands:
@@ -22,15 +23,12 @@ HELP = """commands:
 
 
 def load_stage(stage: str, tag: str | None, step: int | None, device):
-    """load_model, but a missing stage names the stages that do have checkpoints."""
-    if tag is None:
-        try:
-            default_tag(stage)
-        except UserError:
-            present = [other for other in STAGE_DIRS if _has_checkpoints(other)]
-            hint = (f"checkpoints exist for: {', '.join(present)} (pick one with -i)" if present
-                    else "there are no checkpoints at all: train a model first")
-            raise UserError(f"no {stage} checkpoint to chat with; {hint}") from None
+    """load_model, but a stage without checkpoints is answered with the stages that have some."""
+    if tag is None and not _has_checkpoints(stage):
+        present = [other for other in STAGE_DIRS if _has_checkpoints(other)]
+        hint = (f"checkpoints exist for: {', '.join(present)} (pick one with -i)" if present
+                else "there are no checkpoints at all: train a model first")
+        raise UserError(f"no {stage} checkpoint to chat with; {hint}")
     return load_model(stage, tag, step, device)
 
 
@@ -47,7 +45,6 @@ class Chat:
 
     def __init__(self, engine, tokenizer, chat_format: bool, temperature: float, top_k: int, max_tokens: int,
                  out=None):
-        from primechat.engine import StreamDecoder
         self.engine, self.tokenizer, self.chat_format = engine, tokenizer, chat_format
         self.temperature, self.top_k, self.max_tokens = temperature, top_k, max_tokens
         self.out = out or sys.stdout
@@ -142,8 +139,6 @@ def add_arguments(parser) -> None:
 
 
 def main(args) -> None:
-    from primechat.engine import Engine
-
     if args.temperature < 0 or args.top_k < 0 or args.max_tokens < 1:
         raise UserError("--temperature and --top-k must be >= 0 and --max-tokens >= 1")
     device, _, _ = compute_init(args.device_type)
@@ -176,6 +171,9 @@ def main(args) -> None:
             print(f"You: {line}")
         print("Assistant: " if chat.chat_format else "", end="", flush=True)
         print(dim + chat.reply(line) + reset)
+        if len(chat.tokens) >= model.config.sequence_len:
+            print(f"(the conversation now fills the {model.config.sequence_len}-token context the model was trained "
+                  "on, so replies will degrade: /clear starts a new one)")
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ class KVCache:
     embedding (smear mixes it into the next token). All rows share one position: they decode in lockstep."""
 
     def __init__(self, config, batch: int, length: int, dtype: torch.dtype, device):
+        self.config = config
         shape = (config.n_layer, batch, length, config.n_kv_head, config.head_dim)
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
@@ -47,11 +48,7 @@ class KVCache:
 
     def expand(self, batch: int, length: int) -> "KVCache":
         """A new cache of `batch` rows and room for `length` tokens, each row a copy of this (batch 1) cache."""
-        config_shape = self.k.shape
-        new = KVCache.__new__(KVCache)
-        shape = (config_shape[0], batch, max(length, self.pos), *config_shape[3:])
-        new.k = torch.zeros(shape, dtype=self.k.dtype, device=self.k.device)
-        new.v = torch.zeros_like(new.k)
+        new = KVCache(self.config, batch, max(length, self.pos), self.k.dtype, self.k.device)
         new.k[:, :, :self.pos] = self.k[:, :, :self.pos]
         new.v[:, :, :self.pos] = self.v[:, :, :self.pos]
         new.pos = self.pos
