@@ -18,6 +18,7 @@ through the same CORE code, so a primechat model can be put beside public ones (
 
 import os
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import torch
@@ -29,7 +30,7 @@ from primechat.data.shards import DEFAULT_DATASET, list_shards
 from primechat.eval import core
 from primechat.eval.loss import evaluate_bpb
 from primechat.train.base import SAMPLE_PROMPTS, validation_batches
-from primechat.train.checkpoint import load_model
+from primechat.train.checkpoint import default_tag, load_model
 
 EVALS = ("core", "bpb", "sample")
 
@@ -160,11 +161,12 @@ def main(args):
     device, rank, world = compute_init(args.device_type)
     if args.hf_model:
         subject = hf_subject(args.hf_model, device)
-        slug = "hf-" + args.hf_model.strip("/").replace("/", "-")
+        path = Path(args.hf_model)  # a local folder is named by its name, a Hub id by owner-name
+        slug = "hf-" + (path.name if path.is_dir() else args.hf_model.strip("/").replace("/", "-"))
         model = tokenizer = meta = None
     else:
         model, tokenizer, meta = load_model("base", args.model_tag, args.step, device)
-        tag = meta.get("user_config", {}).get("model_tag") or f"d{model.config.n_layer}"
+        tag = args.model_tag or default_tag("base")
         slug = f"base_{tag}_{meta['step']:06d}"
         subject = primechat_subject(model, tokenizer)
     print0(f"evaluating {slug} on {device} ({world} process{'es' if world > 1 else ''}): {', '.join(evals)}")
