@@ -208,6 +208,13 @@ def test_corrupt_zip_is_downloaded_again_once(fake_hub, home, tmp_path):
     assert len(fake_hub.requests("GET", "/static/")) == 2
 
 
+def test_cut_off_download_is_tried_again(fake_hub, home, tmp_path):
+    url = fake_hub.add_static("eval_bundle.zip", bundle_zip(tmp_path))
+    fake_hub.break_bodies(1)
+    assert (core.ensure_bundle(url) / "core.yaml").exists()
+    assert len(fake_hub.requests("GET", "/static/")) == 2
+
+
 def test_bundle_that_stays_corrupt_or_missing_is_a_user_error(fake_hub, home):
     url = fake_hub.add_static("eval_bundle.zip", b"garbage")
     with pytest.raises(UserError, match="cannot get a valid CORE bundle"):

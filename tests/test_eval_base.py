@@ -104,6 +104,22 @@ def test_eval_base_end_to_end(model_home, fake_hub, cli, tmp_path):
     assert len(fake_hub.requests("GET", "/static/")) == 1
 
 
+def test_torchrun_two_processes_give_the_same_results(model_home, fake_hub, cli, tmp_path):
+    url = fake_hub.add_static("eval_bundle.zip", bundle_zip(tmp_path))
+    assert cli("eval", "base", "--eval", "core,bpb", "--bundle-url", url, "--split-tokens", "512",
+               "--device-batch-size", "2").code == 0
+    one = (model_home / "base_eval" / "base_d2_000003.csv").read_text()
+    one_loss = (model_home / "report" / "base-model-loss.md").read_text().split("\n", 2)[2]
+    env = {**cli.env(), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m",
+                           "primechat.eval.base", "--eval", "core,bpb", "--split-tokens", "512",
+                           "--device-batch-size", "1"], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (model_home / "base_eval" / "base_d2_000003.csv").read_text() == one
+    # 2 ranks × batch 1 cover the same rows as 1 rank × batch 2
+    assert (model_home / "report" / "base-model-loss.md").read_text().split("\n", 2)[2] == one_loss
+
+
 def test_partial_bundle_labelled_everywhere_and_strict(model_home, fake_hub, cli, tmp_path, monkeypatch):
     folder = tmp_path / "partial"
     zipped = bundle_zip(folder)

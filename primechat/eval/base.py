@@ -3,8 +3,8 @@
 - core: the DCLM CORE score (primechat/eval/core.py), per-task accuracy and centered score printed, written to
   <home>/base_eval/<slug>.csv and to the report section "Base model evaluation".
 - bpb: bits per byte on the train and val splits of the dataset the model was trained on, with the function training
-  uses (primechat/eval/loss.py); val is packed exactly like training's validation, so with equal --split-tokens and
-  --device-batch-size it repeats training's last val bpb. Report section "Base model loss".
+  uses (primechat/eval/loss.py) and its validation packing, so with equal --split-tokens and --device-batch-size
+  the val figure repeats training's last val bpb. Report section "Base model loss".
 - sample: the 7 fixed prompts completed greedily (16 tokens) and 8 unconditioned samples at temperature 1.0.
 
 The CORE bundle is downloaded on first use into <home>/eval_bundle/ from nanochat's public address
@@ -25,7 +25,6 @@ import torch
 
 from primechat import report
 from primechat.common import UserError, compute_cleanup, compute_init, home_dir, is_master, print0
-from primechat.data.loader import PretrainLoader
 from primechat.data.shards import DEFAULT_DATASET, list_shards
 from primechat.eval import core
 from primechat.eval.loss import evaluate_bpb
@@ -121,20 +120,21 @@ def run_core(subject, device, args, slug: str) -> core.CoreResult:
 
 
 def run_bpb(model, tokenizer, meta, device, args, rank: int, world: int) -> dict:
-    """bpb on the first --split-tokens of each split; rank r takes batches r, r+N, … of the same stream."""
+    """bpb on the first --split-tokens of the validation shard and of the first training shard, each packed like
+    training's validation (one stream, rank r taking batches r, r+N, …), so the figures do not depend on the
+    number of processes."""
     dataset = meta.get("user_config", {}).get("dataset", DEFAULT_DATASET)
     train_paths, val_path = list_shards(dataset)
     B, T = args.device_batch_size, model.config.sequence_len
     token_bytes = torch.tensor(tokenizer.token_byte_lengths(), dtype=torch.int64, device=device)
     packing = SimpleNamespace(device_batch_size=B, max_seq_len=T, eval_tokens=args.split_tokens)
-    val = validation_batches(tokenizer, val_path, packing, rank, world)
-    steps = len(val)
-    train = PretrainLoader(tokenizer, train_paths, B, T, rank, world, device)
     bpb = {}
-    for split, batches in (("train", iter(train)), ("val", (tuple(t.to(device) for t in b) for b in val))):
+    for split, path in (("train", train_paths[0]), ("val", val_path)):
         t0 = time.time()
-        bpb[split] = evaluate_bpb(model, batches, steps, token_bytes)
-        print0(f"{split} bpb: {bpb[split]:.4f} ({steps * world * B * T:,} tokens, {time.time() - t0:.1f}s)")
+        batches = validation_batches(tokenizer, path, packing, rank, world)
+        bpb[split] = evaluate_bpb(model, (tuple(t.to(device) for t in b) for b in batches), len(batches),
+                                  token_bytes)
+        print0(f"{split} bpb: {bpb[split]:.4f} ({len(batches) * world * B * T:,} tokens, {time.time() - t0:.1f}s)")
     return bpb
 
 

@@ -19,8 +19,8 @@ compares it with a full CORE.
 """
 
 import csv
+import http.client
 import json
-import math
 import random
 import shutil
 import tempfile
@@ -85,7 +85,7 @@ def ensure_bundle(url: str | None = None) -> Path:
                     _unpack(tmp / "eval_bundle.zip", tmp / "unzipped")
                 except urllib.error.HTTPError as e:
                     raise UserError(f"cannot download the CORE bundle from {url}: HTTP {e.code} {e.reason}") from None
-                except (OSError, zipfile.BadZipFile, ValueError) as e:
+                except (OSError, http.client.HTTPException, zipfile.BadZipFile, ValueError) as e:
                     if attempt == 2:
                         raise UserError(f"cannot get a valid CORE bundle from {url} ({e}), twice: check the address "
                                         f"(--bundle-url, PRIMECHAT_EVAL_BUNDLE_URL) and the network") from None
@@ -244,13 +244,13 @@ def evaluate_task(model, data: list[dict], task: Task, encode, bos: int, device,
     _, rank, _, world = dist_info()
     correct = torch.zeros(len(data), dtype=torch.float32, device=device)
     indices = range(rank, len(data), world)
-    for idx in progress(indices, desc=task.label, unit="ex", leave=False):
+    for idx in progress(indices, desc=task.label, unit="ex", leave=False) if rank == 0 else indices:
         tokens, starts, ends = prepare_example(idx, data, task, encode, bos, max_seq_len)
         correct[idx] = float(score_example(model, tokens, starts, ends, task.task_type, data[idx].get("gold"), bos,
                                            device))
     if world > 1 and dist.is_initialized():
         dist.all_reduce(correct, op=dist.ReduceOp.SUM)
-    return correct.mean().item() if len(data) else math.nan
+    return correct.mean().item()
 
 
 def centered(accuracy: float, random_baseline: float) -> float:
@@ -278,6 +278,9 @@ def evaluate_core(model, encode, bos: int, device, bundle: Path, max_per_task: i
     """Evaluate every task of the bundle whose data file exists (all of them, or a UserError, if strict)."""
     tasks = load_tasks(bundle)
     missing = [t.label for t in tasks if not (bundle / "eval_data" / t.dataset_uri).exists()]
+    if len(missing) == len(tasks):
+        raise UserError(f"the CORE bundle in {bundle} has the data of none of its tasks: delete the folder to "
+                        f"download it again")
     if missing and strict:
         raise UserError(f"--strict: the CORE bundle in {bundle} lacks the data of {len(missing)} of {len(tasks)} "
                         f"tasks ({', '.join(missing)})")
@@ -299,7 +302,7 @@ def evaluate_core(model, encode, bos: int, device, bundle: Path, max_per_task: i
         log(f"{task.label:<34} {task.num_fewshot:>2}-shot {task.task_type:<17} {len(data):>5} ex  "
             f"accuracy {accuracy:.4f}  centered {row['centered']:+.4f}  {row['seconds']:.1f}s")
         rows.append(row)
-    core = sum(r["centered"] for r in rows) / len(rows) if rows else math.nan
+    core = sum(r["centered"] for r in rows) / len(rows)
     return CoreResult(rows=rows, missing=missing, total_tasks=len(tasks), core=core)
 
 
