@@ -135,7 +135,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("-t", "--temperature", type=float, default=0.6, help="sampling temperature (0 = greedy)")
     parser.add_argument("-k", "--top-k", type=int, default=50, help="sample among the k likeliest tokens (0 = all)")
     parser.add_argument("-m", "--max-tokens", type=int, default=512, help="longest reply in tokens")
-    parser.add_argument("--device-type", default="", help="cuda, mps or cpu (default: autodetect)")
+    parser.add_argument("--device-type", choices=["cuda", "mps", "cpu"], help="default: autodetect")
 
 
 def main(args) -> None:

@@ -2,6 +2,8 @@
 chunked prefill), sampling (seeds, temperature 0, top-k/top-p, max_tokens, independent rows), tool calls injected
 from a scripted fake model, the calculator's whitelist, and UTF-8-safe streaming."""
 
+import json
+
 import pytest
 import torch
 
@@ -229,3 +231,22 @@ def test_stream_decoder_shows_specials_as_asked_and_flushes_broken_tails():
     assert decoder.push(start) == "\ufffd«"  # a character cut off by a special token is shown as broken
     assert decoder.push(tok.bos_id) == ""
     assert decoder.push(ord("a")) + decoder.flush() == "a"
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The benchmark
+
+def test_bench_infer_on_a_random_model_ends_with_json(cli):
+    result = cli("bench", "infer", "--depth", "1", "--sequence-len", "64", "--prompt-tokens", "8",
+                 "--decode-tokens", "3", "--batch-sizes", "1,2", "--device-type", "cpu")
+    assert result.code == 0, result.err
+    report = json.loads(result.out.strip().splitlines()[-1])
+    assert [row["batch"] for row in report["sweep"]] == [1, 2]
+    assert all(row["steps"] == 3 and row["tok_per_s"] > 0 for row in report["sweep"])
+    assert report["sweep"][1]["bytes_per_step"] > report["sweep"][0]["bytes_per_step"]  # one more row's KV cache
+    assert report["peak_bandwidth"] is None  # no known peak on a CPU
+
+
+def test_bench_infer_rejects_bad_batch_sizes(cli):
+    result = cli("bench", "infer", "--depth", "1", "--batch-sizes", "1,x")
+    assert result.code == 2 and "--batch-sizes" in result.err

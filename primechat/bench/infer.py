@@ -123,7 +123,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--prompt-tokens", type=int, default=512, help="prompt length")
     parser.add_argument("--decode-tokens", type=int, default=128, help="tokens decoded per row")
     parser.add_argument("--batch-sizes", default="1,8,32", help="comma-separated rows decoded together")
-    parser.add_argument("--device-type", default="", help="cuda, mps or cpu (default: autodetect)")
+    parser.add_argument("--device-type", choices=["cuda", "mps", "cpu"], help="default: autodetect")
 
 
 def main(args) -> None:
