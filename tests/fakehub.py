@@ -12,7 +12,8 @@ calls them:
 Errors carry the Hub's X-Error-Code header (RepoNotFound, RevisionNotFound, EntryNotFound), which is what makes the
 client raise RepositoryNotFoundError, RevisionNotFoundError and EntryNotFoundError. Every request is kept in `log`.
 Knobs for failure tests: `throttle` slows file bodies down, `break_bodies(n)` cuts the next n file bodies off
-mid-way (the connection drops), `fail_requests(n)` answers the next n file GETs with an HTTP error (files under /resolve/ and /static/ alike).
+mid-way (the connection drops), `fail_requests(n)` answers the next n file GETs with an HTTP error (both knobs act on
+/resolve/ and /static/ alike).
 
     with FakeHub(tmp_path) as hub:                       # hub.url -> http://127.0.0.1:PORT, for HF_ENDPOINT
         hub.add_files("models/me/tiny", {"config.json": "{}"})

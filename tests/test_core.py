@@ -60,7 +60,8 @@ def test_schema_prompts(tok):
 
 
 def test_language_modeling_prompts(tok):
-    data = [{"context": "One and one is ", "continuation": "two"}, {"context": " Two and two is", "continuation": "four"},
+    data = [{"context": "One and one is ", "continuation": "two"},
+            {"context": " Two and two is", "continuation": "four"},
             {"context": "Three and three is  ", "continuation": "six"}]
     task = Task("lm", "language_modeling", "lm.jsonl", 1, " ", 0.0)
     tokens, starts, ends = core.prepare_example(2, data, task, tok.encode, BOS)

@@ -47,7 +47,7 @@ def add_arguments(p):
     p.add_argument("--bundle-url", default=None, help="where to download the CORE bundle from (default: "
                    "$PRIMECHAT_EVAL_BUNDLE_URL, else nanochat's public copy)")
     p.add_argument("--strict", action="store_true", help="fail if the CORE bundle lacks any task's data")
-    p.add_argument("--device-type", default="", help="cuda|cpu|mps (default: autodetect)")
+    p.add_argument("--device-type", default=None, help="cuda|cpu|mps (default: autodetect)")
 
 
 def parse_evals(text: str | None, hf: bool) -> list[str]:

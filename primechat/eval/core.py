@@ -40,7 +40,8 @@ from filelock import FileLock
 from primechat.common import UserError, atomic_path, dist_info, home_dir, progress
 
 BUNDLE_URL = "https://karpathy-public.s3.us-west-2.amazonaws.com/eval_bundle.zip"  # nanochat's copy of DCLM's
-REQUIRED_FIELDS = {"multiple_choice": ("query", "choices", "gold"), "schema": ("context_options", "continuation", "gold"),
+REQUIRED_FIELDS = {"multiple_choice": ("query", "choices", "gold"),
+                   "schema": ("context_options", "continuation", "gold"),
                    "language_modeling": ("context", "continuation")}
 
 
@@ -293,8 +294,9 @@ def evaluate_core(model, encode, bos: int, device, bundle: Path, max_per_task: i
         t0 = time.time()
         data = load_task_data(bundle / "eval_data" / task.dataset_uri, task.task_type, max_per_task)
         if len(data) <= task.num_fewshot:
-            raise UserError(f"{task.label} has {len(data)} examples, too few for its {task.num_fewshot}-shot prompts "
-                            f"(each draws its shots from the others): use --max-per-task {task.num_fewshot + 1} or more")
+            raise UserError(f"{task.label} has {len(data)} examples, too few for its {task.num_fewshot}-shot "
+                            f"prompts (each draws its shots from the others): use --max-per-task "
+                            f"{task.num_fewshot + 1} or more")
         accuracy = evaluate_task(model, data, task, encode, bos, device, max_seq_len)
         row = {"task": task.label, "type": task.task_type, "shots": task.num_fewshot, "examples": len(data),
                "accuracy": accuracy, "centered": centered(accuracy, task.random_baseline),
