@@ -111,7 +111,7 @@ def calculator(expression: str):
         count = _count(ast.parse(expression.strip(), mode="eval").body)
         if count is not None:
             return count
-    except SyntaxError:
+    except (SyntaxError, ValueError, RecursionError):  # ValueError: e.g. a NUL byte in the text
         pass
     try:  # commas are thousands separators here ("1,234 * 5"); removing them first also keeps tuples out
         return _arithmetic(ast.parse(expression.replace(",", "").strip(), mode="eval").body)

@@ -204,7 +204,7 @@ def test_calculator_evaluates_arithmetic_and_count(expression, value):
 @pytest.mark.parametrize("expression", [
     "2**10", "__import__('os').system('echo hi')", "x + 1", "'abc'.upper()", "'abc'.count", "(1).real",
     "open('f')", "[1, 2]", "1 if 1 else 2", "1 / 0", "'a'.count('a', 0)", "'a'.count(x)", "True + 1", "9 % 4",
-    "lambda: 1", "", "1 +", "'abc'.__class__", "1" * 2000,
+    "lambda: 1", "", "1 +", "'abc'.__class__", "1" * 2000, "1 +\x00 2", "-" * 999 + "1",
 ])
 def test_calculator_rejects_everything_else(expression):
     assert calculator(expression) is None
