@@ -217,6 +217,7 @@ class GPT(nn.Module):
         return freqs.cos()[None, :, None, :], freqs.sin()[None, :, None, :]  # (1, T, 1, hd/2)
 
     def activation_dtype(self, device: torch.device) -> torch.dtype:
+        """Of activations and KV caches: compute_dtype if set, else bf16 on CUDA GPUs that have it, fp32 elsewhere."""
         if self.compute_dtype:
             return self.compute_dtype
         return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
