@@ -50,6 +50,17 @@ def chat_home(tmp_path_factory, tokenizer):
     return home
 
 
+@pytest.fixture(autouse=True)
+def one_thread(monkeypatch):
+    """A tiny model computes faster on one thread than on several (OpenMP hand-offs), in this process and in
+    the `primechat chat` subprocesses."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def chat_env(chat_home, monkeypatch):
     monkeypatch.setenv("PRIMECHAT_HOME", str(chat_home))

@@ -14,6 +14,16 @@ from primechat.tokenizer import SPECIAL_TOKENS, Tokenizer
 VOCAB = 300
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models: with several threads, OpenMP's hand-offs cost more than the arithmetic (much more on a busy
+    machine), so these tests run single-threaded."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def byte_tokenizer() -> Tokenizer:
     """256 single-byte tokens plus the specials (ids 256..264): no training needed."""
     return Tokenizer.from_ranks({bytes([b]): b for b in range(256)})
