@@ -46,7 +46,7 @@ class Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionH
     """Shows defaults, except where there is none to show (required arguments, flags defaulting to None)."""
 
     def _get_help_string(self, action):
-        if action.default in (None, False) or action.required:
+        if action.default in (None, False, "") or action.required:
             return action.help
         return super()._get_help_string(action)
 

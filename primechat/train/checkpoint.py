@@ -115,5 +115,8 @@ def load_model(stage: str, tag: str | None = None, step: int | None = None, devi
     model.init_weights()  # RoPE tables (not saved); the weights are overwritten below
     model.load_state_dict(load_model_state(folder, step, device))
     model.compute_dtype = compute_dtype(device.type)
+    if model.compute_dtype != torch.float32:  # inference needs no fp32 master weights: cast once, not every matmul
+        for p in model.parameters():
+            p.data = p.data.to(model.compute_dtype)
     model.eval()
     return model, tokenizer, meta
