@@ -111,8 +111,8 @@ def test_torchrun_two_processes_give_the_same_results(model_home, fake_hub, cli,
     one = (model_home / "base_eval" / "base_d2_000003.csv").read_text()
     one_loss = (model_home / "report" / "base-model-loss.md").read_text().split("\n", 2)[2]
     env = {**cli.env(), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m",
-                           "primechat.eval.base", "--eval", "core,bpb", "--split-tokens", "512",
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "primechat.eval.base", "--eval", "core,bpb", "--split-tokens", "512",
                            "--device-batch-size", "1"], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     assert (model_home / "base_eval" / "base_d2_000003.csv").read_text() == one
