@@ -140,6 +140,7 @@ def compute_init(device_type: str = ""):
 def compute_cleanup():
     import torch.distributed as dist
     if dist.is_initialized():
+        dist.barrier()  # a rank that leaves while others still talk to it makes them abort
         dist.destroy_process_group()
 
 

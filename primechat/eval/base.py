@@ -186,9 +186,7 @@ def main(args):
         loss_section.update({f"unconditioned {i}": s.replace("\n", " ") for i, s in enumerate(unconditioned)})
     if loss_section:
         report.log_section("Base model loss", loss_section)
-    if world > 1:  # leave together (rank 0 may still be sampling): gloo aborts a rank whose peer tore down first
-        torch.distributed.barrier()
-    compute_cleanup()
+    compute_cleanup()  # waits for every rank: rank 0 may still be sampling
 
 
 if __name__ == "__main__":
