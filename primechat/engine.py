@@ -119,6 +119,14 @@ def calculator(expression: str):
         return None
 
 
+def tool_output(value) -> str:
+    """How a tool result is written back: whole numbers without a trailing .0 ("48/2" gives "24"), the way GSM8K's
+    <<48/2=24>> annotations, which the model is trained on, write them."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Streaming text
 
@@ -173,7 +181,7 @@ class Engine:
             result = calculator(self.tokenizer.decode(row.expression))
             row.expression = None
             if result is not None:
-                row.forced.extend([self.output_start, *self.tokenizer.encode(str(result)), self.output_end])
+                row.forced.extend([self.output_start, *self.tokenizer.encode(tool_output(result)), self.output_end])
         elif row.expression is not None:
             row.expression.append(token)
 

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from primechat.engine import Engine, KVCache, StreamDecoder, calculator, sample_next_token
+from primechat.engine import Engine, KVCache, StreamDecoder, calculator, sample_next_token, tool_output
 from primechat.model import GPT, GPTConfig
 from primechat.tokenizer import SPECIAL_TOKENS, Tokenizer
 
@@ -210,6 +210,15 @@ def test_bad_tool_call_injects_nothing():
 ])
 def test_calculator_evaluates_arithmetic_and_count(expression, value):
     assert calculator(expression) == value
+
+
+def test_tool_output_is_written_as_in_the_training_data():
+    from primechat.tasks.gsm8k import solution_parts
+    parts = solution_parts("Half of 48 is <<48/2=24>>24.\n#### 24")
+    call = next(p["text"] for p in parts if p["type"] == "python")
+    written = next(p["text"] for p in parts if p["type"] == "python_output")
+    assert tool_output(calculator(call)) == written == "24"
+    assert tool_output(calculator("5/2")) == "2.5" and tool_output(3) == "3"
 
 
 @pytest.mark.parametrize("expression", [
