@@ -144,16 +144,32 @@ def compute_cleanup():
         dist.destroy_process_group()
 
 
-# Dense bf16 tensor-core peaks (FLOP/s) from the vendors' datasheets, for MFU; matched against the device name.
-PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "H800": 989e12, "B200": 2250e12, "GH200": 989e12,
-                   "A100": 312e12, "A800": 312e12, "L40S": 362e12, "L4": 121e12, "A10G": 70e12, "A10": 125e12,
-                   "RTX 4090": 165e12, "RTX 3090": 71e12, "V100": 125e12}
+
+# Vendors' datasheet peaks, for MFU (dense bf16 tensor-core FLOP/s) and MBU (memory bandwidth, bytes/s). A device
+# takes the first entry whose key is part of its name, so specific names (H100 PCIe) come before general ones (H100).
+PEAK_BF16_FLOPS = [("GH200", 989e12), ("H200", 989e12),
+                   ("H100", 989e12), ("H800", 989e12), ("B200", 2250e12), ("A100", 312e12), ("A800", 312e12),
+                   ("L40S", 362e12), ("L4", 121e12), ("A10G", 70e12), ("A10", 125e12), ("RTX 4090", 165e12),
+                   ("RTX 3090", 71e12), ("V100", 125e12)]
+PEAK_BANDWIDTH = [("GH200", 4.0e12), ("H200", 4.8e12), ("H100 PCIe", 2.0e12), ("H100 NVL", 3.9e12),
+                  ("H100", 3.35e12), ("H800", 3.35e12), ("B200", 8.0e12), ("A100-SXM4-80GB", 2.039e12),
+                  ("A100 80GB PCIe", 1.935e12), ("A100", 1.555e12), ("L40S", 0.864e12), ("L4", 0.3e12),
+                  ("A10G", 0.6e12), ("A10", 0.6e12), ("RTX 4090", 1.008e12), ("RTX 3090", 0.936e12)]
 
 
-def peak_flops(device) -> float | None:
-    """The device's dense bf16 peak, or None where unknown (CPU, MPS, unlisted GPUs: MFU is then not shown)."""
+def _datasheet(device, table) -> float | None:
+    """The device's entry in a datasheet table, or None where unknown (CPU, MPS, unlisted GPUs: the ratio that needs
+    it is then not shown)."""
     import torch
     if device.type != "cuda":
         return None
     name = torch.cuda.get_device_name(device)
-    return next((peak for key, peak in PEAK_BF16_FLOPS.items() if key in name), None)
+    return next((value for key, value in table if key in name), None)
+
+
+def peak_flops(device) -> float | None:
+    return _datasheet(device, PEAK_BF16_FLOPS)
+
+
+def peak_bandwidth(device) -> float | None:
+    return _datasheet(device, PEAK_BANDWIDTH)

@@ -15,24 +15,11 @@ import time
 
 import torch
 
-from primechat.common import UserError, compute_init, human_bytes
-
-# Peak memory bandwidth (bytes/s) from vendors' datasheets, matched in order against the device name.
-PEAK_BANDWIDTH = [("GH200", 4.0e12), ("H200", 4.8e12), ("H100 PCIe", 2.0e12), ("H100 NVL", 3.9e12),
-                  ("H100", 3.35e12), ("H800", 3.35e12), ("B200", 8.0e12), ("A100-SXM4-80GB", 2.039e12),
-                  ("A100 80GB PCIe", 1.935e12), ("A100", 1.555e12), ("L40S", 0.864e12), ("L4", 0.3e12),
-                  ("A10G", 0.6e12), ("A10", 0.6e12), ("RTX 4090", 1.008e12), ("RTX 3090", 0.936e12)]
+from primechat.common import UserError, compute_init, human_bytes, peak_bandwidth
 
 PARAGRAPH = ("The history of computing is a story of ideas that became machines and machines that changed ideas. "
              "Early calculators were mechanical; then came relays, vacuum tubes, transistors and integrated circuits, "
              "each making the last look slow. ")
-
-
-def peak_bandwidth(device) -> float | None:
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    return next((bw for key, bw in PEAK_BANDWIDTH if key in name), None)
 
 
 def build_model(args, device):
