@@ -147,7 +147,7 @@ def compute_cleanup():
 
 # Vendors' datasheet peaks, for MFU (dense bf16 tensor-core FLOP/s) and MBU (memory bandwidth, bytes/s). A device
 # takes the first entry whose key is part of its name, so specific names (H100 PCIe) come before general ones (H100).
-PEAK_BF16_FLOPS = [("GH200", 989e12), ("H200", 989e12),
+PEAK_BF16_FLOPS = [("GH200", 989e12), ("H200", 989e12), ("H100 PCIe", 756e12), ("H100 NVL", 835e12),
                    ("H100", 989e12), ("H800", 989e12), ("B200", 2250e12), ("A100", 312e12), ("A800", 312e12),
                    ("L40S", 362e12), ("L4", 121e12), ("A10G", 70e12), ("A10", 125e12), ("RTX 4090", 165e12),
                    ("RTX 3090", 71e12), ("V100", 125e12)]
