@@ -153,7 +153,7 @@ def print_plan(model: GPT, plan: Plan, args, world: int, device):
              ("device batch × seq len × processes", f"{args.device_batch_size} × {args.max_seq_len} × {world}"),
              ("gradient accumulation", plan.grad_accum),
              ("LR batch scale / Muon weight decay", f"{plan.batch_lr_scale:.3f} / {plan.weight_decay:.4f}"),
-             ("device / dtype", f"{device} / {str(compute_dtype(device.type)).removeprefix('torch.')}")]
+             ("device / dtype", f"{device} / {str(model.compute_dtype).removeprefix('torch.')}")]
     width = max(len(k) for k, _ in rows)
     print0("\n".join(f"  {k:<{width}}  {v}" for k, v in rows))
 
