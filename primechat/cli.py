@@ -28,10 +28,15 @@ COMMANDS = {
     }),
     "train": ("train a model", {
         "base": ("pretrain a base model (everything derives from --depth)", "primechat.train.base"),
+        "mid": ("mid-train a base model on a chat mixture: the chat format, tools, multiple choice",
+                "primechat.train.mid"),
+        "sft": ("supervised fine-tuning on a chat mixture, on the assistant's tokens only", "primechat.train.sft"),
+        "rl": ("reinforcement learning on GSM8K: sample answers, reward the right ones", "primechat.train.rl"),
     }),
     "speedrun": ("the whole pipeline in one resumable command, from a preset", "primechat.speedrun"),
     "eval": ("evaluate a model", {
         "base": ("evaluate a base model: bits per byte, CORE, samples", "primechat.eval.base"),
+        "chat": ("evaluate a chat model: ARC, MMLU, GSM8K, HumanEval, SpellingBee, ChatCORE", "primechat.eval.chat"),
     }),
     "chat": ("talk to a model in the terminal", "primechat.chat_cli"),
     "bench": ("benchmarks whose results go into docs/benchmarks.md", {

@@ -1,4 +1,5 @@
-"""Pictures of training: loss and validation bits per byte against steps, from a run's metrics.jsonl."""
+"""Pictures of training: a per-step series (train loss) and an evaluation series (validation bits per byte) against
+steps, from a run's metrics.jsonl; RL draws its reward and pass@1 the same way."""
 
 import json
 
@@ -10,20 +11,21 @@ import matplotlib.pyplot as plt  # noqa: E402
 from primechat.common import atomic_path  # noqa: E402
 
 
-def plot_training_curves(metrics_path, png_path, title: str = "training"):
+def plot_training_curves(metrics_path, png_path, title: str = "training",
+                         left=("loss", "train loss (nats, smoothed)"), right=("val_bpb", "validation bits per byte")):
+    """left/right: (metrics key, axis label) of the per-step series and of the evaluation series."""
     records = [json.loads(line) for line in open(metrics_path)] if metrics_path.exists() else []
-    train = [r for r in records if "loss" in r]
-    val = [r for r in records if "val_bpb" in r]
+    train = [r for r in records if left[0] in r]
+    val = [r for r in records if right[0] in r]
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
     if train:
-        ax.plot([r["step"] for r in train], [r["loss"] for r in train], color="tab:blue", label="train loss (nats)")
+        ax.plot([r["step"] for r in train], [r[left[0]] for r in train], color="tab:blue", label=left[0])
     ax.set_xlabel("step")
-    ax.set_ylabel("train loss (nats, smoothed)")
+    ax.set_ylabel(left[1])
     if val:
         ax2 = ax.twinx()
-        ax2.plot([r["step"] for r in val], [r["val_bpb"] for r in val], "o-", color="tab:orange",
-                 label="validation bpb")
-        ax2.set_ylabel("validation bits per byte")
+        ax2.plot([r["step"] for r in val], [r[right[0]] for r in val], "o-", color="tab:orange", label=right[0])
+        ax2.set_ylabel(right[1])
         ax2.legend(loc="upper center")
     if train:
         ax.legend(loc="upper right")

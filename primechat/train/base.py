@@ -10,19 +10,15 @@ metrics.jsonl and a loss-curve PNG beside the checkpoints, checkpoints every --s
 SIGTERM or Ctrl-C finish the current step, save, and exit; `--resume` continues exactly where a run stopped.
 """
 
-import json
 import math
-import signal
 import time
 from dataclasses import asdict, dataclass
 
 import torch
 import torch.distributed as dist
-from tqdm import tqdm
 
 from primechat import report
-from primechat.common import (UserError, atomic_path, compute_cleanup, compute_dtype, compute_init, peak_flops,
-                              print0, progress)
+from primechat.common import UserError, compute_cleanup, compute_dtype, compute_init, peak_flops, print0, progress
 from primechat.data.loader import DataParallelLoader, PretrainLoader
 from primechat.data.shards import DEFAULT_DATASET, list_shards
 from primechat.eval.loss import evaluate_bpb
@@ -31,6 +27,7 @@ from primechat.optim import build_optimizer
 from primechat.plots import plot_training_curves
 from primechat.tokenizer import load_tokenizer
 from primechat.train import checkpoint
+from primechat.train.loop import RunLog, StopRequest, out_of_memory, say
 
 SAMPLE_PROMPTS = ["The capital of France is", "The chemical symbol of gold is",
                   "If yesterday was Friday, then tomorrow will be", "The opposite of hot is",
@@ -158,26 +155,6 @@ def print_plan(model: GPT, plan: Plan, args, world: int, device):
     print0("\n".join(f"  {k:<{width}}  {v}" for k, v in rows))
 
 
-class StopRequest:
-    """SIGTERM or the first Ctrl-C asks the loop to save and stop after the current step; a second Ctrl-C kills."""
-
-    def __init__(self):
-        self.signum = 0
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self._handle)
-
-    def _handle(self, signum, frame):
-        self.signum = signum
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        print0(f"\n{signal.Signals(signum).name}: saving a checkpoint after this step, then stopping")
-
-    def requested(self, device) -> bool:
-        flag = torch.tensor(float(self.signum > 0), device=device)
-        if dist.is_initialized():  # every rank must stop (and save) at the same step
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return flag.item() > 0
-
-
 def validation_batches(tokenizer, val_path, args, rank: int, world: int) -> list:
     """This rank's share of the --eval-tokens validation rows, packed once and reused at every evaluation.
 
@@ -187,22 +164,6 @@ def validation_batches(tokenizer, val_path, args, rank: int, world: int) -> list
     packer = PretrainLoader(tokenizer, [val_path], args.device_batch_size, args.max_seq_len)
     total = max(world, math.ceil(args.eval_tokens / (args.device_batch_size * args.max_seq_len) / world) * world)
     return [batch for i in range(total) if (batch := packer.next_batch()) and i % world == rank]
-
-
-def append_metrics(path, record: dict):
-    if dist.is_initialized() and dist.get_rank() != 0:
-        return
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
-
-
-def truncate_metrics(path, last_step: int):
-    """On resume, drop records written after the checkpoint by the run that stopped."""
-    if not path.exists():
-        return
-    records = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= last_step]
-    with atomic_path(path) as tmp:
-        tmp.write_text("".join(r + "\n" for r in records))
 
 
 def main(args):
@@ -250,8 +211,6 @@ def main(args):
         optimizer.load_state_dict(checkpoint.load_rank_state(folder, step, "optim", rank, device))
         loader_state = checkpoint.load_rank_state(folder, step, "loader", rank)
         loop.update(meta["loop_state"])
-        if master:
-            truncate_metrics(folder / "metrics.jsonl", step)
         print0(f"resuming {folder} from step {step}")
     elif folder.exists() and checkpoint.saved_steps(folder):
         raise UserError(f"{folder} already holds checkpoints: pass --resume to continue it, or pick a new "
@@ -265,27 +224,12 @@ def main(args):
     val_batches = None
     token_bytes = torch.tensor(tokenizer.token_byte_lengths(), dtype=torch.int64, device=device)
     peak = peak_flops(device)
-    wandb_run = None
-    if args.wandb and master:
-        try:
-            import wandb
-        except ImportError:
-            raise UserError("--wandb needs the wandb package: pip install wandb (or drop --wandb)") from None
-        wandb_run = wandb.init(project=args.wandb, name=tag, config=user_config)
-    metrics_path = folder / "metrics.jsonl"
     folder.mkdir(parents=True, exist_ok=True)
+    metrics_path = folder / "metrics.jsonl"
+    log = RunLog(metrics_path, step if resuming else None, args.wandb, tag, user_config)
     stop = StopRequest()
     bar = progress(total=plan.num_steps, initial=step, desc="train", unit="step")
     num_steps, resumed_at = plan.num_steps, step if resuming else None
-
-    def say(line):  # above the progress bar, from rank 0 only
-        if master:
-            tqdm.write(line)
-
-    def log(record):
-        append_metrics(metrics_path, record)
-        if wandb_run:
-            wandb_run.log(record, step=record["step"])
 
     def save(step):
         meta = {"step": step, "val_bpb": loop["val_bpb"], "model_config": config.to_dict(), "user_config": user_config,
@@ -335,9 +279,7 @@ def main(args):
                 loss.backward()
                 train_loss += loss.detach()
         except torch.OutOfMemoryError:
-            raise UserError(f"out of GPU memory at --device-batch-size {args.device_batch_size}: lower it (e.g. "
-                            f"{max(1, args.device_batch_size // 2)}); gradient accumulation keeps the result the "
-                            f"same") from None
+            raise out_of_memory(args.device_batch_size) from None
         optimizer.step()
         model.zero_grad(set_to_none=True)
         if dist.is_initialized():

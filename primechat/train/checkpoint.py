@@ -92,9 +92,10 @@ def load_model_state(folder: Path, step: int, device="cpu") -> dict:
     return {k.removeprefix("_orig_mod."): v for k, v in state.items()}  # saved from a torch.compile'd model
 
 
-def load_model(stage: str, tag: str | None = None, step: int | None = None, device="cpu"):
-    """(model, tokenizer, meta) of a saved checkpoint, ready for inference: the stage's deepest tag and latest step
-    unless given. The tokenizer is the one saved beside the checkpoint if any (imported models), else the home one."""
+def load_model(stage: str, tag: str | None = None, step: int | None = None, device="cpu", train: bool = False):
+    """(model, tokenizer, meta) of a saved checkpoint: the stage's deepest tag and latest step unless given. Ready
+    for inference (weights in the compute dtype, eval mode), or with train=True for further training (fp32 master
+    weights). The tokenizer is the one saved beside the checkpoint if any (imported models), else the home one."""
     from primechat.common import compute_dtype
     from primechat.model import GPT, GPTConfig
     from primechat.tokenizer import load_tokenizer
@@ -115,6 +116,8 @@ def load_model(stage: str, tag: str | None = None, step: int | None = None, devi
     model.init_weights()  # RoPE tables (not saved); the weights are overwritten below
     model.load_state_dict(load_model_state(folder, step, device))
     model.compute_dtype = compute_dtype(device.type)
+    if train:
+        return model, tokenizer, meta
     if model.compute_dtype != torch.float32:  # inference needs no fp32 master weights: cast once, not every matmul
         for p in model.parameters():
             p.data = p.data.to(model.compute_dtype)

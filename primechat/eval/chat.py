@@ -1,0 +1,220 @@
+"""Chat-model evaluation: `primechat eval chat -i sft`, on CPU, one GPU or under torchrun.
+
+Six tasks, each on its test split (nanochat's chat_eval plus SpellingBee):
+- categorical (ARC-Easy, ARC-Challenge, MMLU): the prompt is the question with the assistant turn opened; the model's
+  answer is whichever allowed letter has the highest logit at that position. No sampling, so any model gets a clean
+  reading, even one that would ramble instead of writing a letter.
+- generative (GSM8K, HumanEval, SpellingBee): the Engine samples up to --max-new-tokens per reply (with the calculator
+  tool), and the task checks the reply. With -n N samples per problem the score is pass@N: solved if any sample is.
+ChatCORE, when all six ran, is the mean over tasks of the accuracy rescaled so that chance is 0 and perfect is 1.
+Problems are strided over ranks and the counts summed, so every process count gives the same figures. Results are
+printed as a table and written to the report section "Chat evaluation <source>".
+
+evaluate_categorical, sample_outcomes and pass_at_k are also what SFT and RL training call for their evaluations.
+"""
+
+import time
+
+import torch
+import torch.distributed as dist
+
+from primechat import report
+from primechat.common import UserError, compute_cleanup, compute_init, print0, progress
+from primechat.engine import Engine
+from primechat.tasks.arc import ARC
+from primechat.tasks.gsm8k import GSM8K
+from primechat.tasks.humaneval import HumanEval
+from primechat.tasks.mmlu import MMLU
+from primechat.tasks.spelling import SpellingBee
+from primechat.tasks.words import load_words
+from primechat.train.checkpoint import STAGE_DIRS, default_tag, load_model
+
+WORDS_URL = "https://raw.githubusercontent.com/dwyl/english-words/master/words_alpha.txt"  # nanochat's word list
+
+# name -> (factory of the test split, random baseline). Factories take the word-list source; only SpellingBee uses it.
+TASKS = {
+    "ARC-Easy": (lambda words: ARC("ARC-Easy", "test"), 0.25),
+    "ARC-Challenge": (lambda words: ARC("ARC-Challenge", "test"), 0.25),
+    "MMLU": (lambda words: MMLU("test"), 0.25),
+    "GSM8K": (lambda words: GSM8K("test"), 0.0),
+    "HumanEval": (lambda words: HumanEval("test"), 0.0),
+    "SpellingBee": (lambda words: SpellingBee(load_words(words), size=256, split="test"), 0.0),
+}
+
+
+def check_task(name: str) -> None:
+    if name not in TASKS:
+        raise UserError(f"unknown task {name!r}: choose from {'|'.join(TASKS)} (several separated by |)")
+
+
+def load_task(name: str, words: str = WORDS_URL):
+    """The test split of a task of TASKS, shuffled with seed 42 as nanochat's."""
+    check_task(name)
+    return TASKS[name][0](words)
+
+
+def num_problems(task, max_problems: int | None) -> int:
+    """How many problems are evaluated: the first max_problems of the task (None: all). Rank r of N takes problems
+    r, r + N, …"""
+    return len(task) if max_problems is None else min(len(task), max_problems)
+
+
+def sum_over_ranks(counts: list[int], device, world: int) -> list[int]:
+    # world == 1 skips the collective even inside a process group, so that one rank may evaluate alone
+    counts = torch.tensor(counts, dtype=torch.long, device=device)
+    if world > 1 and dist.is_initialized():
+        dist.all_reduce(counts, op=dist.ReduceOp.SUM)
+    return counts.tolist()
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Categorical: the best-scoring allowed letter
+
+def letter_ids(tokenizer, letters: list[str], task_name: str) -> list[int]:
+    ids = []
+    for letter in letters:
+        tokens = tokenizer.encode(letter)
+        if len(tokens) != 1:
+            raise UserError(f"{task_name}: the answer label {letter!r} is {len(tokens)} tokens in this tokenizer; "
+                            "categorical evaluation needs every label to be a single token")
+        ids.append(tokens[0])
+    return ids
+
+
+@torch.inference_mode()
+def evaluate_categorical(model, tokenizer, task, batch_size: int = 8, max_problems: int | None = None,
+                         rank: int = 0, world: int = 1) -> float:
+    """Accuracy on a multiple-choice task: per problem, argmax of the logits of its letters after the prompt."""
+    device = next(model.parameters()).device
+    context = model.config.sequence_len
+    indices = range(rank, num_problems(task, max_problems), world)
+    batches = [indices[i:i + batch_size] for i in range(0, len(indices), batch_size)]
+    correct = 0
+    for batch in progress(batches, desc=task.name, unit="batch", leave=False) if rank == 0 else batches:
+        conversations = [task[i] for i in batch]
+        # a prompt longer than the context keeps its end: the question's last lines and the opened answer turn
+        prompts = [tokenizer.render_for_completion(c)[-context:] for c in conversations]
+        ids = torch.full((len(prompts), max(map(len, prompts))), tokenizer.bos_id, dtype=torch.long)
+        for row, prompt in enumerate(prompts):  # right-padded: each row's last prompt position is its own
+            ids[row, :len(prompt)] = torch.tensor(prompt)
+        logits = model(ids.to(device))
+        for row, (prompt, conversation) in enumerate(zip(prompts, conversations)):
+            letters = conversation["letters"]
+            scores = logits[row, len(prompt) - 1, letter_ids(tokenizer, letters, task.name)]
+            correct += letters[scores.argmax().item()] == conversation["answer"]
+    correct, total = sum_over_ranks([correct, len(indices)], device, world)
+    return correct / max(total, 1)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Generative: sample replies, let the task check them
+
+def sample_outcomes(engine, task, index: int, num_samples: int, max_new_tokens: int, temperature: float,
+                    top_k: int | None, seed: int) -> list[bool]:
+    """Whether each of num_samples replies to problem `index` is correct."""
+    conversation = task[index]
+    tokenizer = engine.tokenizer
+    prompt = tokenizer.render_for_completion(conversation)
+    if len(prompt) >= engine.model.config.sequence_len:  # no room left in the context for an answer
+        return [False] * num_samples
+    rows, _ = engine.generate_batch(prompt, num_samples, max_tokens=max_new_tokens, temperature=temperature,
+                                    top_k=top_k, seed=seed)
+    return [task.evaluate(conversation, tokenizer.decode(row[len(prompt):])) for row in rows]
+
+
+def evaluate_generative(model, tokenizer, task, num_samples: int = 1, max_new_tokens: int = 512,
+                        temperature: float = 0.0, top_k: int | None = 50, max_problems: int | None = None,
+                        rank: int = 0, world: int = 1) -> float:
+    """pass@num_samples: the share of problems that at least one sample solves."""
+    engine = Engine(model, tokenizer)
+    indices = range(rank, num_problems(task, max_problems), world)
+    passed = 0
+    for i in progress(indices, desc=task.name, unit="problem", leave=False) if rank == 0 else indices:
+        # seeded by the problem, not the rank, so the figure does not depend on the number of processes
+        passed += any(sample_outcomes(engine, task, i, num_samples, max_new_tokens, temperature, top_k, seed=i))
+    passed, total = sum_over_ranks([passed, len(indices)], next(model.parameters()).device, world)
+    return passed / max(total, 1)
+
+
+def pass_at_k(outcomes: list[list[bool]], k: int) -> float:
+    """The share of problems with a correct sample among their first k (outcomes: one list of samples per problem)."""
+    return sum(any(samples[:k]) for samples in outcomes) / max(len(outcomes), 1)
+
+
+def chatcore(accuracies: dict[str, float]) -> float | None:
+    """Mean over all TASKS of (accuracy - baseline) / (1 - baseline); None unless every task was evaluated."""
+    if any(name not in accuracies for name in TASKS):
+        return None
+    return sum((accuracies[name] - baseline) / (1 - baseline) for name, (_, baseline) in TASKS.items()) / len(TASKS)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The command
+
+def add_arguments(p):
+    p.add_argument("-i", "--source", required=True, choices=tuple(STAGE_DIRS), help="which stage's model")
+    p.add_argument("-a", "--task-name", default="|".join(TASKS), help="tasks separated by |")
+    p.add_argument("-t", "--temperature", type=float, default=0.0,
+                   help="sampling temperature for generative tasks (default 0: greedy)")
+    p.add_argument("-m", "--max-new-tokens", type=int, default=512, help="longest reply (generative tasks)")
+    p.add_argument("-n", "--num-samples", type=int, default=1, help="samples per problem: the score is pass@n")
+    p.add_argument("-k", "--top-k", type=int, default=50, help="sample among the k likeliest tokens (0: all)")
+    p.add_argument("-b", "--batch-size", type=int, default=8, help="problems per forward pass (categorical tasks)")
+    p.add_argument("-g", "--model-tag", default=None, help="checkpoint folder (default: the deepest d<N>)")
+    p.add_argument("-s", "--step", type=int, default=None, help="checkpoint step (default: the latest)")
+    p.add_argument("-x", "--max-problems", type=int, default=None, help="first problems per task (default: all)")
+    p.add_argument("--words", default=WORDS_URL, help="SpellingBee's word list: a URL, a file, or builtin (offline)")
+    p.add_argument("--device-type", default=None, help="cuda|cpu|mps (default: autodetect)")
+
+
+def main(args):
+    names = list(dict.fromkeys(n.strip() for n in args.task_name.split("|") if n.strip()))
+    if not names:
+        raise UserError(f"--task-name {args.task_name!r} names no task: give some of {'|'.join(TASKS)}")
+    for name in names:
+        check_task(name)
+    if args.max_problems is not None and args.max_problems < 1:
+        raise UserError(f"--max-problems {args.max_problems}: give at least 1, or leave it out for all problems")
+    if args.num_samples < 1 or args.batch_size < 1 or args.max_new_tokens < 1:
+        raise UserError("--num-samples, --batch-size and --max-new-tokens must be at least 1")
+    if args.temperature < 0 or args.top_k < 0:
+        raise UserError("--temperature and --top-k must be >= 0 (temperature 0: greedy; top-k 0: no cut)")
+    device, rank, world = compute_init(args.device_type)
+    model, tokenizer, meta = load_model(args.source, args.model_tag, args.step, device)
+    slug = f"{args.source}_{args.model_tag or default_tag(args.source)}_{meta['step']:06d}"
+    print0(f"evaluating {slug} on {device} ({world} process{'es' if world > 1 else ''}): {', '.join(names)}")
+
+    accuracies, rows = {}, []
+    for name in names:
+        task = load_task(name, args.words)
+        t0 = time.time()
+        if task.eval_type == "categorical":
+            accuracy = evaluate_categorical(model, tokenizer, task, args.batch_size, args.max_problems, rank, world)
+        else:
+            accuracy = evaluate_generative(model, tokenizer, task, args.num_samples, args.max_new_tokens,
+                                           args.temperature, args.top_k, args.max_problems, rank, world)
+        accuracies[name] = accuracy
+        rows.append((name, accuracy, num_problems(task, args.max_problems), time.time() - t0))
+        print0(f"{name}: {accuracy:.4f}")
+
+    width = max(len("ChatCORE"), *(len(r[0]) for r in rows))
+    lines = [f"{'Task':<{width}}  {'Accuracy':>8}  {'Problems':>8}  {'Time':>7}"]
+    lines += [f"{name:<{width}}  {acc:>8.4f}  {n:>8}  {seconds:>6.1f}s" for name, acc, n, seconds in rows]
+    score = chatcore(accuracies)
+    if score is not None:
+        lines.append(f"{'ChatCORE':<{width}}  {score:>8.4f}")
+    print0("\n".join(lines))
+    if args.num_samples > 1:
+        print0(f"generative tasks: pass@{args.num_samples}")
+
+    section = {"model": slug, "max problems": args.max_problems or "all", "num samples": args.num_samples,
+               "temperature": args.temperature, **accuracies}
+    if score is not None:
+        section["ChatCORE metric"] = score
+    report.log_section(f"Chat evaluation {args.source}", section)
+    compute_cleanup()
+
+
+if __name__ == "__main__":
+    from primechat.cli import run_module
+    run_module(add_arguments, main)

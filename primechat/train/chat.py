@@ -1,0 +1,356 @@
+"""Chat training: the one loop behind `primechat train mid` and `primechat train sft` (presets in PRESETS).
+
+mid: a base model learns the chat format, tool calls and the multiple-choice format from a large mixture
+(configs/mid.yaml). sft: a short pass over cleaner, task-like data (configs/sft.yaml). Both (nanochat A8, B7):
+- start from the previous stage's latest checkpoint (--source, --model-tag, --source-step) and, where the process
+  count matches, warm-start from its optimizer state (momentum buffers), with fresh learning rates;
+- pack conversations best-fit into rows and learn only the assistant's tokens (data/chat_loader.py);
+- take sequence length, device batch, the previous LRs and the batch LR scale from the source checkpoint;
+- run one epoch of the mixture (or --num-iterations steps); LR × init_lr_frac, constant, then a linear warmdown to
+  0 over the last --warmdown-ratio of the run; Muon momentum 0.85 → 0.95 over 300 steps; no weight decay;
+- report validation bits per byte (assistant tokens of the val mixture) every --eval-every steps, and task accuracies
+  (MMLU, ARC-Easy by default) every --metrics-every steps;
+- save and resume exactly as pretraining does: checkpoints every --save-every steps and at the end, SIGTERM/Ctrl-C
+  save and stop, --resume continues from the latest.
+"""
+
+import math
+import shutil
+import time
+
+import torch
+import torch.distributed as dist
+
+from primechat import report
+from primechat.common import UserError, compute_cleanup, compute_init, peak_flops, print0, progress
+from primechat.data.chat_loader import ChatLoader
+from primechat.eval import chat as chat_eval
+from primechat.eval.loss import evaluate_bpb
+from primechat.optim import build_optimizer
+from primechat.plots import plot_training_curves
+from primechat.tasks.mixture import load_mixture
+from primechat.train import checkpoint
+from primechat.train.base import B_REF
+from primechat.train.loop import RunLog, StopRequest, out_of_memory, say
+
+# Per stage: the stage it starts from, its mixture, schedule and evaluation cadence. For SFT from a base model (no
+# mid-training) nanochat's 2026 recipe starts higher and decays over half the run: SFT_FROM_BASE.
+PRESETS = {
+    "mid": dict(source="base", mixture="mid", init_lr_frac=1.0, warmdown_ratio=0.2, device_batch_size=None,
+                rows_per_step=None, eval_every=150, metrics_every=300, title="Midtraining"),
+    "sft": dict(source="mid", mixture="sft", init_lr_frac=0.02, warmdown_ratio=1.0, device_batch_size=4,
+                rows_per_step=32, eval_every=100, metrics_every=200, title="Chat SFT"),
+}
+SFT_FROM_BASE = dict(init_lr_frac=0.8, warmdown_ratio=0.5)
+
+
+def add_arguments(p, stage: str):
+    preset = PRESETS[stage]
+    p.add_argument("--source", choices=["base", "mid", "sft"][:["base", "mid", "sft"].index(stage)],
+                   default=preset["source"], help="the stage to start from")
+    p.add_argument("--model-tag", default=None, help="checkpoint folder, read in the source stage and written in "
+                   "this one (default: the source's deepest d<N>)")
+    p.add_argument("--source-step", type=int, default=None, help="source checkpoint step (default: the latest)")
+    p.add_argument("--mixture", default=preset["mixture"], help="a mixture YAML file, or a shipped one's name "
+                   "(mid, sft, demo-chat); preview it with `primechat data mixture`")
+    p.add_argument("--device-type", default="", help="cuda|cpu|mps (default: autodetect)")
+    p.add_argument("--max-seq-len", type=int, default=None, help="row length in tokens (default: the source's)")
+    p.add_argument("--device-batch-size", type=int, default=preset["device_batch_size"],
+                   help="rows per forward pass (default: the source's); lower it to save memory")
+    p.add_argument("--total-batch-size", type=int, default=None, help="tokens per optimizer step (default: "
+                   + ("the source's" if preset["rows_per_step"] is None else f"{preset['rows_per_step']} rows") + ")")
+    p.add_argument("--num-epochs", type=float, default=1.0, help="passes over the training mixture")
+    p.add_argument("--num-iterations", type=int, default=-1, help="stop after this many steps instead (-1: epochs)")
+    p.add_argument("--embedding-lr", type=float, default=None, help="AdamW LR of the embeddings (default: the "
+                   "source's)")
+    p.add_argument("--unembedding-lr", type=float, default=None, help="AdamW LR of the output head (default: the "
+                   "source's)")
+    p.add_argument("--matrix-lr", type=float, default=None, help="Muon LR of the matrices (default: the source's)")
+    p.add_argument("--scalar-lr", type=float, default=None, help="AdamW LR of the residual/x0 lambdas (default: "
+                   "the source's)")
+    p.add_argument("--init-lr-frac", type=float, default=None, help=f"LRs × this (default: {preset['init_lr_frac']}"
+                   + (f"; {SFT_FROM_BASE['init_lr_frac']} from base" if stage == "sft" else "") + ")")
+    p.add_argument("--warmdown-ratio", type=float, default=None, help="final fraction of the run with linear LR "
+                   f"decay to 0 (default: {preset['warmdown_ratio']}"
+                   + (f"; {SFT_FROM_BASE['warmdown_ratio']} from base" if stage == "sft" else "") + ")")
+    p.add_argument("--load-optimizer", type=int, choices=[0, 1], default=1, help="warm-start from the source's "
+                   "optimizer state (when it was saved by as many processes)")
+    p.add_argument("--eval-every", type=int, default=preset["eval_every"], help="validation bpb every N steps "
+                   "(-1: only at the end)")
+    p.add_argument("--eval-tokens", type=int, default=20 * 524288, help="validation tokens per evaluation")
+    p.add_argument("--metrics-every", type=int, default=preset["metrics_every"], help="task accuracies every N "
+                   "steps (-1: only at the end)")
+    p.add_argument("--metrics", default="MMLU|ARC-Easy", help="'|'-separated tasks of `primechat eval chat` to "
+                   "measure during training ('' for none)")
+    p.add_argument("--metrics-max-problems", type=int, default=1024, help="problems per task per measurement")
+    p.add_argument("--words", default=None, help="word list for a SpellingBee metric (see `eval chat --words`)")
+    p.add_argument("--save-every", type=int, default=-1, help="checkpoint every N steps (-1: only at the end)")
+    p.add_argument("--resume", action="store_true", help="continue from this stage's latest checkpoint (or start "
+                   "if it has none)")
+    p.add_argument("--resume-from-step", type=int, default=-1, help="continue from this saved step")
+    p.add_argument("--compile", choices=["auto", "on", "off"], default="auto", help="torch.compile (auto: on CUDA)")
+    p.add_argument("--wandb", default=None, metavar="PROJECT", help="also log to this Weights & Biases project")
+    p.set_defaults(stage=stage)
+
+
+def inherit(args, source_meta: dict, world: int) -> dict:
+    """The run's settings: flags where given, else the source checkpoint's (nanochat B7), checked."""
+    stage, preset = args.stage, PRESETS[args.stage]
+    source_config = source_meta.get("user_config", {})
+    from_base = stage == "sft" and args.source == "base"
+
+    def pick(flag, key, default):
+        value = getattr(args, flag)
+        return value if value is not None else source_config.get(key, default)
+
+    seq_len = pick("max_seq_len", "max_seq_len", source_meta["model_config"]["sequence_len"])
+    if seq_len > source_meta["model_config"]["sequence_len"]:
+        raise UserError(f"--max-seq-len {seq_len} is longer than the model's context "
+                        f"({source_meta['model_config']['sequence_len']})")
+    batch = pick("device_batch_size", "device_batch_size", 32)
+    tokens_per_pass = batch * seq_len * world
+    if args.total_batch_size is not None:
+        total = args.total_batch_size
+    elif preset["rows_per_step"] is not None:
+        total = max(preset["rows_per_step"] * seq_len, tokens_per_pass)
+    else:
+        total = source_meta.get("total_batch_size", tokens_per_pass)
+    if total % tokens_per_pass:
+        raise UserError(f"total batch {total} tokens is not a multiple of device batch × seq len × processes = "
+                        f"{batch}×{seq_len}×{world}: change --total-batch-size or --device-batch-size")
+    init_lr_frac = args.init_lr_frac if args.init_lr_frac is not None else (
+        SFT_FROM_BASE if from_base else preset)["init_lr_frac"]
+    warmdown = args.warmdown_ratio if args.warmdown_ratio is not None else (
+        SFT_FROM_BASE if from_base else preset)["warmdown_ratio"]
+    lrs = {name: pick(name, name, default) for name, default in
+           (("embedding_lr", 0.3), ("unembedding_lr", 0.008), ("matrix_lr", 0.02), ("scalar_lr", 0.5))}
+    return dict(max_seq_len=seq_len, device_batch_size=batch, total_batch_size=total,
+                grad_accum=total // tokens_per_pass, init_lr_frac=init_lr_frac, warmdown_ratio=warmdown,
+                batch_lr_scale=math.sqrt(total / B_REF), **lrs)
+
+
+def lr_multiplier(progress: float, warmdown_ratio: float) -> float:
+    """1 until the last warmdown_ratio of the run, then linearly down to 0."""
+    if warmdown_ratio <= 0 or progress < 1 - warmdown_ratio:
+        return 1.0
+    return max(0.0, (1 - progress) / warmdown_ratio)
+
+
+def warm_start(optimizer, source_folder, source_step: int, rank: int, device) -> bool:
+    """Load the source's optimizer state (Adam moments, Muon momentum) but keep this run's learning rates."""
+    path = source_folder / f"optim_{source_step:06d}_rank{rank}.pt"
+    saved_world = checkpoint.load_meta(source_folder, source_step).get("world_size")
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    if not path.exists() or saved_world != world:
+        return False
+    hyper = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+    optimizer.load_state_dict(torch.load(path, map_location=device, weights_only=False))
+    for group, fresh in zip(optimizer.param_groups, hyper):
+        group.update(fresh)
+    return True
+
+
+def validation_batches(tokenizer, conversations, settings: dict, eval_tokens: int, rank: int, world: int,
+                       device) -> list:
+    """This rank's share of the validation rows, packed once. Every rank packs the same stream and keeps batches
+    rank, rank+world, …, so validation bpb does not depend on the process count."""
+    packer = ChatLoader(tokenizer, conversations, settings["device_batch_size"], settings["max_seq_len"],
+                        device=device)
+    rows = settings["device_batch_size"] * settings["max_seq_len"]
+    total = max(world, math.ceil(eval_tokens / rows / world) * world)
+    return [batch for i in range(total) if (batch := packer.next_batch()) and i % world == rank]
+
+
+def measure_tasks(model, tokenizer, names: list[str], args, rank: int, world: int) -> dict:
+    """Accuracy per task, as `primechat eval chat` measures it (categorical ones batched, generative ones greedy)."""
+    results = {}
+    for name in names:
+        task = chat_eval.load_task(name, **({"words": args.words} if args.words else {}))
+        if task.eval_type == "categorical":
+            results[name] = chat_eval.evaluate_categorical(model, tokenizer, task, max_problems=args.metrics_max_problems,
+                                                           rank=rank, world=world)
+        else:
+            results[name] = chat_eval.evaluate_generative(model, tokenizer, task, max_new_tokens=256,
+                                                          max_problems=args.metrics_max_problems, rank=rank,
+                                                          world=world)
+    return results
+
+
+def main(args):
+    stage = args.stage
+    device, rank, world = compute_init(args.device_type)
+    master = rank == 0
+    user_config = {k: v for k, v in vars(args).items() if not callable(v)}
+    metric_names = [n.strip() for n in args.metrics.split("|") if n.strip()]
+    for name in metric_names:
+        chat_eval.check_task(name)
+
+    # The model: the source checkpoint, in fp32 master weights.
+    source_tag = args.model_tag or checkpoint.default_tag(args.source)
+    source_folder = checkpoint.checkpoint_dir(args.source, source_tag)
+    model, tokenizer, source_meta = checkpoint.load_model(args.source, source_tag, args.source_step, device,
+                                                          train=True)
+    if model.compute_dtype == torch.float16:
+        raise UserError("float16 training needs a gradient scaler, which primechat does not have yet: set "
+                        "PRIMECHAT_DTYPE=bfloat16 (GPUs since Ampere) or float32")
+    settings = inherit(args, source_meta, world)
+    mixture = load_mixture(args.mixture)
+    train_set, val_set = mixture.train, mixture.val
+    folder = checkpoint.checkpoint_dir(stage, source_tag)
+
+    optimizer = build_optimizer(model, weight_decay=0.0, batch_lr_scale=settings["batch_lr_scale"],
+                                **{k: settings[k] for k in ("matrix_lr", "embedding_lr", "unembedding_lr", "scalar_lr")})
+    for group in optimizer.param_groups:
+        group["lr"] = group["initial_lr"] = group["initial_lr"] * settings["init_lr_frac"]
+
+    # Resume this stage, or start from the source.
+    step, loader_state = 0, None
+    loop = {"progress": 0.0, "smooth_loss": 0.0, "training_time": 0.0, "val_bpb": None, "min_val_bpb": float("inf"),
+            "metrics": {}}
+    resuming = args.resume_from_step >= 0 or (args.resume and folder.exists() and checkpoint.saved_steps(folder))
+    if args.resume and not resuming:
+        print0(f"--resume: no checkpoint in {folder} yet, starting from {args.source} {source_tag}")
+    if resuming:
+        step = checkpoint.resolve_step(folder, args.resume_from_step if args.resume_from_step >= 0 else None)
+        meta = checkpoint.load_meta(folder, step)
+        if meta["model_config"] != source_meta["model_config"]:
+            raise UserError(f"{folder} step {step} holds another model than {args.source} {source_tag}: pick "
+                            f"another --model-tag")
+        model.load_state_dict(checkpoint.load_model_state(folder, step, device))
+        optimizer.load_state_dict(checkpoint.load_rank_state(folder, step, "optim", rank, device))
+        loader_state = checkpoint.load_rank_state(folder, step, "loader", rank)
+        loop.update(meta["loop_state"])
+        print0(f"resuming {folder} from step {step}")
+    elif folder.exists() and checkpoint.saved_steps(folder):
+        raise UserError(f"{folder} already holds checkpoints: pass --resume to continue it, or pick a new "
+                        f"--model-tag")
+    elif args.load_optimizer and warm_start(optimizer, source_folder, source_meta["step"], rank, device):
+        print0(f"optimizer state warm-started from {args.source} {source_tag} step {source_meta['step']}")
+    elif args.load_optimizer:
+        print0(f"no optimizer state of {args.source} {source_tag} saved by {world} process(es): starting it fresh")
+
+    train_loader = ChatLoader(tokenizer, train_set, settings["device_batch_size"], settings["max_seq_len"], rank,
+                              world, device, state=loader_state)
+    steps_text = f"{args.num_iterations} steps" if args.num_iterations > 0 else f"{args.num_epochs:g} epoch(s)"
+    rows = [("source", f"{args.source} {source_tag} step {source_meta['step']} ({model.num_params()['total']:,} "
+                       f"params)"),
+            ("mixture", f"{mixture.path} ({len(train_set):,} train / {len(val_set):,} val conversations)"),
+            ("run", steps_text),
+            ("total batch (tokens)", f"{settings['total_batch_size']:,}"),
+            ("device batch × seq len × processes", f"{settings['device_batch_size']} × {settings['max_seq_len']} × "
+                                                   f"{world}"),
+            ("gradient accumulation", settings["grad_accum"]),
+            ("LR × init_lr_frac / warmdown", f"{settings['init_lr_frac']} / last {settings['warmdown_ratio']:.0%}"),
+            ("device / dtype", f"{device} / {str(model.compute_dtype).removeprefix('torch.')}")]
+    width = max(len(k) for k, _ in rows)
+    print0("\n".join(f"  {k:<{width}}  {v}" for k, v in rows))
+
+    use_compile = args.compile == "on" or (args.compile == "auto" and device.type == "cuda")
+    train_model = torch.compile(model, dynamic=False) if use_compile else model
+    token_bytes = torch.tensor(tokenizer.token_byte_lengths(), dtype=torch.int64, device=device)
+    flops_per_token, peak = model.estimate_flops(), peak_flops(device)
+    val_batches = None
+    folder.mkdir(parents=True, exist_ok=True)
+    if master and (source_folder / "tokenizer.pkl").exists():  # an imported model's own tokenizer goes along
+        for name in ("tokenizer.pkl", "token_bytes.pt"):
+            shutil.copy2(source_folder / name, folder / name)
+    metrics_path = folder / "metrics.jsonl"
+    log = RunLog(metrics_path, step if resuming else None, args.wandb, f"{stage}-{source_tag}", user_config)
+    stop = StopRequest()
+    bar = progress(total=100, initial=round(100 * loop["progress"]), desc=stage, unit="%")
+    resumed_at = step if resuming else None
+
+    def run_progress() -> float:
+        if args.num_iterations > 0:
+            return step / args.num_iterations
+        return loop["progress"] / args.num_epochs
+
+    def save(step):
+        meta = {"step": step, "val_bpb": loop["val_bpb"], "model_config": source_meta["model_config"],
+                "user_config": {**user_config, **settings}, "source": {"stage": args.source, "tag": source_tag,
+                                                       "step": source_meta["step"]},
+                "mixture": str(mixture.path), **{k: settings[k] for k in ("device_batch_size", "max_seq_len",
+                                                                          "total_batch_size")},
+                "world_size": world, "metrics": loop["metrics"], "loop_state": loop}
+        checkpoint.save_checkpoint(folder, step, model.state_dict(), meta, optimizer.state_dict(),
+                                   train_loader.state_dict(), rank)
+
+    while True:
+        last = run_progress() >= 1.0
+        fresh = step != resumed_at  # the resumed step was evaluated and saved by the run that stopped
+        if fresh and (last or (args.eval_every > 0 and step % args.eval_every == 0)):
+            if val_batches is None:
+                val_batches = validation_batches(tokenizer, val_set, settings, args.eval_tokens, rank, world, device)
+            val_bpb = evaluate_bpb(train_model, iter(val_batches), len(val_batches), token_bytes)
+            loop["val_bpb"], loop["min_val_bpb"] = val_bpb, min(loop["min_val_bpb"], val_bpb)
+            say(f"step {step:05d} | validation bpb {val_bpb:.4f}")
+            log({"step": step, "val_bpb": val_bpb})
+            if master:
+                plot_training_curves(metrics_path, folder / "loss_curve.png", title=f"{stage} {source_tag}")
+        if fresh and metric_names and (last or (args.metrics_every > 0 and step % args.metrics_every == 0)):
+            loop["metrics"] = measure_tasks(model, tokenizer, metric_names, args, rank, world)
+            say(f"step {step:05d} | " + " | ".join(f"{k} {v:.4f}" for k, v in loop["metrics"].items()))
+            log({"step": step, **{f"acc_{k}": v for k, v in loop["metrics"].items()}})
+        stopping = fresh and stop.requested(device)
+        if fresh and (last or stopping or (args.save_every > 0 and step % args.save_every == 0 and step > 0)):
+            save(step)
+        if last or stopping:
+            break
+
+        # One optimizer step: grad_accum micro-batches, then the synchronising optimizer.
+        t0 = time.time()
+        lrm = lr_multiplier(run_progress(), settings["warmdown_ratio"])
+        for group in optimizer.param_groups:
+            group["lr"] = group["initial_lr"] * lrm
+            if group["kind"] == "muon":
+                group["momentum"] = 0.85 + 0.10 * min(step / 300, 1.0)
+        train_loss = torch.zeros((), device=device)
+        try:
+            for _ in range(settings["grad_accum"]):
+                inputs, targets = train_loader.next_batch()
+                loss = train_model(inputs, targets) / settings["grad_accum"]
+                loss.backward()
+                train_loss += loss.detach()
+        except torch.OutOfMemoryError:
+            raise out_of_memory(settings["device_batch_size"]) from None
+        optimizer.step()
+        model.zero_grad(set_to_none=True)
+        # every rank follows the furthest one's progress, so all take the same LR and stop at the same step
+        data_progress = torch.tensor(train_loader.progress, dtype=torch.float64, device=device)
+        if dist.is_initialized():
+            dist.all_reduce(train_loss, op=dist.ReduceOp.SUM)
+            train_loss /= world
+            dist.all_reduce(data_progress, op=dist.ReduceOp.MAX)
+        loss_value = train_loss.item()
+        loop["progress"] = data_progress.item()
+        dt = time.time() - t0
+        step += 1
+        if step > 1 or resumed_at is not None:  # the first step includes compilation
+            loop["training_time"] += dt
+        loop["smooth_loss"] = 0.9 * loop["smooth_loss"] + 0.1 * loss_value
+        smooth = loop["smooth_loss"] / (1 - 0.9 ** step)
+        done = min(run_progress(), 1.0)
+        tok_per_sec = settings["total_batch_size"] / dt
+        mfu = flops_per_token * tok_per_sec / (peak * world) * 100 if peak else None
+        eta = loop["training_time"] * (1 - done) / done if done > 0 and loop["training_time"] > 0 else 0.0
+        bar.update(round(100 * done) - bar.n)
+        say(f"step {step:05d} ({100 * done:.1f}%) | loss {smooth:.4f} | lrm {lrm:.2f} | dt {dt * 1000:.0f}ms | "
+            f"tok/s {tok_per_sec:,.0f} | mfu {f'{mfu:.1f}%' if mfu is not None else '-'} | "
+            f"time {loop['training_time'] / 60:.1f}m | eta {eta / 60:.1f}m")
+        log({"step": step, "loss": smooth, "raw_loss": loss_value, "lrm": lrm, "dt": dt, "tok_per_sec": tok_per_sec,
+             "mfu": mfu, "progress": done, "training_time": loop["training_time"]})
+    bar.close()
+
+    if stop.signum and not last:
+        print0(f"stopped at step {step}; checkpoint saved in {folder}. Continue with --resume")
+        compute_cleanup()
+        raise SystemExit(128 + stop.signum)
+    summary = {"source": f"{args.source} {source_tag} step {source_meta['step']}", "mixture": str(mixture.path),
+               "training conversations": len(train_set), "steps": step,
+               "total batch size": settings["total_batch_size"], "min validation bpb": loop["min_val_bpb"],
+               "final validation bpb": loop["val_bpb"], **loop["metrics"],
+               "training time (min)": loop["training_time"] / 60, "processes": world}
+    report.log_section(PRESETS[stage]["title"], summary)
+    print0(f"done: {step} steps, val bpb {loop['val_bpb']:.4f}"
+           + "".join(f", {k} {v:.4f}" for k, v in loop["metrics"].items()) + f"; saved in {folder}")
+    compute_cleanup()

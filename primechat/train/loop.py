@@ -1,0 +1,74 @@
+"""What every training loop (base, mid/SFT, RL) shares: stopping on a signal, the metrics log, console lines.
+
+- StopRequest: SIGTERM or Ctrl-C asks the loop to finish its step, save and exit (code 128 + signal); resuming with
+  --resume then continues exactly.
+- RunLog: metrics.jsonl beside the checkpoints (rank 0 only), cut back to the resumed step so a resumed run's log
+  reads as one run, mirrored to Weights & Biases when the user asked for it (--wandb PROJECT).
+- say: a console line from rank 0, printed above the progress bar.
+"""
+
+import json
+import signal
+
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from primechat.common import UserError, atomic_path, is_master, print0
+
+
+class StopRequest:
+    """SIGTERM or the first Ctrl-C asks the loop to save and stop after the current step; a second Ctrl-C kills."""
+
+    def __init__(self):
+        self.signum = 0
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        self.signum = signum
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        print0(f"\n{signal.Signals(signum).name}: saving a checkpoint after this step, then stopping")
+
+    def requested(self, device) -> bool:
+        flag = torch.tensor(float(self.signum > 0), device=device)
+        if dist.is_initialized():  # every rank must stop (and save) at the same step
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return flag.item() > 0
+
+
+class RunLog:
+    def __init__(self, path, resumed_step: int | None, wandb_project: str | None, name: str, config: dict):
+        self.path, self.wandb_run = path, None
+        if not is_master():
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if resumed_step is not None and path.exists():  # drop records written after the checkpoint we resume from
+            records = [line for line in path.read_text().splitlines()
+                       if line and json.loads(line)["step"] <= resumed_step]
+            with atomic_path(path) as tmp:
+                tmp.write_text("".join(r + "\n" for r in records))
+        if wandb_project:
+            try:
+                import wandb
+            except ImportError:
+                raise UserError("--wandb needs the wandb package: pip install wandb (or drop --wandb)") from None
+            self.wandb_run = wandb.init(project=wandb_project, name=name, config=config)
+
+    def __call__(self, record: dict):
+        if not is_master():
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.wandb_run:
+            self.wandb_run.log(record, step=record["step"])
+
+
+def say(line: str):
+    if is_master():
+        tqdm.write(line)
+
+
+def out_of_memory(device_batch_size: int) -> UserError:
+    return UserError(f"out of GPU memory at --device-batch-size {device_batch_size}: lower it (e.g. "
+                     f"{max(1, device_batch_size // 2)}); gradient accumulation keeps the result the same")

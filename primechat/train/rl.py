@@ -1,0 +1,248 @@
+"""Reinforcement learning on GSM8K: `primechat train rl` (or `torchrun … -m primechat.train.rl`), nanochat A9.
+
+On-policy REINFORCE, the simplest thing that works ("GRPO" without its extras: no KL penalty, no reference model,
+no PPO ratio or clipping). Each step, every rank takes its share of --examples-per-step training problems; for each,
+the model samples --num-samples answers (the Engine, with the calculator tool); the reward is 1 for a right final
+answer, else 0, and the advantage is the reward minus the problem's mean reward. The loss is
+    -Σ log p(sampled token) × advantage / (tokens that count)
+over the tokens the model sampled (prompt and tool outputs are masked out), normalised per token across the step
+(DAPO-style), with one optimizer step per RL step and LR falling linearly to 0.
+
+Every --eval-every steps pass@k (k = 1..--eval-samples) on --eval-examples test problems; checkpoints every
+--save-every steps and at the end, SIGTERM/Ctrl-C save and stop, --resume continues. The data order follows from the
+step number, so a resumed run samples exactly what an uninterrupted one would have.
+--task arithmetic / spelling-bee train on the generated tasks instead (offline; the CPU demo uses arithmetic).
+"""
+
+import time
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from primechat import report
+from primechat.common import UserError, compute_cleanup, compute_init, print0, progress
+from primechat.engine import Engine
+from primechat.eval.chat import pass_at_k, sample_outcomes
+from primechat.optim import build_optimizer
+from primechat.plots import plot_training_curves
+from primechat.tasks.arithmetic import Arithmetic
+from primechat.tasks.gsm8k import GSM8K
+from primechat.tasks.spelling import SpellingBee
+from primechat.tasks.words import load_words
+from primechat.train import checkpoint
+from primechat.train.loop import RunLog, StopRequest, out_of_memory, say
+
+# task -> split -> the problems (a generated task draws other examples for test than for train)
+RL_TASKS = {
+    "gsm8k": lambda split, args: GSM8K(split),
+    "arithmetic": lambda split, args: Arithmetic(size=8000 if split == "train" else 1000, split=split),
+    "spelling-bee": lambda split, args: SpellingBee(load_words(args.words), size=8000 if split == "train" else 1000,
+                                                    split=split),
+}
+
+
+def add_arguments(p):
+    p.add_argument("--source", choices=["base", "mid", "sft"], default="sft", help="the stage to start from")
+    p.add_argument("--model-tag", default=None, help="checkpoint folder, read in the source stage and written in "
+                   "this one (default: the source's deepest d<N>)")
+    p.add_argument("--source-step", type=int, default=None, help="source checkpoint step (default: the latest)")
+    p.add_argument("--task", choices=list(RL_TASKS), default="gsm8k", help="what to reinforce")
+    p.add_argument("--words", default="builtin", help="word list for --task spelling-bee (builtin, a URL or a file)")
+    p.add_argument("--device-type", default="", help="cuda|cpu|mps (default: autodetect)")
+    p.add_argument("--device-batch-size", type=int, default=8, help="sequences per forward pass (sampling and "
+                   "training); lower it to save memory")
+    p.add_argument("--examples-per-step", type=int, default=16, help="problems per step, across all processes")
+    p.add_argument("--num-samples", type=int, default=16, help="answers sampled per problem")
+    p.add_argument("--max-new-tokens", type=int, default=256, help="longest answer sampled")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
+    p.add_argument("--top-k", type=int, default=50, help="sample among the k likeliest tokens (0: all)")
+    p.add_argument("--embedding-lr", type=float, default=0.2, help="AdamW LR of the embeddings")
+    p.add_argument("--unembedding-lr", type=float, default=0.004, help="AdamW LR of the output head")
+    p.add_argument("--matrix-lr", type=float, default=0.02, help="Muon LR of the matrices")
+    p.add_argument("--scalar-lr", type=float, default=0.5, help="AdamW LR of the residual/x0 lambdas")
+    p.add_argument("--init-lr-frac", type=float, default=0.05, help="all LRs × this")
+    p.add_argument("--num-epochs", type=int, default=1, help="passes over the training problems")
+    p.add_argument("--num-iterations", type=int, default=-1, help="steps (-1: from the epochs)")
+    p.add_argument("--eval-every", type=int, default=60, help="pass@k every N steps (-1: only at the end)")
+    p.add_argument("--eval-examples", type=int, default=400, help="test problems per evaluation")
+    p.add_argument("--eval-samples", type=int, default=8, help="answers per test problem: pass@1 … pass@N")
+    p.add_argument("--save-every", type=int, default=60, help="checkpoint every N steps (-1: only at the end)")
+    p.add_argument("--resume", action="store_true", help="continue from this stage's latest checkpoint (or start "
+                   "if it has none)")
+    p.add_argument("--resume-from-step", type=int, default=-1, help="continue from this saved step")
+    p.add_argument("--wandb", default=None, metavar="PROJECT", help="also log to this Weights & Biases project")
+
+
+def rollouts(engine, tokenizer, task, index: int, args, seed_base: tuple):
+    """Sample --num-samples answers to problem `index`: (ids, mask, rewards), padded to one length. mask is 1 on the
+    tokens the model sampled, which are the ones trained on."""
+    conversation = task[index]
+    prompt = tokenizer.render_for_completion(conversation)
+    sequences, masks = [], []
+    for sampling_step in range(args.num_samples // args.device_batch_size):
+        seed = hash((*seed_base, index, sampling_step)) & 0x7FFFFFFF
+        ids, mask = engine.generate_batch(prompt, args.device_batch_size, max_tokens=args.max_new_tokens,
+                                          temperature=args.temperature, top_k=args.top_k or None, seed=seed)
+        sequences += ids
+        masks += mask
+    rewards = [float(task.evaluate(conversation, tokenizer.decode(ids[len(prompt):]))) for ids in sequences]
+    length = max(len(s) for s in sequences)
+    pad = tokenizer.encode_special("<|assistant_end|>")
+    ids = torch.tensor([s + [pad] * (length - len(s)) for s in sequences], dtype=torch.long)
+    mask = torch.tensor([m + [0] * (length - len(m)) for m in masks], dtype=torch.bool)
+    return ids, mask, torch.tensor(rewards)
+
+
+def evaluate_pass_at_k(engine, task, args, rank: int, world: int, device) -> dict:
+    """pass@1 … pass@eval_samples over the first --eval-examples test problems (strided over ranks)."""
+    outcomes = [sample_outcomes(engine, task, i, args.eval_samples, args.max_new_tokens, 1.0, args.top_k or None,
+                                seed=i)
+                for i in range(rank, min(args.eval_examples, len(task)), world)]
+    counts = torch.tensor([pass_at_k(outcomes, k) * len(outcomes) for k in range(1, args.eval_samples + 1)]
+                          + [len(outcomes)], dtype=torch.float64, device=device)
+    if dist.is_initialized():
+        dist.all_reduce(counts)
+    return {f"pass@{k}": (counts[k - 1] / counts[-1]).item() for k in range(1, args.eval_samples + 1)}
+
+
+def main(args):
+    device, rank, world = compute_init(args.device_type)
+    master = rank == 0
+    user_config = {k: v for k, v in vars(args).items() if not callable(v)}
+    if args.examples_per_step % world:
+        raise UserError(f"--examples-per-step {args.examples_per_step} must be a multiple of the {world} processes")
+    if args.num_samples % args.device_batch_size:
+        raise UserError(f"--num-samples {args.num_samples} must be a multiple of --device-batch-size "
+                        f"{args.device_batch_size}")
+    train_task, test_task = RL_TASKS[args.task]("train", args), RL_TASKS[args.task]("test", args)
+
+    source_tag = args.model_tag or checkpoint.default_tag(args.source)
+    source_folder = checkpoint.checkpoint_dir(args.source, source_tag)
+    model, tokenizer, source_meta = checkpoint.load_model(args.source, source_tag, args.source_step, device,
+                                                          train=True)
+    if model.compute_dtype == torch.float16:
+        raise UserError("float16 training needs a gradient scaler, which primechat does not have yet: set "
+                        "PRIMECHAT_DTYPE=bfloat16 (GPUs since Ampere) or float32")
+    optimizer = build_optimizer(model, matrix_lr=args.matrix_lr, embedding_lr=args.embedding_lr,
+                                unembedding_lr=args.unembedding_lr, scalar_lr=args.scalar_lr, weight_decay=0.0)
+    for group in optimizer.param_groups:
+        group["lr"] = group["initial_lr"] = group["initial_lr"] * args.init_lr_frac
+    folder = checkpoint.checkpoint_dir("rl", source_tag)
+    num_steps = args.num_iterations if args.num_iterations > 0 else \
+        len(train_task) // args.examples_per_step * args.num_epochs
+    if num_steps < 1:
+        raise UserError(f"{len(train_task)} training problems make no step of {args.examples_per_step}: lower "
+                        "--examples-per-step")
+
+    step = 0
+    loop = {"training_time": 0.0, "pass_at_k": {}, "mean_reward": None}
+    resuming = args.resume_from_step >= 0 or (args.resume and folder.exists() and checkpoint.saved_steps(folder))
+    if args.resume and not resuming:
+        print0(f"--resume: no checkpoint in {folder} yet, starting from {args.source} {source_tag}")
+    if resuming:
+        step = checkpoint.resolve_step(folder, args.resume_from_step if args.resume_from_step >= 0 else None)
+        meta = checkpoint.load_meta(folder, step)
+        if meta["model_config"] != source_meta["model_config"]:
+            raise UserError(f"{folder} step {step} holds another model than {args.source} {source_tag}: pick "
+                            f"another --model-tag")
+        model.load_state_dict(checkpoint.load_model_state(folder, step, device))
+        optimizer.load_state_dict(checkpoint.load_rank_state(folder, step, "optim", rank, device))
+        loop.update(meta["loop_state"])
+        print0(f"resuming {folder} from step {step}")
+    elif folder.exists() and checkpoint.saved_steps(folder):
+        raise UserError(f"{folder} already holds checkpoints: pass --resume to continue it, or pick a new "
+                        f"--model-tag")
+    print0(f"RL on {args.task}: {len(train_task):,} problems, {num_steps} steps × {args.examples_per_step} problems × "
+           f"{args.num_samples} samples, from {args.source} {source_tag} step {source_meta['step']} on {device}")
+
+    engine = Engine(model, tokenizer)
+    folder.mkdir(parents=True, exist_ok=True)
+    if master and (source_folder / "tokenizer.pkl").exists():  # an imported model's own tokenizer goes along
+        tokenizer.save(folder)
+    metrics_path = folder / "metrics.jsonl"
+    log = RunLog(metrics_path, step if resuming else None, args.wandb, f"rl-{source_tag}", user_config)
+    stop = StopRequest()
+    bar = progress(total=num_steps, initial=step, desc="rl", unit="step")
+    resumed_at = step if resuming else None
+    per_rank = args.examples_per_step // world
+    passes = args.num_samples // args.device_batch_size
+
+    def save(step):
+        meta = {"step": step, "model_config": source_meta["model_config"], "user_config": user_config,
+                "source": {"stage": args.source, "tag": source_tag, "step": source_meta["step"]},
+                "world_size": world, "pass_at_k": loop["pass_at_k"], "loop_state": loop}
+        checkpoint.save_checkpoint(folder, step, model.state_dict(), meta, optimizer.state_dict(), rank=rank)
+
+    while True:
+        last = step == num_steps
+        fresh = step != resumed_at
+        if fresh and (last or (args.eval_every > 0 and step % args.eval_every == 0)):
+            loop["pass_at_k"] = evaluate_pass_at_k(engine, test_task, args, rank, world, device)
+            say(f"step {step:05d} | " + " | ".join(f"{k} {v:.4f}" for k, v in loop["pass_at_k"].items()))
+            log({"step": step, **loop["pass_at_k"]})
+        stopping = fresh and stop.requested(device)
+        if fresh and (last or stopping or (args.save_every > 0 and step % args.save_every == 0 and step > 0)):
+            save(step)
+        if last or stopping:
+            break
+
+        t0 = time.time()
+        lrm = 1.0 - step / num_steps
+        for group in optimizer.param_groups:
+            group["lr"] = group["initial_lr"] * lrm
+        rewards_sum, lengths = torch.zeros((), dtype=torch.float64), []
+        try:
+            for j in range(per_rank):
+                index = (step * args.examples_per_step + rank * per_rank + j) % len(train_task)
+                ids, mask, rewards = rollouts(engine, tokenizer, train_task, index, args, (step, rank))
+                advantages = (rewards - rewards.mean()).to(device)
+                rewards_sum += rewards.sum().double()
+                lengths.append(mask.sum(1).float().mean().item())
+                inputs, targets = ids[:, :-1].to(device), ids[:, 1:].masked_fill(~mask[:, 1:], -1).to(device)
+                for b in range(0, len(ids), args.device_batch_size):
+                    rows = slice(b, b + args.device_batch_size)
+                    logits = model(inputs[rows])
+                    logp = -F.cross_entropy(logits.float().flatten(0, 1), targets[rows].flatten(), ignore_index=-1,
+                                            reduction="none").view_as(targets[rows])
+                    valid = (targets[rows] >= 0).sum().clamp(min=1)
+                    objective = (logp * advantages[rows, None]).sum() / (valid * passes * per_rank)
+                    (-objective).backward()
+        except torch.OutOfMemoryError:
+            raise out_of_memory(args.device_batch_size) from None
+        optimizer.step()
+        model.zero_grad(set_to_none=True)
+        stats = torch.tensor([rewards_sum.item(), sum(lengths)], dtype=torch.float64, device=device)
+        if dist.is_initialized():
+            dist.all_reduce(stats)
+        mean_reward = stats[0].item() / (args.examples_per_step * args.num_samples)
+        mean_length = stats[1].item() / args.examples_per_step
+        loop["mean_reward"] = mean_reward
+        dt = time.time() - t0
+        step += 1
+        loop["training_time"] += dt
+        eta = loop["training_time"] / max(1, step - (resumed_at or 0)) * (num_steps - step)
+        bar.update(1)
+        say(f"step {step:05d}/{num_steps} | reward {mean_reward:.4f} | answer tokens {mean_length:.0f} | "
+            f"lrm {lrm:.2f} | dt {dt:.1f}s | eta {eta / 60:.1f}m")
+        log({"step": step, "reward": mean_reward, "sequence_length": mean_length, "lrm": lrm, "dt": dt})
+    bar.close()
+    if master:
+        plot_training_curves(metrics_path, folder / "reward_curve.png", title=f"rl {source_tag}",
+                             left=("reward", "mean reward"), right=("pass@1", "pass@1 (test)"))
+
+    if stop.signum and not last:
+        print0(f"stopped at step {step}; checkpoint saved in {folder}. Continue with --resume")
+        compute_cleanup()
+        raise SystemExit(128 + stop.signum)
+    report.log_section("Chat RL", {"source": f"{args.source} {source_tag} step {source_meta['step']}",
+                                   "task": args.task, "steps": step, "final mean reward": loop["mean_reward"],
+                                   **loop["pass_at_k"], "training time (min)": loop["training_time"] / 60})
+    print0(f"done: {step} steps, " + ", ".join(f"{k} {v:.4f}" for k, v in loop["pass_at_k"].items())
+           + f"; saved in {folder}")
+    compute_cleanup()
+
+
+if __name__ == "__main__":
+    from primechat.cli import run_module
+    run_module(add_arguments, main)

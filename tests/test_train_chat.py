@@ -1,0 +1,255 @@
+"""Chat training on CPU: the packing loader, `primechat train mid` → `train sft` → `train rl` end to end on a tiny
+model, exact resume (after a crash and after SIGTERM), and bad input (exit 2, one line).
+
+The base model is made here (random weights plus one optimizer step, saved as `train base` saves), the tokenizer
+is trained on the test's own conversations, and the mixture is a JSONL file plus the generated arithmetic task, so
+nothing is downloaded.
+"""
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from primechat.data.chat_loader import ChatLoader
+from primechat.model import GPT, GPTConfig
+from primechat.optim import build_optimizer
+from primechat.tasks.arithmetic import Arithmetic
+from primechat.tokenizer import train_tokenizer
+from primechat.train.checkpoint import STAGE_DIRS, checkpoint_dir, save_checkpoint
+from test_train import assert_same_tensors, assert_user_error, env_for, ok
+
+SEQ = 128
+ANIMALS = "cat dog bird fish horse mouse".split()
+
+
+def conversations(n: int) -> list[dict]:
+    """Short chats of varied length: a question, an answer, sometimes a second turn."""
+    out = []
+    for i in range(n):
+        animal = ANIMALS[i % len(ANIMALS)]
+        messages = [{"role": "user", "content": f"Tell me about the {animal} number {i}."},
+                    {"role": "assistant", "content": f"The {animal} number {i} is " + "very " * (i % 7) + "nice."}]
+        if i % 3 == 0:
+            messages += [{"role": "user", "content": "And then?"},
+                         {"role": "assistant", "content": f"Then the {animal} sleeps."}]
+        out.append({"messages": messages})
+    return out
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    texts = [json.dumps(c) for c in conversations(60)] + [json.dumps(c) for c in Arithmetic(200)]
+    return train_tokenizer(iter(texts * 3), 512)
+
+
+@pytest.fixture(scope="module")
+def base_home(tmp_path_factory, tokenizer) -> Path:
+    """A home with the tokenizer, a d2 base checkpoint as `train base` leaves it, and a small offline mixture."""
+    home = tmp_path_factory.mktemp("chat") / "home"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PRIMECHAT_HOME", str(home))
+        tokenizer.save(home / "tokenizer")
+        torch.manual_seed(0)
+        config = GPTConfig(sequence_len=SEQ, vocab_size=tokenizer.vocab_size, n_layer=2, n_head=2, n_kv_head=2,
+                           n_embd=64)
+        model = GPT(config)
+        model.init_weights()
+        optimizer = build_optimizer(model)
+        ids = torch.randint(0, tokenizer.vocab_size, (2, SEQ + 1))
+        model(ids[:, :-1], ids[:, 1:]).backward()
+        optimizer.step()  # so there is optimizer state (momentum) to warm-start from
+        meta = {"step": 10, "model_config": config.to_dict(), "total_batch_size": 1024, "world_size": 1,
+                "user_config": {"device_batch_size": 4, "max_seq_len": SEQ, "embedding_lr": 0.3,
+                                "unembedding_lr": 0.008, "matrix_lr": 0.02, "scalar_lr": 0.5}}
+        save_checkpoint(checkpoint_dir("base", "d2"), 10, model.state_dict(), meta, optimizer.state_dict())
+    (home / "chats.jsonl").write_text("".join(json.dumps(c) + "\n" for c in conversations(120)))
+    (home / "mix.yaml").write_text("train:\n  - jsonl: chats.jsonl\n  - task: arithmetic\n    size: 200\n"
+                                   "val:\n  - task: arithmetic\n    size: 20\n")
+    return home
+
+
+def copy_home(base_home: Path, tmp_path: Path) -> Path:
+    home = tmp_path / "home"
+    shutil.copytree(base_home, home)
+    return home
+
+
+CHAT_FLAGS = ["--metrics", "", "--eval-tokens", 1024, "--eval-every", 2]
+RL_FLAGS = ["--task", "arithmetic", "--examples-per-step", 2, "--num-samples", 4, "--device-batch-size", 2,
+            "--max-new-tokens", 12, "--eval-examples", 4, "--eval-samples", 2, "--eval-every", 2]
+
+
+def command(stage: str, home: Path, *args) -> list[str]:
+    flags = CHAT_FLAGS + ["--mixture", home / "mix.yaml"] if stage in ("mid", "sft") else RL_FLAGS
+    return [sys.executable, "-m", "primechat.cli", "train", stage, *map(str, flags), *map(str, args)]
+
+
+def train(stage: str, home: Path, *args) -> subprocess.CompletedProcess:
+    return subprocess.run(command(stage, home, *args), env=env_for(home), capture_output=True, text=True,
+                          timeout=300)
+
+
+def records(folder: Path) -> list[dict]:
+    return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+
+
+def step_files(folder: Path, step: int) -> list[Path]:
+    return [p for p in folder.iterdir() if f"_{step:06d}" in p.name]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The loader
+
+def test_loader_packs_whole_conversations_and_trains_only_the_assistant(tokenizer):
+    convs = conversations(40)
+    renders = {tuple(tokenizer.render_conversation(c)[0]): tokenizer.render_conversation(c)[1] for c in convs}
+    loader = ChatLoader(tokenizer, convs, batch_size=4, seq_len=64, buffer_size=8)
+    bos, user_start = tokenizer.bos_id, tokenizer.encode_special("<|user_start|>")
+    seen = 0
+    for _ in range(3):
+        inputs, targets = loader.next_batch()
+        assert inputs.shape == targets.shape == (4, 64)
+        for row_in, row_t in zip(inputs.tolist(), targets.tolist()):
+            row = row_in + [row_t[-1] if row_t[-1] >= 0 else bos]
+            starts = [i for i in range(len(row) - 1) if row[i] == bos and row[i + 1] == user_start]
+            assert starts[0] == 0  # a row starts with a conversation
+            ends = starts[1:] + [len(row)]
+            expected_mask = []
+            for s, e in zip(starts, ends):
+                piece = row[s:e]
+                content = len(piece) - next(i for i, t in enumerate(reversed(piece)) if t != bos)  # drop padding
+                assert tuple(piece[:content]) in renders  # a whole conversation, never cut
+                expected_mask += renders[tuple(piece[:content])] + [0] * (len(piece) - content)
+                seen += 1
+            expected = [t if m else -1 for t, m in zip(row[1:], expected_mask[1:])]
+            assert row_t == expected  # learned: the assistant's tokens; ignored: user turns and padding
+    assert seen > 12  # several conversations share a row
+
+
+def test_loader_resumes_exactly_and_counts_epochs(tokenizer, tmp_path):
+    convs = conversations(30)
+    loader = ChatLoader(tokenizer, convs, batch_size=2, seq_len=64, rank=1, world=2, buffer_size=4)
+    for _ in range(3):
+        loader.next_batch()
+    torch.save(loader.state_dict(), tmp_path / "state.pt")
+    expected = [loader.next_batch() for _ in range(4)]
+    resumed = ChatLoader(tokenizer, convs, batch_size=2, seq_len=64, rank=1, world=2, buffer_size=4,
+                         state=torch.load(tmp_path / "state.pt", weights_only=False))
+    for (x, y), (rx, ry) in zip(expected, [resumed.next_batch() for _ in range(4)]):
+        assert torch.equal(x, rx) and torch.equal(y, ry)
+    fresh = ChatLoader(tokenizer, convs, batch_size=1, seq_len=64, rank=1, world=2, buffer_size=1)
+    rows = 0
+    while fresh.epoch == 1:  # rank 1 of 2 reads 15 conversations per epoch, a few per row
+        assert fresh.progress == fresh.cursor / 15
+        fresh.next_batch()
+        rows += 1
+    assert 4 <= rows <= 15 and 1.0 <= fresh.progress < 1.3
+
+
+def test_loader_cuts_long_conversations_and_skips_ones_with_nothing_to_learn(tokenizer):
+    long_answer = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "cat " * 200}]}
+    long_question = {"messages": [{"role": "user", "content": "dog " * 200}, {"role": "assistant", "content": "ok"}]}
+    loader = ChatLoader(tokenizer, [long_question, long_answer], batch_size=2, seq_len=32, buffer_size=1)
+    inputs, targets = loader.next_batch()
+    for row_in, row_t in zip(inputs.tolist(), targets.tolist()):
+        assert tokenizer.decode(row_in).startswith("<|bos|><|user_start|>Hi")  # never the unlearnable one
+        assert sum(t >= 0 for t in row_t) > 20
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The stages end to end
+
+def test_mid_sft_rl_end_to_end(base_home, tmp_path):
+    home = copy_home(base_home, tmp_path)
+    mid = ok(train("mid", home, "--num-iterations", 4))
+    assert "warm-started from base d2 step 10" in mid.stdout
+    folder = home / "mid_checkpoints" / "d2"
+    meta = json.loads((folder / "meta_000004.json").read_text())
+    assert meta["source"] == {"stage": "base", "tag": "d2", "step": 10}
+    assert meta["total_batch_size"] == 1024 and meta["user_config"]["max_seq_len"] == SEQ  # taken from base
+    log = records(folder)
+    assert [r["step"] for r in log if "loss" in r] == [1, 2, 3, 4]
+    assert [r["step"] for r in log if "val_bpb" in r] == [0, 2, 4]
+    assert log[-1]["val_bpb"] < log[0]["val_bpb"]  # it learns the chats
+    assert (folder / "loss_curve.png").exists()
+    assert "## Midtraining" in (home / "report" / "midtraining.md").read_text()
+
+    sft = ok(train("sft", home, "--num-iterations", 2, "--total-batch-size", 512))
+    assert "warm-started from mid d2 step 4" in sft.stdout
+    meta = json.loads((home / "chatsft_checkpoints" / "d2" / "meta_000002.json").read_text())
+    assert meta["source"]["stage"] == "mid" and meta["user_config"]["init_lr_frac"] == 0.02
+    assert "## Chat SFT" in (home / "report" / "chat-sft.md").read_text()
+
+    rl = ok(train("rl", home, "--num-iterations", 2))
+    folder = home / "chatrl_checkpoints" / "d2"
+    meta = json.loads((folder / "meta_000002.json").read_text())
+    assert meta["source"]["stage"] == "sft" and set(meta["pass_at_k"]) == {"pass@1", "pass@2"}
+    log = records(folder)
+    assert [r["step"] for r in log if "reward" in r] == [1, 2]
+    assert all(0 <= r["reward"] <= 1 for r in log if "reward" in r)
+    assert "pass@2" in rl.stdout and "## Chat RL" in (home / "report" / "chat-rl.md").read_text()
+
+
+@pytest.mark.parametrize("stage", ["mid", "rl"])
+def test_resume_after_a_crash_is_exact(base_home, tmp_path, stage):
+    home = copy_home(base_home, tmp_path)
+    if stage == "rl":  # RL starts from SFT: make one by renaming the base (any stage loads the same way)
+        shutil.copytree(home / "base_checkpoints", home / "chatsft_checkpoints")
+    folder = home / STAGE_DIRS[stage] / "d2"
+    ok(train(stage, home, "--num-iterations", 4, "--save-every", 2))
+    final = {p.name: torch.load(p, weights_only=False) for p in step_files(folder, 4) if p.suffix == ".pt"}
+    for p in step_files(folder, 4):  # the run "crashed" after saving step 2
+        p.unlink()
+    resumed = ok(train(stage, home, "--num-iterations", 4, "--save-every", 2, "--resume"))
+    assert "resuming" in resumed.stdout
+    for name, state in final.items():
+        assert_same_tensors(state, torch.load(folder / name, weights_only=False), name)
+    steps = [r["step"] for r in records(folder) if "loss" in r or "reward" in r]
+    assert steps == [1, 2, 3, 4]  # the log reads as one run
+
+
+def test_sigterm_saves_and_resume_finishes(base_home, tmp_path):
+    home = copy_home(base_home, tmp_path)
+    proc = subprocess.Popen(command("mid", home, "--num-iterations", 500, "--eval-every", -1), env=env_for(home),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in proc.stdout:
+        if line.startswith("step 00002"):
+            proc.send_signal(signal.SIGTERM)
+            break
+    out = proc.stdout.read()
+    assert proc.wait(timeout=120) == 128 + signal.SIGTERM, out
+    assert "Continue with --resume" in out
+    folder = home / "mid_checkpoints" / "d2"
+    saved = max(int(p.stem.split("_")[1]) for p in folder.glob("meta_*.json"))
+    assert 2 <= saved < 500
+    ok(train("mid", home, "--num-iterations", saved + 2, "--resume"))
+    assert json.loads((folder / f"meta_{saved + 2:06d}.json").read_text())["step"] == saved + 2
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Bad input
+
+def test_bad_input_is_one_line(base_home, tmp_path, monkeypatch, cli):
+    home = copy_home(base_home, tmp_path)
+    monkeypatch.setenv("PRIMECHAT_HOME", str(home))
+    mix = ["--mixture", str(home / "mix.yaml"), "--metrics", ""]
+    for args, fragment in [(["sft", *mix], "primechat train mid"),  # no mid checkpoint yet
+                           (["mid", "--mixture", "nope"], "mixture nope not found"),
+                           (["mid", *mix[:2], "--metrics", "Nope"], "unknown task 'Nope'"),
+                           (["mid", *mix, "--total-batch-size", "1000"], "not a multiple"),
+                           (["rl", "--source", "base", "--task", "arithmetic", "--num-samples", "3",
+                             "--device-batch-size", "2"], "multiple of --device-batch-size")]:
+        result = cli("train", *args)
+        assert result.code == 2, (args, result.out, result.err)
+        lines = result.err.strip().splitlines()
+        assert len(lines) == 1 and fragment in lines[0], (args, result.err)
+    ok(train("mid", home, "--num-iterations", 1))
+    assert_user_error(train("mid", home, "--num-iterations", 1), "already holds checkpoints", "--resume")
+    shutil.rmtree(home / "base_checkpoints")
+    assert_user_error(train("rl", home, "--source", "base"), "primechat train base")
