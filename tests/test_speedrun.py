@@ -83,3 +83,24 @@ def test_resumed_training_equals_uninterrupted(home, cli, tmp_path):
     assert cli.run("speedrun", "--preset", preset).code == 0
     resumed = torch.load(home / "base_checkpoints" / "d1" / "model_000030.pt")
     assert all(torch.equal(uninterrupted[k], resumed[k]) for k in uninterrupted)
+
+
+def test_shipped_presets_are_valid_command_lines():
+    """Every stage of every shipped preset parses as a `primechat` command (a typo in a flag fails here, not an
+    hour into a run)."""
+    import shlex
+
+    import yaml
+
+    from primechat.cli import build_parser
+    from primechat.common import CONFIGS_DIR
+
+    presets = [p for p in CONFIGS_DIR.glob("*.yaml") if "stages" in yaml.safe_load(p.read_text())]
+    assert any(p.stem == "demo" for p in presets)
+    for path in presets:
+        for stage in yaml.safe_load(path.read_text())["stages"]:
+            words = shlex.split(stage["run"])
+            try:
+                build_parser(words).parse_args(words)
+            except SystemExit:
+                raise AssertionError(f"{path.name}: stage {stage['name']}: `primechat {stage['run']}` does not parse")

@@ -85,9 +85,12 @@ RL_FLAGS = ["--task", "arithmetic", "--examples-per-step", 2, "--num-samples", 4
             "--max-new-tokens", 12, "--eval-examples", 4, "--eval-samples", 2, "--eval-every", 2]
 
 
+def command_flags(stage: str, home: Path) -> list[str]:
+    return list(map(str, CHAT_FLAGS + ["--mixture", home / "mix.yaml"] if stage in ("mid", "sft") else RL_FLAGS))
+
+
 def command(stage: str, home: Path, *args) -> list[str]:
-    flags = CHAT_FLAGS + ["--mixture", home / "mix.yaml"] if stage in ("mid", "sft") else RL_FLAGS
-    return [sys.executable, "-m", "primechat.cli", "train", stage, *map(str, flags), *map(str, args)]
+    return [sys.executable, "-m", "primechat.cli", "train", stage, *command_flags(stage, home), *map(str, args)]
 
 
 def train(stage: str, home: Path, *args) -> subprocess.CompletedProcess:
@@ -230,6 +233,36 @@ def test_sigterm_saves_and_resume_finishes(base_home, tmp_path):
     assert 2 <= saved < 500
     ok(train("mid", home, "--num-iterations", saved + 2, "--resume"))
     assert json.loads((folder / f"meta_{saved + 2:06d}.json").read_text())["step"] == saved + 2
+
+
+def test_torchrun_two_processes_evaluate_like_one(base_home, tmp_path):
+    """Under torchrun each rank saves its optimizer and loader shards, and validation bpb and pass@k are the same
+    numbers a single process measures."""
+    dist_home, one_home = copy_home(base_home, tmp_path / "dist"), copy_home(base_home, tmp_path / "one")
+
+    def torchrun(stage, *args):
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+                   f"primechat.train.{stage}", *command_flags(stage, dist_home), *map(str, args)]
+        return ok(subprocess.run(command, env=env_for(dist_home), capture_output=True, text=True, timeout=300))
+
+    mid = torchrun("mid", "--num-iterations", 2)
+    assert "saved by 2 process(es): starting it fresh" in mid.stdout  # base was saved by one process
+    folder = dist_home / "mid_checkpoints" / "d2"
+    for name in ("optim_000002_rank0.pt", "optim_000002_rank1.pt", "loader_000002_rank0.pt",
+                 "loader_000002_rank1.pt"):
+        assert (folder / name).exists(), name
+    ok(train("mid", one_home, "--num-iterations", 1))
+    first_val = [[r["val_bpb"] for r in records(home / "mid_checkpoints" / "d2") if "val_bpb" in r][0]
+                 for home in (dist_home, one_home)]
+    assert first_val[0] == pytest.approx(first_val[1], rel=1e-6)
+
+    shutil.rmtree(one_home / "mid_checkpoints")
+    shutil.copytree(dist_home / "mid_checkpoints", one_home / "mid_checkpoints")
+    torchrun("rl", "--source", "mid", "--num-iterations", 1)
+    ok(train("rl", one_home, "--source", "mid", "--num-iterations", 1))
+    evals = [[r for r in records(home / "chatrl_checkpoints" / "d2") if "pass@1" in r][0]
+             for home in (dist_home, one_home)]
+    assert evals[0] == evals[1]
 
 
 # ---------------------------------------------------------------------------------------------------------------------

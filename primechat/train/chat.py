@@ -83,7 +83,8 @@ def add_arguments(p, stage: str):
     p.add_argument("--metrics", default="MMLU|ARC-Easy", help="'|'-separated tasks of `primechat eval chat` to "
                    "measure during training ('' for none)")
     p.add_argument("--metrics-max-problems", type=int, default=1024, help="problems per task per measurement")
-    p.add_argument("--words", default=None, help="word list for a SpellingBee metric (see `eval chat --words`)")
+    p.add_argument("--words", default=chat_eval.WORDS_URL, help="word list for a SpellingBee metric: a URL, a file, "
+                   "or builtin (offline)")
     p.add_argument("--save-every", type=int, default=-1, help="checkpoint every N steps (-1: only at the end)")
     p.add_argument("--resume", action="store_true", help="continue from this stage's latest checkpoint (or start "
                    "if it has none)")
@@ -111,8 +112,8 @@ def inherit(args, source_meta: dict, world: int) -> dict:
     tokens_per_pass = batch * seq_len * world
     if args.total_batch_size is not None:
         total = args.total_batch_size
-    elif preset["rows_per_step"] is not None:
-        total = max(preset["rows_per_step"] * seq_len, tokens_per_pass)
+    elif preset["rows_per_step"] is not None:  # that many rows, rounded up to whole passes
+        total = math.ceil(preset["rows_per_step"] / (batch * world)) * tokens_per_pass
     else:
         total = source_meta.get("total_batch_size", tokens_per_pass)
     if total % tokens_per_pass:
@@ -165,14 +166,13 @@ def measure_tasks(model, tokenizer, names: list[str], args, rank: int, world: in
     """Accuracy per task, as `primechat eval chat` measures it (categorical ones batched, generative ones greedy)."""
     results = {}
     for name in names:
-        task = chat_eval.load_task(name, **({"words": args.words} if args.words else {}))
+        task = chat_eval.load_task(name, args.words)
         if task.eval_type == "categorical":
-            results[name] = chat_eval.evaluate_categorical(model, tokenizer, task, max_problems=args.metrics_max_problems,
-                                                           rank=rank, world=world)
+            results[name] = chat_eval.evaluate_categorical(model, tokenizer, task, rank=rank, world=world,
+                                                           max_problems=args.metrics_max_problems)
         else:
-            results[name] = chat_eval.evaluate_generative(model, tokenizer, task, max_new_tokens=256,
-                                                          max_problems=args.metrics_max_problems, rank=rank,
-                                                          world=world)
+            results[name] = chat_eval.evaluate_generative(model, tokenizer, task, max_new_tokens=256, rank=rank,
+                                                          world=world, max_problems=args.metrics_max_problems)
     return results
 
 
@@ -198,8 +198,8 @@ def main(args):
     train_set, val_set = mixture.train, mixture.val
     folder = checkpoint.checkpoint_dir(stage, source_tag)
 
-    optimizer = build_optimizer(model, weight_decay=0.0, batch_lr_scale=settings["batch_lr_scale"],
-                                **{k: settings[k] for k in ("matrix_lr", "embedding_lr", "unembedding_lr", "scalar_lr")})
+    lrs = {k: settings[k] for k in ("matrix_lr", "embedding_lr", "unembedding_lr", "scalar_lr")}
+    optimizer = build_optimizer(model, weight_decay=0.0, batch_lr_scale=settings["batch_lr_scale"], **lrs)
     for group in optimizer.param_groups:
         group["lr"] = group["initial_lr"] = group["initial_lr"] * settings["init_lr_frac"]
 

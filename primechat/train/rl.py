@@ -153,8 +153,8 @@ def main(args):
     elif folder.exists() and checkpoint.saved_steps(folder):
         raise UserError(f"{folder} already holds checkpoints: pass --resume to continue it, or pick a new "
                         f"--model-tag")
-    print0(f"RL on {args.task}: {len(train_task):,} problems, {num_steps} steps × {args.examples_per_step} problems × "
-           f"{args.num_samples} samples, from {args.source} {source_tag} step {source_meta['step']} on {device}")
+    print0(f"RL on {args.task}: {len(train_task):,} problems, {num_steps} steps × {args.examples_per_step} problems "
+           f"× {args.num_samples} samples, from {args.source} {source_tag} step {source_meta['step']} on {device}")
 
     engine = Engine(model, tokenizer)
     folder.mkdir(parents=True, exist_ok=True)
