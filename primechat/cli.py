@@ -39,10 +39,13 @@ COMMANDS = {
         "chat": ("evaluate a chat model: ARC, MMLU, GSM8K, HumanEval, SpellingBee, ChatCORE", "primechat.eval.chat"),
     }),
     "chat": ("talk to a model in the terminal", "primechat.chat_cli"),
+    "serve": ("serve models: a ChatGPT-like web page and an OpenAI-compatible API", "primechat.serve.server"),
     "bench": ("benchmarks whose results go into docs/benchmarks.md", {
         "tokenizer": ("time tokenizer training (rustbpe vs HF tokenizers) and encoding", "primechat.bench.tokenizer"),
         "train": ("training throughput (tok/s), MFU and peak memory at a given depth", "primechat.bench.train"),
         "infer": ("inference speed: prefill, time to first token, decode tok/s", "primechat.bench.infer"),
+        "serve": ("serving under load: concurrent streaming clients, requests/s, TTFT, tokens/s",
+                  "primechat.bench.serve"),
     }),
 }
 

@@ -1,0 +1,520 @@
+"""The HTTP side of `primechat serve`: an OpenAI-compatible API, nanochat's endpoints, and the web page.
+
+    GET  /                      the chat page (static/index.html); /static/… its files
+    GET  /v1/models             every servable checkpoint, id "stage/tag/step", the default model first
+    POST /v1/chat/completions   chat models; OpenAI's fields plus top_k; streamed as server-sent events or not
+    POST /v1/completions        plain text completion (base models, and chat models too)
+    POST /chat/completions      nanochat's streaming endpoint: data: {"token", "gpu"} … data: {"done": true}
+    GET  /health, /stats        liveness, and what the workers are doing
+
+Errors on /v1 have OpenAI's shape {"error": {"message", "type", "param", "code"}} (400 names the bad field in
+param); elsewhere {"detail": message}. With an API key set, /v1 and /chat/completions want `Authorization: Bearer
+<key>`. Beside `usage`, replies carry a non-standard `timings` {ttft_ms, tokens_per_second, total_ms} measured here.
+"""
+
+import json
+import random
+import secrets
+import time
+import uuid
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from primechat.serve.workers import ApiError, Catalog, Job, QueueFull, Sampling, WorkerPool, make_workers
+from primechat.tokenizer import ConversationError
+
+STATIC_DIR = Path(__file__).parent / "static"
+
+# nanochat's limits, for both APIs
+MAX_MESSAGES = 500
+MAX_MESSAGE_CHARS = 8000
+MAX_TOTAL_CHARS = 32000
+MAX_TOKENS = 4096
+MAX_STOPS = 4
+MAX_N = 16
+
+
+@dataclass
+class Settings:
+    models: list[str] | None = None  # the served models (ids or aliases); None: every checkpoint
+    model: str | None = None  # the default model; None: the first of sft, rl, mid, base present
+    num_workers: int = 1
+    device_type: str = "cpu"
+    max_queue: int = 32
+    max_models_per_worker: int = 2
+    api_key: str | None = None
+    temperature: float = 0.8
+    top_k: int = 50
+    max_tokens: int = 512
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Request bodies. Unknown fields are accepted and ignored, as OpenAI clients send many.
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class TextPart(_Body):
+    type: Literal["text"]
+    text: str
+
+
+class Message(_Body):
+    role: Literal["system", "user", "assistant"]
+    content: str | list[TextPart]
+
+
+class StreamOptions(_Body):
+    include_usage: bool = False
+
+
+class SamplingFields(_Body):
+    model: str | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    n: int = Field(1, ge=1, le=MAX_N)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    top_k: int | None = Field(None, ge=0, le=200)
+    max_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS)
+    max_completion_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+
+
+class ChatRequest(SamplingFields):
+    messages: list[Message]
+
+
+class CompletionRequest(SamplingFields):
+    prompt: str | list[str]
+
+
+class NanochatMessage(_Body):
+    role: str
+    content: str
+
+
+class NanochatRequest(_Body):
+    messages: list[NanochatMessage]
+    temperature: float | None = Field(None, ge=0, le=2)
+    max_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS)
+    top_k: int | None = Field(None, ge=0, le=200)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Checks shared by the endpoints
+
+def _text(content) -> str:
+    if isinstance(content, str):
+        return content
+    return "".join(part.text for part in content)
+
+
+def check_messages(messages, allow_system: bool) -> list[dict]:
+    """nanochat's limits, then the conversation in the tokenizer's shape: leading system messages joined into one,
+    consecutive messages of one role joined, user and assistant alternating, ending with the user's turn."""
+    if not messages:
+        raise ApiError(400, "messages: at least one message is required", param="messages")
+    if len(messages) > MAX_MESSAGES:
+        raise ApiError(400, f"messages: at most {MAX_MESSAGES} messages per request, got {len(messages)}",
+                       param="messages")
+    total = 0
+    out = []
+    for i, message in enumerate(messages):
+        text = _text(message.content)
+        param = f"messages[{i}].content"
+        if not text:
+            raise ApiError(400, f"{param}: a message must not be empty", param=param)
+        if len(text) > MAX_MESSAGE_CHARS:
+            raise ApiError(400, f"{param}: at most {MAX_MESSAGE_CHARS:,} characters per message, got {len(text):,}",
+                           param=param)
+        total += len(text)
+        role = message.role
+        if role not in (("system", "user", "assistant") if allow_system else ("user", "assistant")):
+            raise ApiError(400, f"messages[{i}].role: must be 'user' or 'assistant', got {role!r}",
+                           param=f"messages[{i}].role")
+        if role == "system" and any(m["role"] != "system" for m in out):
+            raise ApiError(400, f"messages[{i}]: system messages must come first", param=f"messages[{i}].role")
+        if out and out[-1]["role"] == role:
+            out[-1]["content"] += "\n\n" + text
+        else:
+            out.append({"role": role, "content": text})
+    if total > MAX_TOTAL_CHARS:
+        raise ApiError(400, f"messages: at most {MAX_TOTAL_CHARS:,} characters in all, got {total:,}",
+                       param="messages")
+    turns = out[1:] if out[0]["role"] == "system" else out
+    if not turns or turns[0]["role"] != "user":
+        raise ApiError(400, "messages: the conversation must start with a user message (after any system message)",
+                       param="messages")
+    if turns[-1]["role"] != "user":
+        raise ApiError(400, "messages: the last message must be the user's", param="messages")
+    return out
+
+
+def _stops(stop) -> list[str]:
+    stops = [stop] if isinstance(stop, str) else list(stop or [])
+    if len(stops) > MAX_STOPS:
+        raise ApiError(400, f"stop: at most {MAX_STOPS} stop sequences, got {len(stops)}", param="stop")
+    if any(not s for s in stops):
+        raise ApiError(400, "stop: stop sequences must not be empty", param="stop")
+    return stops
+
+
+def _sampling(body: SamplingFields, settings: Settings) -> Sampling:
+    max_tokens = body.max_completion_tokens or body.max_tokens or settings.max_tokens
+    return Sampling(max_tokens=max_tokens,
+                    temperature=settings.temperature if body.temperature is None else body.temperature,
+                    top_k=settings.top_k if body.top_k is None else body.top_k,
+                    top_p=body.top_p, n=body.n,
+                    seed=random.randint(0, 2**31 - 1) if body.seed is None else body.seed % 2**63,
+                    stops=_stops(body.stop))
+
+
+def _param(loc) -> str | None:
+    """A pydantic error location as OpenAI's param: ("body", "messages", 0, "content") -> "messages[0].content"."""
+    parts = [p for p in loc if p != "body"]
+    out = ""
+    for p in parts:
+        if isinstance(p, int):
+            out += f"[{p}]"
+        elif p in ("str", "list[TextPart]", "list[str]") or "[" in str(p) or str(p).startswith("function-"):
+            continue  # a union member's name, not a field
+        else:
+            out += ("." if out else "") + str(p)
+    return out or None
+
+
+class ApiKeyMiddleware:
+    """With an API key set, /v1 and /chat/completions want `Authorization: Bearer <key>` (401 otherwise); the page,
+    /health and /stats stay open, and CORS preflights pass (they carry no credentials)."""
+
+    def __init__(self, app, key: str, respond):
+        self.app, self.key, self.respond = app, key.encode(), respond
+
+    async def __call__(self, scope, receive, send):
+        path = scope.get("path", "")
+        guarded = path == "/v1" or path.startswith("/v1/") or path == "/chat/completions"
+        if scope["type"] == "http" and guarded and scope.get("method") != "OPTIONS":
+            header = Request(scope).headers.get("authorization", "")
+            scheme, _, token = header.partition(" ")
+            if scheme.lower() != "bearer" or not secrets.compare_digest(token.strip().encode(), self.key):
+                message = ("Incorrect API key provided" if header else
+                           "Missing API key: send the header 'Authorization: Bearer <key>'")
+                error = ApiError(401, message, code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+                await self.respond(Request(scope), error)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def _sse(obj) -> bytes:
+    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n".encode()
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The app
+
+def create_app(settings: Settings, pool: WorkerPool | None = None) -> FastAPI:
+    """The server's app; raises UserError when there is nothing to serve or a named model does not exist."""
+    catalog = Catalog(settings.models, settings.model)
+    if pool is None:
+        pool = WorkerPool(make_workers(settings.num_workers, settings.device_type, settings.max_models_per_worker),
+                          settings.max_queue)
+
+    @asynccontextmanager
+    async def lifespan(app):
+        yield
+        pool.shutdown()
+
+    app = FastAPI(title="primechat", lifespan=lifespan, docs_url="/docs", redoc_url=None)
+    app.state.settings, app.state.catalog, app.state.pool = settings, catalog, pool
+
+    def openai_path(request: Request) -> bool:
+        return request.url.path.startswith("/v1/") or request.url.path == "/v1"
+
+    def error_response(request: Request, error: ApiError) -> JSONResponse:
+        if openai_path(request):
+            content = {"error": {"message": error.message, "type": error.type, "param": error.param,
+                                 "code": error.code}}
+        else:
+            content = {"detail": error.message}
+        return JSONResponse(content, status_code=error.status, headers=error.headers)
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, error: ApiError):
+        return error_response(request, error)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, error: RequestValidationError):
+        first = error.errors()[0] if error.errors() else {"loc": (), "msg": "invalid request"}
+        param = _param(first.get("loc", ()))
+        if first.get("type") == "json_invalid":
+            param, message = None, f"the body is not valid JSON: {first.get('msg')}"
+        elif first.get("type") == "missing":
+            message = f"{param}: a required field is missing"
+        else:
+            message = f"{param}: {first.get('msg')}" if param else str(first.get("msg"))
+        return error_response(request, ApiError(400, message, param=param))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException):
+        if openai_path(request):
+            code = "not_found" if error.status_code == 404 else None
+            return error_response(request, ApiError(error.status_code, f"{request.method} {request.url.path}: "
+                                                    f"{error.detail}", code=code, headers=error.headers))
+        return JSONResponse({"detail": error.detail}, status_code=error.status_code, headers=error.headers)
+
+    if settings.api_key:
+        app.add_middleware(ApiKeyMiddleware, key=settings.api_key, respond=error_response)
+
+    app.add_middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["*"], allow_headers=["*"])
+
+    # ---- running a job ----
+
+    async def start(job: Job) -> tuple:
+        """Wait for a worker (or be refused), hand it the job, wait until the prompt is ready: (worker, prompt
+        tokens). Errors found before any text (unknown model, prompt too long) are raised as ApiError."""
+        try:
+            worker = await pool.acquire()
+        except QueueFull:
+            raise ApiError(503, f"all {len(pool.workers)} workers are busy and {pool.max_queue} requests are "
+                           "already waiting: retry shortly", type="server_error", code="server_overloaded",
+                           headers={"Retry-After": "1"})
+        worker.submit(job, pool)
+        try:
+            event = await job.next()
+        except BaseException:
+            job.cancel()
+            raise
+        if event[0] == "error":
+            raise event[1]
+        return worker, event[1]
+
+    async def events(job: Job):
+        """The job's events after "ready", up to and including "done" or "error"."""
+        while True:
+            event = await job.next()
+            yield event
+            if event[0] in ("done", "error"):
+                return
+
+    async def collect(job: Job, n: int) -> tuple[list[str], list[str], dict]:
+        texts, reasons = [""] * n, ["length"] * n
+        try:
+            async for event in events(job):
+                if event[0] == "text":
+                    texts[event[1]] += event[2]
+                elif event[0] == "finish":
+                    reasons[event[1]] = event[2]
+                elif event[0] == "error":
+                    raise event[1]
+                elif event[0] == "done":
+                    return texts, reasons, event[1]
+        finally:
+            job.cancel()
+        raise ApiError(500, "generation ended without a result", type="server_error")
+
+    def streaming(body) -> StreamingResponse:
+        return StreamingResponse(body, media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    def stream_error(error: ApiError) -> bytes:
+        return _sse({"error": {"message": error.message, "type": error.type, "param": error.param,
+                               "code": error.code}})
+
+    # ---- the page ----
+
+    @app.get("/", include_in_schema=False)
+    async def index():
+        page = STATIC_DIR / "index.html"
+        if not page.is_file():
+            raise StarletteHTTPException(404, "the web page is not installed (primechat/serve/static/index.html)")
+        return FileResponse(page, headers={"Cache-Control": "no-cache"})
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static")
+
+    # ---- OpenAI-compatible API ----
+
+    @app.get("/v1/models")
+    async def list_models():
+        return {"object": "list", "data": [model_card(ref) for ref in catalog.models()]}
+
+    @app.get("/v1/models/{name:path}")
+    async def get_model(name: str):
+        return model_card(catalog.lookup(name))
+
+    def model_card(ref) -> dict:
+        return {"id": ref.id, "object": "model", "created": ref.created(), "owned_by": "primechat",
+                "stage": ref.stage, "tag": ref.tag, "step": ref.step, "chat": ref.chat}
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(body: ChatRequest):
+        started = time.perf_counter()
+        ref = catalog.lookup(body.model)
+        if not ref.chat:
+            raise ApiError(400, f"{ref.id} is a base model: it has no chat format. Use /v1/completions for plain "
+                           "text completion, or pick a mid, sft or rl model", param="model", code="model_not_chat")
+        messages = check_messages(body.messages, allow_system=True)
+        sampling = _sampling(body, settings)
+
+        def build_prompt(tokenizer):
+            try:
+                return tokenizer.render_for_completion(messages + [{"role": "assistant", "content": ""}])
+            except ConversationError as e:
+                raise ApiError(400, f"messages: {e}", param="messages") from e
+
+        job = Job(ref, build_prompt, sampling, started)
+        await start(job)
+        reply_id, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+        if not body.stream:
+            texts, reasons, stats = await collect(job, sampling.n)
+            return {"id": reply_id, "object": "chat.completion", "created": created, "model": ref.id,
+                    "choices": [{"index": i, "message": {"role": "assistant", "content": text},
+                                 "logprobs": None, "finish_reason": reason}
+                                for i, (text, reason) in enumerate(zip(texts, reasons))],
+                    "usage": stats["usage"], "timings": stats["timings"]}
+
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+
+        def chunk(choices, **extra) -> bytes:
+            obj = {"id": reply_id, "object": "chat.completion.chunk", "created": created, "model": ref.id,
+                   "choices": choices}
+            if include_usage:
+                obj["usage"] = None
+            return _sse({**obj, **extra})
+
+        async def body_stream():
+            try:
+                for i in range(sampling.n):
+                    yield chunk([{"index": i, "delta": {"role": "assistant"}, "logprobs": None,
+                                  "finish_reason": None}])
+                async for event in events(job):
+                    if event[0] == "text":
+                        yield chunk([{"index": event[1], "delta": {"content": event[2]}, "logprobs": None,
+                                      "finish_reason": None}])
+                    elif event[0] == "finish":
+                        yield chunk([{"index": event[1], "delta": {}, "logprobs": None, "finish_reason": event[2]}])
+                    elif event[0] == "error":
+                        yield stream_error(event[1])
+                    elif event[0] == "done" and include_usage:
+                        yield chunk([], usage=event[1]["usage"], timings=event[1]["timings"])
+                yield b"data: [DONE]\n\n"
+            finally:
+                job.cancel()  # the client went away (or we are done): the worker stops at the next token
+
+        return streaming(body_stream())
+
+    @app.post("/v1/completions")
+    async def completions(body: CompletionRequest):
+        started = time.perf_counter()
+        ref = catalog.lookup(body.model)
+        if isinstance(body.prompt, list):
+            if len(body.prompt) != 1:
+                raise ApiError(400, f"prompt: one prompt per request, got {len(body.prompt)}", param="prompt")
+            prompt = body.prompt[0]
+        else:
+            prompt = body.prompt
+        if len(prompt) > MAX_TOTAL_CHARS:
+            raise ApiError(400, f"prompt: at most {MAX_TOTAL_CHARS:,} characters, got {len(prompt):,}",
+                           param="prompt")
+        sampling = _sampling(body, settings)
+        job = Job(ref, lambda tokenizer: tokenizer.encode(prompt, prepend="<|bos|>"), sampling, started)
+        await start(job)
+        reply_id, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+        if not body.stream:
+            texts, reasons, stats = await collect(job, sampling.n)
+            return {"id": reply_id, "object": "text_completion", "created": created, "model": ref.id,
+                    "choices": [{"index": i, "text": text, "logprobs": None, "finish_reason": reason}
+                                for i, (text, reason) in enumerate(zip(texts, reasons))],
+                    "usage": stats["usage"], "timings": stats["timings"]}
+
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+
+        def chunk(choices, **extra) -> bytes:
+            obj = {"id": reply_id, "object": "text_completion", "created": created, "model": ref.id,
+                   "choices": choices}
+            if include_usage:
+                obj["usage"] = None
+            return _sse({**obj, **extra})
+
+        async def body_stream():
+            try:
+                async for event in events(job):
+                    if event[0] == "text":
+                        yield chunk([{"index": event[1], "text": event[2], "logprobs": None,
+                                      "finish_reason": None}])
+                    elif event[0] == "finish":
+                        yield chunk([{"index": event[1], "text": "", "logprobs": None, "finish_reason": event[2]}])
+                    elif event[0] == "error":
+                        yield stream_error(event[1])
+                    elif event[0] == "done" and include_usage:
+                        yield chunk([], usage=event[1]["usage"], timings=event[1]["timings"])
+                yield b"data: [DONE]\n\n"
+            finally:
+                job.cancel()
+
+        return streaming(body_stream())
+
+    # ---- nanochat's endpoints ----
+
+    @app.post("/chat/completions")
+    async def nanochat_completions(body: NanochatRequest):
+        started = time.perf_counter()
+        ref = catalog.lookup(None)
+        if not ref.chat:
+            raise ApiError(400, f"the default model {ref.id} is a base model, which cannot chat: start the server "
+                           "with --model set to a chat model")
+        try:
+            messages = check_messages(body.messages, allow_system=False)
+        except ApiError as e:
+            raise ApiError(400, e.message) from e
+        sampling = Sampling(max_tokens=body.max_tokens or settings.max_tokens,
+                            temperature=settings.temperature if body.temperature is None else body.temperature,
+                            top_k=settings.top_k if body.top_k is None else body.top_k,
+                            seed=random.randint(0, 2**31 - 1))
+
+        def build_prompt(tokenizer):
+            try:
+                return tokenizer.render_for_completion(messages + [{"role": "assistant", "content": ""}])
+            except ConversationError as e:
+                raise ApiError(400, str(e)) from e
+
+        job = Job(ref, build_prompt, sampling, started)
+        worker, _ = await start(job)
+
+        async def body_stream():
+            try:
+                async for event in events(job):
+                    if event[0] == "text":
+                        yield _sse({"token": event[2], "gpu": worker.gpu_id})
+                    elif event[0] == "error":
+                        yield _sse({"error": event[1].message})
+                yield _sse({"done": True})
+            finally:
+                job.cancel()
+
+        return streaming(body_stream())
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "ready": bool(pool.workers), "num_gpus": len(pool.workers),
+                "available_workers": pool.available}
+
+    @app.get("/stats")
+    async def stats():
+        return {"total_workers": len(pool.workers), "available_workers": pool.available,
+                "busy_workers": len(pool.workers) - pool.available, "queue_length": pool.queued,
+                "max_queue": pool.max_queue, "workers": [worker.info() for worker in pool.workers]}
+
+    return app

@@ -1,0 +1,115 @@
+"""Serve the saved models: a ChatGPT-like web page at / and an OpenAI-compatible API at /v1.
+
+Every checkpoint in the home folder is offered as a model "stage/tag/step" (GET /v1/models); "stage/tag" and
+"stage" name the latest. One worker per GPU (or one on the CPU / MPS) loads models on first use and keeps the most
+recent --max-models-per-worker of them; requests wait for a free worker, at most --max-queue of them, and the next is
+told to retry (503). Any OpenAI client works:
+
+    from openai import OpenAI
+    client = OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="unused")
+    client.chat.completions.create(model="sft", messages=[{"role": "user", "content": "Hi!"}])
+"""
+
+import os
+import threading
+import time
+
+from primechat.common import UserError, autodetect_device
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--models", help="serve only these models: comma-separated ids or aliases "
+                        "(sft/d20/650, sft/d20, sft); default: every checkpoint")
+    parser.add_argument("--model", help="the default model (id or alias); default: the latest of sft, rl, mid, base")
+    parser.add_argument("-n", "--num-gpus", type=int, help="workers, one per GPU (default: every visible GPU; "
+                        "on the CPU or MPS: 1)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    parser.add_argument("-p", "--port", type=int, default=8000)
+    parser.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on the API "
+                        "(default: $PRIMECHAT_API_KEY; unset: no key)")
+    parser.add_argument("-t", "--temperature", type=float, default=0.8, help="when a request gives none")
+    parser.add_argument("-k", "--top-k", type=int, default=50, help="when a request gives none (0 = off)")
+    parser.add_argument("-m", "--max-tokens", type=int, default=512, help="when a request gives none")
+    parser.add_argument("--max-queue", type=int, default=32, help="requests that may wait for a busy worker; "
+                        "more are answered 503 with Retry-After")
+    parser.add_argument("--max-models-per-worker", type=int, default=2,
+                        help="models each worker keeps loaded (least recently used out first)")
+    parser.add_argument("--device-type", choices=["cuda", "mps", "cpu"], help="default: autodetect")
+
+
+def settings_from_args(args):
+    from primechat.serve.api import Settings
+
+    if not 0 <= args.temperature <= 2 or not 0 <= args.top_k <= 200 or not 1 <= args.max_tokens <= 4096:
+        raise UserError("--temperature must be in 0..2, --top-k in 0..200 and --max-tokens in 1..4096")
+    if args.max_queue < 0 or args.max_models_per_worker < 1:
+        raise UserError("--max-queue must be >= 0 and --max-models-per-worker >= 1")
+    device_type = args.device_type or autodetect_device()
+    if args.num_gpus is not None:
+        if args.num_gpus < 1:
+            raise UserError("--num-gpus must be >= 1")
+        num_workers = args.num_gpus
+    elif device_type == "cuda":
+        import torch
+        num_workers = torch.cuda.device_count()
+    else:
+        num_workers = 1
+    models = [name.strip() for name in args.models.split(",") if name.strip()] if args.models else None
+    return Settings(models=models, model=args.model, num_workers=num_workers, device_type=device_type,
+                    max_queue=args.max_queue, max_models_per_worker=args.max_models_per_worker,
+                    api_key=args.api_key or os.environ.get("PRIMECHAT_API_KEY") or None,
+                    temperature=args.temperature, top_k=args.top_k, max_tokens=args.max_tokens)
+
+
+class ServerThread:
+    """A uvicorn server for `app` in a background thread (port 0: a free one), for tests and `bench serve`:
+
+        with ServerThread(app) as server:
+            httpx.get(server.url + "/health")
+    """
+
+    def __init__(self, app, host: str = "127.0.0.1", port: int = 0):
+        import uvicorn
+        config = uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=2)
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True, name="primechat-uvicorn")
+        self.url = None
+
+    def __enter__(self):
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the server did not start")
+            time.sleep(0.02)
+        host, port = self.server.servers[0].sockets[0].getsockname()[:2]
+        self.url = f"http://{host}:{port}"
+        return self
+
+    def __exit__(self, *exc):
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+def main(args) -> None:
+    import uvicorn
+
+    from primechat.common import compute_init
+    from primechat.serve.api import create_app
+
+    settings = settings_from_args(args)
+    compute_init(settings.device_type)  # checks the device, sets TF32 matmuls on CUDA
+    app = create_app(settings)
+    default = app.state.catalog.default()
+    count = len(app.state.catalog.models())
+    shown = "localhost" if args.host in ("0.0.0.0", "::") else args.host
+    print(f"primechat serve: http://{shown}:{args.port}/  (OpenAI API: http://{shown}:{args.port}/v1)")
+    print(f"{count} model{'s' if count != 1 else ''}, default {default.id if default else '-'} · "
+          f"{settings.num_workers} worker{'s' if settings.num_workers != 1 else ''} on {settings.device_type}"
+          f"{' · API key required' if settings.api_key else ''}", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info", timeout_graceful_shutdown=5)
+
+
+if __name__ == "__main__":
+    from primechat.cli import run_module
+    run_module(add_arguments, main)

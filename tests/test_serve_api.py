@@ -1,0 +1,515 @@
+"""`primechat serve` on tiny random checkpoints made here: the model list and aliases, the OpenAI chat and text
+completion endpoints (every field, streamed and not, checked against the Engine run directly), errors in OpenAI's
+shape, the API key, the wait queue's 503, nanochat's endpoints, and on a real server: the official `openai` client,
+a disconnecting client freeing its worker, requests waiting in line."""
+
+import asyncio
+import json
+import threading
+import time
+
+import httpx
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+from primechat.engine import Engine, StreamDecoder
+from primechat.serve import workers
+from primechat.serve.api import Settings, create_app
+from primechat.serve.server import ServerThread
+from primechat.train.checkpoint import checkpoint_dir, save_checkpoint
+from test_chat_cli import tiny_model, tiny_tokenizer
+
+HELLO = [{"role": "user", "content": "hello there"}]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return tiny_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def serve_home(tmp_path_factory, tokenizer):
+    """A home with a tokenizer and checkpoints base/d2/5, sft/d2/5 and sft/d2/10 (each a different random model)."""
+    home = tmp_path_factory.mktemp("serve_home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PRIMECHAT_HOME", str(home))
+        tokenizer.save(home / "tokenizer")
+        for stage, step, seed in (("base", 5, 1), ("sft", 5, 2), ("sft", 10, 3)):
+            model = tiny_model(tokenizer.vocab_size)
+            with torch.no_grad():
+                torch.manual_seed(seed)
+                model.lm_head.weight.normal_(0, 0.5)
+            save_checkpoint(checkpoint_dir(stage, "d2"), step, model.state_dict(),
+                            {"step": step, "model_config": model.config.to_dict()})
+    return home
+
+
+@pytest.fixture(autouse=True)
+def env(serve_home, monkeypatch):
+    monkeypatch.setenv("PRIMECHAT_HOME", str(serve_home))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield serve_home
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def client():
+    with TestClient(create_app(Settings(temperature=1.0, top_k=0, max_tokens=12))) as c:
+        yield c
+
+
+def reference(tokenizer, stage, step, prompt, num_samples=1, **kwargs):
+    """(texts, token counts, ended) of the Engine run directly on a checkpoint, decoded as the server shows text."""
+    from primechat.train.checkpoint import load_model
+    model, _, _ = load_model(stage, "d2", step)
+    engine = Engine(model, tokenizer)
+    rows, _ = engine.generate_batch(prompt, num_samples, **kwargs)
+    texts, counts = [], []
+    for row in rows:
+        decoder = StreamDecoder(tokenizer)
+        generated = row[len(prompt):]
+        texts.append("".join(decoder.push(t) for t in generated) + decoder.flush())
+        counts.append(len(generated))
+    return texts, counts
+
+
+def chat_prompt(tokenizer, messages):
+    return tokenizer.render_for_completion(messages + [{"role": "assistant", "content": ""}])
+
+
+def sse(response_text: str) -> list:
+    """The data lines of a server-sent event stream, JSON-decoded ([DONE] kept as a string)."""
+    out = []
+    for line in response_text.splitlines():
+        if line.startswith("data: "):
+            payload = line[len("data: "):]
+            out.append(payload if payload == "[DONE]" else json.loads(payload))
+    return out
+
+
+def stream_text(chunks, index=0, field="content"):
+    parts = []
+    for c in chunks:
+        if isinstance(c, dict):
+            for choice in c["choices"]:
+                if choice["index"] == index:
+                    parts.append(choice["delta"].get(field, "") if "delta" in choice else choice["text"])
+    return "".join(parts)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Models
+
+def test_models_list_default_first_and_aliases(client):
+    data = client.get("/v1/models").json()
+    assert data["object"] == "list"
+    ids = [m["id"] for m in data["data"]]
+    assert ids[0] == "sft/d2/10"  # sft preferred over base, latest step
+    assert sorted(ids) == ["base/d2/5", "sft/d2/10", "sft/d2/5"]
+    cards = {m["id"]: m for m in data["data"]}
+    assert cards["base/d2/5"]["chat"] is False and cards["sft/d2/5"]["chat"] is True
+    assert cards["sft/d2/5"] | {"created": 0} == {"id": "sft/d2/5", "object": "model", "created": 0,
+                                                  "owned_by": "primechat", "stage": "sft", "tag": "d2", "step": 5,
+                                                  "chat": True}
+    assert cards["sft/d2/5"]["created"] > 0
+    for alias, full in (("sft", "sft/d2/10"), ("sft/d2", "sft/d2/10"), ("sft/d2/5", "sft/d2/5"), (None, "sft/d2/10")):
+        body = {"messages": HELLO, "max_tokens": 2}
+        if alias:
+            body["model"] = alias
+        r = client.post("/v1/chat/completions", json=body)
+        assert r.status_code == 200, r.text
+        assert r.json()["model"] == full
+    assert client.get("/v1/models/sft").json()["id"] == "sft/d2/10"
+
+
+def test_models_flag_restricts_and_model_flag_sets_default(env):
+    with TestClient(create_app(Settings(models=["sft/d2/5", "base"], model="base"))) as c:
+        assert [m["id"] for m in c.get("/v1/models").json()["data"]] == ["base/d2/5", "sft/d2/5"]
+        r = c.post("/v1/chat/completions", json={"model": "sft", "messages": HELLO})  # sft -> sft/d2/10: not served
+        assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
+
+
+def test_no_checkpoints_is_a_one_line_user_error(home, cli):
+    result = cli("serve", "--device-type", "cpu")
+    assert result.code == 2
+    assert "no checkpoints" in result.err and "train" in result.err and len(result.err.strip().splitlines()) == 1
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Chat completions
+
+def test_chat_matches_the_engine_with_usage_and_length(client, tokenizer):
+    body = {"model": "sft/d2/5", "messages": HELLO, "temperature": 1.0, "top_k": 0, "max_tokens": 6, "seed": 7}
+    r = client.post("/v1/chat/completions", json=body)
+    assert r.status_code == 200, r.text
+    data = r.json()
+    prompt = chat_prompt(tokenizer, HELLO)
+    texts, counts = reference(tokenizer, "sft", 5, prompt, max_tokens=6, temperature=1.0, top_k=None, seed=7)
+    assert data["object"] == "chat.completion" and data["id"].startswith("chatcmpl-")
+    choice = data["choices"][0]
+    assert choice["message"] == {"role": "assistant", "content": texts[0]}
+    assert choice["finish_reason"] == ("length" if counts[0] == 6 else "stop")
+    assert data["usage"] == {"prompt_tokens": len(prompt), "completion_tokens": counts[0],
+                             "total_tokens": len(prompt) + counts[0]}
+    timings = data["timings"]
+    assert set(timings) == {"ttft_ms", "tokens_per_second", "total_ms"}
+    assert 0 < timings["ttft_ms"] <= timings["total_ms"]
+
+
+def test_max_tokens_gives_length_and_greedy_is_deterministic(client):
+    def ask(**kw):
+        return client.post("/v1/chat/completions", json={"messages": HELLO, **kw}).json()
+    # force a long reply: greedy on a random model rarely ends, and max_completion_tokens wins over max_tokens
+    lengths = [ask(temperature=0, max_tokens=50, max_completion_tokens=k) for k in (3, 4)]
+    for data, k in zip(lengths, (3, 4)):
+        if data["choices"][0]["finish_reason"] == "length":
+            assert data["usage"]["completion_tokens"] == k
+    assert any(d["choices"][0]["finish_reason"] == "length" for d in lengths)
+    a, b = ask(temperature=0, max_tokens=8), ask(temperature=0, max_tokens=8)
+    assert a["choices"] == b["choices"]
+
+
+def test_seed_reproduces_and_varies(client):
+    def text(**kw):
+        body = {"messages": HELLO, "temperature": 1.0, "top_k": 0, "max_tokens": 10, **kw}
+        return client.post("/v1/chat/completions", json=body).json()["choices"][0]["message"]["content"]
+    assert text(seed=123) == text(seed=123)
+    assert len({text(seed=s) for s in (1, 2, 3, 4)}) > 1
+    assert len({text() for _ in range(4)}) > 1  # no seed: a fresh draw each time
+
+
+def test_stop_sequences_cut_and_never_leak(client):
+    body = {"messages": HELLO, "temperature": 1.0, "top_k": 0, "max_tokens": 30, "seed": 5}
+    full = client.post("/v1/chat/completions", json=body).json()["choices"][0]["message"]["content"]
+    assert len(full) >= 8, full
+    stop = full[4:7]
+    expected = full[:full.find(stop)]
+    r = client.post("/v1/chat/completions", json={**body, "stop": [stop, "never-there"]}).json()
+    assert r["choices"][0]["message"]["content"] == expected
+    assert r["choices"][0]["finish_reason"] == "stop"
+    chunks = sse(client.post("/v1/chat/completions", json={**body, "stop": stop, "stream": True}).text)
+    assert stream_text(chunks) == expected
+    assert [c["choices"][0]["finish_reason"] for c in chunks[:-1] if c["choices"][0]["finish_reason"]] == ["stop"]
+    # a stop string that never occurs changes nothing
+    same = client.post("/v1/chat/completions", json={**body, "stop": "\x00never"}).json()
+    assert same["choices"][0]["message"]["content"] == full
+
+
+def test_stream_format_with_usage(client):
+    body = {"model": "sft/d2", "messages": HELLO, "temperature": 0.9, "max_tokens": 7, "seed": 3, "stream": True,
+            "stream_options": {"include_usage": True}}
+    with client.stream("POST", "/v1/chat/completions", json=body) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        chunks = sse(r.read().decode())
+    assert chunks[-1] == "[DONE]"
+    chunks = chunks[:-1]
+    assert all(c["object"] == "chat.completion.chunk" and c["model"] == "sft/d2/10" for c in chunks)
+    assert len({c["id"] for c in chunks}) == 1 and len({c["created"] for c in chunks}) == 1
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant"}
+    usage_chunk = chunks[-1]
+    assert usage_chunk["choices"] == [] and set(usage_chunk["timings"]) == {"ttft_ms", "tokens_per_second",
+                                                                             "total_ms"}
+    finish = chunks[-2]["choices"][0]
+    assert finish["delta"] == {} and finish["finish_reason"] in ("stop", "length")
+    assert all(c["usage"] is None for c in chunks[:-1])
+    non_stream = client.post("/v1/chat/completions", json={**body, "stream": False}).json()
+    assert stream_text(chunks) == non_stream["choices"][0]["message"]["content"]
+    assert usage_chunk["usage"] == non_stream["usage"]
+    assert usage_chunk["usage"]["completion_tokens"] > 0
+    # without include_usage: no usage chunk, no usage field
+    plain = sse(client.post("/v1/chat/completions", json={**body, "stream_options": None}).text)[:-1]
+    assert all("usage" not in c and c["choices"] for c in plain)
+
+
+def test_defaults_from_the_server_and_top_k_top_p(tokenizer, env):
+    settings = Settings(temperature=1.0, top_k=3, max_tokens=5)
+    prompt = chat_prompt(tokenizer, HELLO)
+    with TestClient(create_app(settings)) as c:
+        got = c.post("/v1/chat/completions", json={"messages": HELLO, "seed": 11}).json()
+        nucleus = c.post("/v1/chat/completions", json={"messages": HELLO, "seed": 11, "top_k": 0, "top_p": 0.5,
+                                                       "max_tokens": 9}).json()
+    texts, counts = reference(tokenizer, "sft", 10, prompt, max_tokens=5, temperature=1.0, top_k=3, seed=11)
+    assert got["choices"][0]["message"]["content"] == texts[0] and got["usage"]["completion_tokens"] == counts[0]
+    texts, counts = reference(tokenizer, "sft", 10, prompt, max_tokens=9, temperature=1.0, top_p=0.5, seed=11)
+    assert nucleus["choices"][0]["message"]["content"] == texts[0]
+
+
+def test_n_samples_stream_and_not(client, tokenizer):
+    body = {"messages": HELLO, "n": 3, "temperature": 1.0, "top_k": 0, "max_tokens": 6, "seed": 9}
+    data = client.post("/v1/chat/completions", json=body).json()
+    texts, counts = reference(tokenizer, "sft", 10, chat_prompt(tokenizer, HELLO), num_samples=3, max_tokens=6,
+                              temperature=1.0, top_k=None, seed=9)
+    assert [c["index"] for c in data["choices"]] == [0, 1, 2]
+    assert [c["message"]["content"] for c in data["choices"]] == texts
+    assert data["usage"]["completion_tokens"] == sum(counts)
+    chunks = sse(client.post("/v1/chat/completions", json={**body, "stream": True}).text)
+    assert [stream_text(chunks, i) for i in range(3)] == texts
+    finishes = [c["choices"][0]["index"] for c in chunks[:-1] if c["choices"][0]["finish_reason"]]
+    assert sorted(finishes) == [0, 1, 2]
+
+
+def test_system_message_and_content_parts(client, tokenizer):
+    messages = [{"role": "system", "content": "be brief"},
+                {"role": "user", "content": [{"type": "text", "text": "hello "}, {"type": "text", "text": "there"}]}]
+    data = client.post("/v1/chat/completions", json={"messages": messages, "max_tokens": 1}).json()
+    folded = chat_prompt(tokenizer, [{"role": "system", "content": "be brief"}, *HELLO])
+    assert data["usage"]["prompt_tokens"] == len(folded) > len(chat_prompt(tokenizer, HELLO))
+    history = [*HELLO, {"role": "assistant", "content": "hi"}, {"role": "user", "content": "the cat"}]
+    data = client.post("/v1/chat/completions", json={"messages": history, "max_tokens": 1}).json()
+    assert data["usage"]["prompt_tokens"] == len(chat_prompt(tokenizer, history))
+
+
+def test_tool_calls_show_as_in_the_terminal_and_characters_are_never_split(client, tokenizer, monkeypatch):
+    s = tokenizer.encode_special
+    script = [s("<|python_start|>"), *tokenizer.encode("2+3"), s("<|python_end|>"), s("<|output_start|>"),
+              *tokenizer.encode("5"), s("<|output_end|>"), *tokenizer.encode(" café"), s("<|assistant_end|>")]
+    assert len(tokenizer.encode("é")) == 2  # two byte tokens: the first alone is half a character
+
+    def scripted(self, tokens, num_samples=1, **kwargs):
+        for token in script:
+            yield [token] * num_samples, [1] * num_samples
+    monkeypatch.setattr(workers.Engine, "generate", scripted)
+    chunks = sse(client.post("/v1/chat/completions", json={"messages": HELLO, "stream": True}).text)
+    deltas = [c["choices"][0]["delta"].get("content", "") for c in chunks[:-1]]
+    assert "".join(deltas) == "«2+3 = 5» café"
+    assert not any("\ufffd" in d for d in deltas)
+    assert chunks[-2]["choices"][0]["finish_reason"] == "stop"
+    data = client.post("/v1/chat/completions", json={"messages": HELLO}).json()
+    assert data["usage"]["completion_tokens"] == len(script) - 1  # every token but the end of the turn
+
+
+def test_prompt_longer_than_the_context_is_400(client):
+    words = " ".join(["the cat sat on the mat"] * 1200)[:7999]
+    r = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": words}]})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded"
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Text completions
+
+def test_completions_for_base_model(client, tokenizer):
+    body = {"model": "base", "prompt": "the cat", "temperature": 1.0, "top_k": 0, "max_tokens": 6, "seed": 4}
+    data = client.post("/v1/completions", json=body).json()
+    prompt = tokenizer.encode("the cat", prepend="<|bos|>")
+    texts, counts = reference(tokenizer, "base", 5, prompt, max_tokens=6, temperature=1.0, top_k=None, seed=4)
+    assert data["object"] == "text_completion" and data["model"] == "base/d2/5"
+    assert data["choices"][0]["text"] == texts[0]
+    assert data["usage"] == {"prompt_tokens": len(prompt), "completion_tokens": counts[0],
+                             "total_tokens": len(prompt) + counts[0]}
+    listed = client.post("/v1/completions", json={**body, "prompt": ["the cat"]}).json()
+    assert listed["choices"][0]["text"] == texts[0]
+    chunks = sse(client.post("/v1/completions", json={**body, "stream": True,
+                                                      "stream_options": {"include_usage": True}}).text)
+    assert chunks[-1] == "[DONE]" and chunks[-2]["usage"] == data["usage"] and "timings" in chunks[-2]
+    assert all(c["object"] == "text_completion" for c in chunks[:-1])
+    assert stream_text(chunks) == texts[0]
+    # a chat model completes plain text too; a base model cannot chat
+    assert client.post("/v1/completions", json={**body, "model": "sft"}).status_code == 200
+    r = client.post("/v1/chat/completions", json={"model": "base", "messages": HELLO})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "model"
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Errors
+
+@pytest.mark.parametrize("change, param", [
+    ({"temperature": 2.5}, "temperature"),
+    ({"temperature": -0.1}, "temperature"),
+    ({"top_p": 0}, "top_p"),
+    ({"top_k": 201}, "top_k"),
+    ({"max_tokens": 0}, "max_tokens"),
+    ({"max_tokens": 4097}, "max_tokens"),
+    ({"n": 0}, "n"),
+    ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
+    ({"stop": [""]}, "stop"),
+    ({"messages": []}, "messages"),
+    ({"messages": None}, "messages"),
+    ({"messages": [{"role": "user", "content": ""}]}, "messages[0].content"),
+    ({"messages": [{"role": "user", "content": "x" * 8001}]}, "messages[0].content"),
+    ({"messages": [{"role": "user", "content": "x" * 8000}] * 5}, "messages"),
+    ({"messages": [{"role": "user", "content": "hi"}] * 501}, "messages"),
+    ({"messages": [{"role": "tool", "content": "hi"}]}, "messages[0].role"),
+    ({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}, "messages"),
+    ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]}, "messages[0].content"),
+])
+def test_bad_fields_are_400_naming_the_param(client, change, param):
+    r = client.post("/v1/chat/completions", json={"messages": HELLO, **change})
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert error["type"] == "invalid_request_error"
+    assert error["param"] is not None and error["param"].startswith(param), error
+    assert set(error) == {"message", "type", "param", "code"} and error["message"]
+
+
+def test_bad_json_missing_fields_and_unknown_routes(client):
+    r = client.post("/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
+    r = client.post("/v1/completions", json={"model": "base"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "prompt"
+    r = client.post("/v1/chat/completions", json={"model": "sft/d2/99", "messages": HELLO})
+    assert r.status_code == 404 and r.json()["error"] == {
+        "message": r.json()["error"]["message"], "type": "invalid_request_error", "param": "model",
+        "code": "model_not_found"}
+    assert client.post("/v1/completions", json={"model": "nope", "prompt": "x"}).status_code == 404
+    assert "error" in client.get("/v1/nothing").json()
+
+
+def test_api_key(env, monkeypatch):
+    with TestClient(create_app(Settings(api_key="sekret", max_tokens=2))) as c:
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "sekret"}):
+            r = c.post("/v1/chat/completions", json={"messages": HELLO}, headers=headers)
+            assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+        assert c.get("/v1/models").status_code == 401
+        assert c.post("/chat/completions", json={"messages": HELLO}).status_code == 401
+        ok = c.post("/v1/chat/completions", json={"messages": HELLO}, headers={"Authorization": "Bearer sekret"})
+        assert ok.status_code == 200
+        assert c.get("/health").status_code == 200  # liveness needs no key
+
+
+def test_full_queue_is_503_with_retry_after(env):
+    app = create_app(Settings(num_workers=1, max_queue=0, max_tokens=2))
+    pool = app.state.pool
+    with TestClient(app) as c:
+        held = asyncio.run(pool.acquire())  # the only worker is busy
+        assert c.get("/health").json()["available_workers"] == 0
+        r = c.post("/v1/chat/completions", json={"messages": HELLO})
+        assert r.status_code == 503 and int(r.headers["retry-after"]) >= 1
+        assert r.json()["error"]["code"] == "server_overloaded"
+        r = c.post("/chat/completions", json={"messages": HELLO})
+        assert r.status_code == 503 and "detail" in r.json() and "retry-after" in r.headers
+        pool.release(held)
+        assert c.post("/v1/chat/completions", json={"messages": HELLO}).status_code == 200
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# nanochat's endpoints
+
+def test_nanochat_endpoints(client):
+    r = client.post("/chat/completions", json={"messages": HELLO, "temperature": 0, "max_tokens": 6, "top_k": 0})
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+    events = sse(r.text)
+    assert events[-1] == {"done": True}
+    assert all(set(e) == {"token", "gpu"} and e["gpu"] == 0 for e in events[:-1])
+    greedy = client.post("/v1/chat/completions", json={"messages": HELLO, "temperature": 0, "max_tokens": 6}).json()
+    assert "".join(e["token"] for e in events[:-1]) == greedy["choices"][0]["message"]["content"]
+    for bad in ({"messages": [{"role": "system", "content": "x"}, *HELLO]}, {"messages": []},
+                {"messages": HELLO, "temperature": 3}, {"messages": HELLO, "max_tokens": 5000},
+                {"messages": [{"role": "user", "content": "x" * 8001}]}):
+        r = client.post("/chat/completions", json=bad)
+        assert r.status_code == 400 and isinstance(r.json()["detail"], str), (bad, r.text)
+    health = client.get("/health").json()
+    assert health == {"status": "ok", "ready": True, "num_gpus": 1, "available_workers": 1}
+    stats = client.get("/stats").json()
+    assert stats["total_workers"] == 1 and stats["available_workers"] == 1 and stats["busy_workers"] == 0
+    assert stats["queue_length"] == 0
+    assert stats["workers"][0]["gpu_id"] == 0 and stats["workers"][0]["device"] == "cpu"
+    assert stats["workers"][0]["model"] == "sft/d2/10"
+
+
+def test_models_are_cached_per_worker_least_recently_used_out(env):
+    app = create_app(Settings(max_models_per_worker=2, max_tokens=1))
+    with TestClient(app) as c:
+        for model in ("sft/d2/5", "sft/d2/10", "sft/d2/5", "base"):
+            c.post("/v1/completions", json={"model": model, "prompt": "a"})
+        assert c.get("/stats").json()["workers"][0]["loaded_models"] == ["sft/d2/5", "base/d2/5"]
+
+
+def test_page_is_served(client):
+    r = client.get("/")
+    from primechat.serve.api import STATIC_DIR
+    if (STATIC_DIR / "index.html").exists():
+        assert r.status_code == 200 and "html" in r.headers["content-type"]
+    else:
+        assert r.status_code == 404
+    assert client.get("/static/../api.py").status_code == 404
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# A real server
+
+@pytest.fixture
+def slow_engine(monkeypatch):
+    """Every generated token takes 40 ms, so that a reply of 200 tokens lasts 8 s unless it is cancelled."""
+    real = workers.Engine.generate
+
+    def slow(self, *args, **kwargs):
+        for step in real(self, *args, **kwargs):
+            time.sleep(0.04)
+            yield step
+    monkeypatch.setattr(workers.Engine, "generate", slow)
+
+
+def wait_for(predicate, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_openai_client_against_a_real_server(env):
+    from openai import OpenAI
+
+    with ServerThread(create_app(Settings(api_key="k", max_tokens=8))) as server:
+        client = OpenAI(base_url=server.url + "/v1", api_key="k", max_retries=0)
+        assert [m.id for m in client.models.list()][0] == "sft/d2/10"
+        reply = client.chat.completions.create(model="sft", messages=HELLO, temperature=0.5, seed=1, max_tokens=5,
+                                               stop=["zzz"])
+        assert reply.model == "sft/d2/10" and reply.choices[0].finish_reason in ("stop", "length")
+        assert reply.usage.completion_tokens <= 5 and reply.usage.prompt_tokens > 0
+        stream = client.chat.completions.create(model="sft", messages=HELLO, temperature=0.5, seed=1, max_tokens=5,
+                                                stop=["zzz"], stream=True, stream_options={"include_usage": True})
+        chunks = list(stream)
+        streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        assert streamed == reply.choices[0].message.content
+        assert chunks[-1].usage.total_tokens == reply.usage.total_tokens
+        assert chunks[-1].model_extra["timings"]["total_ms"] > 0
+        completion = client.completions.create(model="base", prompt="the cat", max_tokens=4, temperature=0)
+        assert completion.choices[0].text == client.completions.create(
+            model="base/d2/5", prompt="the cat", max_tokens=4, temperature=0).choices[0].text
+        bad = OpenAI(base_url=server.url + "/v1", api_key="wrong", max_retries=0)
+        from openai import AuthenticationError
+        with pytest.raises(AuthenticationError):
+            bad.models.list()
+
+
+def test_disconnecting_client_frees_its_worker(env, slow_engine):
+    with ServerThread(create_app(Settings(num_workers=1, temperature=1.0, top_k=0))) as server:
+        body = {"messages": HELLO, "max_tokens": 200, "stream": True}
+        with httpx.Client(base_url=server.url, timeout=10) as http:
+            with http.stream("POST", "/v1/chat/completions", json=body) as r:
+                lines = r.iter_lines()
+                assert json.loads(next(lines)[len("data: "):])["choices"][0]["delta"]["role"] == "assistant"
+                assert http.get("/stats").json()["busy_workers"] == 1
+            closed = time.monotonic()  # leaving the block closes the connection mid-reply
+            assert wait_for(lambda: http.get("/stats").json()["available_workers"] == 1, timeout=3)
+            assert time.monotonic() - closed < 3  # 200 tokens would take 8 s
+            assert http.get("/health").json()["available_workers"] == 1
+
+
+def test_requests_wait_in_line_then_503(env, slow_engine):
+    with ServerThread(create_app(Settings(num_workers=1, max_queue=1, temperature=0))) as server:
+        with httpx.Client(base_url=server.url, timeout=20) as http:
+            results = {}
+
+            def waiting():
+                results["waiting"] = http.post("/v1/chat/completions", json={"messages": HELLO, "max_tokens": 3})
+
+            with http.stream("POST", "/v1/chat/completions",
+                             json={"messages": HELLO, "max_tokens": 200, "stream": True}) as r:
+                next(r.iter_lines())
+                line = threading.Thread(target=waiting)
+                line.start()
+                assert wait_for(lambda: http.get("/stats").json()["queue_length"] == 1)
+                started = time.monotonic()
+                full = http.post("/v1/chat/completions", json={"messages": HELLO, "max_tokens": 3})
+                assert time.monotonic() - started < 2  # refused at once, not queued
+                assert full.status_code == 503 and full.headers["retry-after"] == "1"
+                assert full.json()["error"]["type"] == "server_error"
+            line.join(timeout=10)
+            assert results["waiting"].status_code == 200
+            assert results["waiting"].json()["usage"]["completion_tokens"] <= 3
