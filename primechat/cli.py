@@ -40,6 +40,15 @@ COMMANDS = {
     }),
     "chat": ("talk to a model in the terminal", "primechat.chat_cli"),
     "serve": ("serve models: a ChatGPT-like web page and an OpenAI-compatible API", "primechat.serve.server"),
+    "import": ("bring a model trained elsewhere into primechat", {
+        "nanochat": ("import a nanochat checkpoint (Oct 2025 or 2026 layout)", "primechat.interop.nanochat"),
+    }),
+    "export": ("write a model in another framework's format", {
+        "hf": ("a Hugging Face transformers folder (NanoChat architecture, safetensors, chat template)",
+               "primechat.interop.hf"),
+    }),
+    "push": ("upload a model with a model card to the Hugging Face Hub", "primechat.interop.push"),
+    "pull": ("download a model from the Hugging Face Hub and install it for chat and serve", "primechat.interop.pull"),
     "bench": ("benchmarks whose results go into docs/benchmarks.md", {
         "tokenizer": ("time tokenizer training (rustbpe vs HF tokenizers) and encoding", "primechat.bench.tokenizer"),
         "train": ("training throughput (tok/s), MFU and peak memory at a given depth", "primechat.bench.train"),

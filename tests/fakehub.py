@@ -8,6 +8,10 @@ calls them:
     GET      /api/{datasets,models}/<repo>/tree/<rev>[/<path>]   list_repo_tree, list_repo_files (paged by cursor)
     HEAD|GET /[datasets/]<repo>/resolve/<rev>/<path>              hf_hub_download: ETag, X-Repo-Commit, Range
     GET      /static/<name>                                        plain files (e.g. the CORE eval bundle)
+    POST     /api/repos/create                                     create_repo (409 if it exists, as the Hub does)
+    POST     /api/{datasets,models}/<repo>/preupload/<rev>         upload modes: always "regular" (no LFS, no Xet)
+    POST     /api/{datasets,models}/<repo>/commit/<rev>            create_commit, upload_folder: files inline (base64)
+    POST     /api/validate-yaml                                    a model card's metadata: always valid
 
 Errors carry the Hub's X-Error-Code header (RepoNotFound, RevisionNotFound, EntryNotFound), which is what makes the
 client raise RepositoryNotFoundError, RevisionNotFoundError and EntryNotFoundError. Every request is kept in `log`.
@@ -19,13 +23,19 @@ mid-way (the connection drops), `fail_requests(n)` answers the next n file GETs 
         hub.add_files("models/me/tiny", {"config.json": "{}"})
         texts = hub.add_shard_dataset("me/corpus", num_shards=4)     # datasets/me/corpus/shard_0000{0..3}.parquet
         hub.add_static("eval_bundle.zip", b"garbage", zip_bytes)   # 1st GET: garbage, later GETs: zip_bytes
+        HfApi().upload_folder(repo_id="me/up", folder_path=...)    # lands in hub.root / "models/me/up"
+
+Uploads keep to the simple path: every file is committed inline, whatever its size (the client is told "regular"),
+so the fake needs neither LFS nor Xet (tests set HF_HUB_DISABLE_XET).
 """
 
+import base64
 import hashlib
 import io
 import json
 import random
 import re
+import shutil
 import string
 import sys
 import threading
@@ -45,6 +55,7 @@ class Request:
     query: dict
     headers: dict  # names lowercased
     status: int = 0  # filled in once answered
+    body: bytes = b""  # of POST requests
 
 
 class FakeHub:
@@ -187,6 +198,7 @@ class _Server(ThreadingHTTPServer):
 _REPO = r"(?P<owner>[^/]+)/(?P<name>[^/]+)"
 _RESOLVE = re.compile(rf"^/(?:(?P<type>datasets)/)?{_REPO}/resolve/(?P<rev>[^/]+)/(?P<path>.+)$")
 _API = re.compile(rf"^/api/(?P<type>datasets|models)/{_REPO}(?:/(?P<op>revision|tree)/(?P<rev>[^/]+)(?P<path>/.*)?)?$")
+_UPLOAD = re.compile(rf"^/api/(?P<type>datasets|models)/{_REPO}/(?P<op>preupload|commit)/(?P<rev>[^/]+)$")
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -200,6 +212,25 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self):
         self.route()
+
+    def do_POST(self):
+        url = urlsplit(self.path)
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.request_record = Request(self.command, unquote(url.path), parse_qs(url.query),
+                                      {k.lower(): v for k, v in self.headers.items()}, body=body)
+        self.hub.log.append(self.request_record)
+        if url.path == "/api/repos/create":
+            return self.create_repo(json.loads(body))
+        if url.path == "/api/validate-yaml":
+            return self.json({"errors": [], "warnings": []})
+        if m := _UPLOAD.match(url.path):
+            repo = f"{m['type']}/{unquote(m['owner'])}/{unquote(m['name'])}"
+            if unquote(m["rev"]) != "main":
+                return self.error(404, "RevisionNotFound", f"Invalid rev id: {unquote(m['rev'])}")
+            if not (self.hub.root / repo).is_dir():
+                return self.error(404, "RepoNotFound", "Repository not found")
+            return self.preupload(json.loads(body)) if m["op"] == "preupload" else self.commit_files(repo, body)
+        self.error(404, None, f"the fake hub does not serve {self.command} {url.path}")
 
     def route(self):
         url = urlsplit(self.path)
@@ -307,6 +338,46 @@ class _Handler(BaseHTTPRequestHandler):
                 pos += len(chunk)
         if cut is not None:
             self.close_connection = True  # the client sees the body end early, as when a network drops
+
+    def create_repo(self, payload: dict):
+        kind = {"model": "models", "dataset": "datasets"}.get(payload.get("type") or "model")
+        if kind is None:
+            return self.error(400, None, f"the fake hub has no {payload.get('type')} repos")
+        repo_id = f"{payload['organization']}/{payload['name']}" if payload.get("organization") else payload["name"]
+        folder = self.hub.root / kind / repo_id
+        url = f"{self.hub.url}/{'datasets/' if kind == 'datasets' else ''}{repo_id}"
+        if folder.is_dir():
+            return self.answer(409, {"Content-Type": "application/json", "X-Error-Message": "repo exists"},
+                               json.dumps({"error": "You already created this repo", "url": url}).encode())
+        folder.mkdir(parents=True)
+        self.json({"url": url, "name": repo_id, "id": repo_id})
+
+    def preupload(self, payload: dict):
+        self.json({"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False}
+                             for f in payload.get("files", [])]})
+
+    def commit_files(self, repo: str, body: bytes):
+        """Apply a commit's NDJSON lines: header, file (base64 content), deletedFile, deletedFolder."""
+        folder = self.hub.root / repo
+        for line in body.splitlines():
+            if not line.strip():
+                continue
+            item = json.loads(line)
+            key, value = item["key"], item["value"]
+            if key == "file":
+                target = folder / value["path"]
+                target.parent.mkdir(parents=True, exist_ok=True)
+                data = value["content"].encode()
+                target.write_bytes(base64.b64decode(data) if value.get("encoding") == "base64" else data)
+            elif key == "deletedFile":
+                (folder / value["path"]).unlink(missing_ok=True)
+            elif key == "deletedFolder":
+                shutil.rmtree(folder / value["path"], ignore_errors=True)
+            elif key != "header":
+                return self.error(400, None, f"the fake hub does not take {key!r} in a commit (no LFS)")
+        sha = self.hub.commit(self.hub.repo_files(folder))
+        self.json({"commitUrl": f"{self.hub.url}/{repo.removeprefix('models/')}/commit/{sha}", "commitOid": sha,
+                   "pullRequestUrl": None})
 
     def api(self, repo: str, op: str | None, rev: str, path: str):
         opened = self.open_repo(repo, rev)

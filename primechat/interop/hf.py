@@ -1,0 +1,299 @@
+"""Export a model for Hugging Face `transformers`: `primechat export hf OUT [-i sft]`.
+
+OUT then loads with `AutoModelForCausalLM.from_pretrained(OUT)` and `AutoTokenizer.from_pretrained(OUT)`, no remote
+code, through transformers' own NanoChat architecture (and so in anything that reads that format). It holds:
+
+    config.json, generation_config.json   NanoChatConfig: sizes, RoPE base, softcap, RMSNorm eps, special ids
+    model.safetensors                     the weights under transformers' names, the padded vocab rows dropped
+    tokenizer.json, tokenizer_config.json the same BPE as tokenizer.pkl (byte-level, same split regex, same merges)
+    chat_template.jinja                   renders conversations into exactly the ids primechat's chat format gives
+    primechat.json                        what `primechat pull` needs to install it back: config, stage, tag, step
+
+What transformers' NanoChat cannot express: QK scale (its attention scale is fixed at 1/sqrt(head_dim)), sliding
+windows, value embeddings, smear, backout and the per-layer resid/x0 lambdas: nanochat's 2026 additions. A model
+that uses any of them is refused, naming them; nanochat's Oct 2025 model, and any primechat model trained with those
+switches off, exports exactly. Everything else maps one to one, including RoPE base and the logit softcap.
+
+The tokenizer converts tiktoken's merges into a `tokenizers` BPE model: each token's two halves are found by
+re-running BPE on its bytes with the merges ranked before it. One difference remains: primechat never reads special
+tokens out of text, while a Hugging Face tokenizer turns "<|bos|>" written in a message into the special id.
+"""
+
+import json
+from pathlib import Path
+
+import torch
+
+from primechat.common import UserError, atomic_path
+from primechat.tokenizer import SPECIAL_TOKENS, SPLIT_PATTERN
+from primechat.train.checkpoint import STAGE_DIRS, checkpoint_dir, default_tag, load_meta, resolve_step
+
+RMS_EPS = torch.finfo(torch.float32).eps  # F.rms_norm's default for fp32, which primechat's norm uses
+
+# Jinja rendering of Tokenizer._render: BOS; a system message folded into the first user turn; user and assistant
+# turns alternating; assistant content as text or as text / python / python_output parts.
+CHAT_TEMPLATE = (
+    "{{- bos_token -}}"
+    "{%- set ns = namespace(system='', offset=0) -%}"
+    "{%- for message in messages -%}"
+    "{%- if loop.first and message['role'] == 'system' -%}"
+    "{%- set ns.system = message['content'] + '\\n\\n' -%}{%- set ns.offset = 1 -%}"
+    "{%- else -%}"
+    "{%- set expected = 'user' if (loop.index0 - ns.offset) % 2 == 0 else 'assistant' -%}"
+    "{%- if message['role'] != expected -%}"
+    "{{- raise_exception('message ' ~ loop.index0 ~ ' has role ' ~ message['role'] ~ ', expected ' ~ expected ~ "
+    "': roles alternate user/assistant, starting with user (after an optional system)') -}}"
+    "{%- endif -%}"
+    "{%- if message['role'] == 'user' -%}"
+    "{{- '<|user_start|>' + ns.system + message['content'] + '<|user_end|>' -}}{%- set ns.system = '' -%}"
+    "{%- else -%}"
+    "{{- '<|assistant_start|>' -}}"
+    "{%- if message['content'] is string -%}{{- message['content'] -}}"
+    "{%- else -%}{%- for part in message['content'] -%}"
+    "{%- if part['type'] == 'text' -%}{{- part['text'] -}}"
+    "{%- elif part['type'] == 'python' -%}{{- '<|python_start|>' + part['text'] + '<|python_end|>' -}}"
+    "{%- elif part['type'] == 'python_output' -%}{{- '<|output_start|>' + part['text'] + '<|output_end|>' -}}"
+    "{%- else -%}{{- raise_exception('unknown part type ' ~ part['type']) -}}"
+    "{%- endif -%}{%- endfor -%}{%- endif -%}"
+    "{{- '<|assistant_end|>' -}}"
+    "{%- endif -%}{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|assistant_start|>' -}}{%- endif -%}"
+)
+
+
+def unsupported_features(config) -> list[str]:
+    """The model's features that transformers' NanoChat architecture cannot express (empty: it exports exactly)."""
+    problems = []
+    if config.qk_scale != 1.0:
+        problems.append(f"QK scale {config.qk_scale:g} (--qk-scale; transformers scales attention by 1/sqrt(head_dim) only)")
+    if any(w < config.sequence_len for w in config.window_sizes()):
+        problems.append(f"sliding-window attention (window pattern {config.window_pattern}; needs L)")
+    for switch, name in (("value_embeds", "value embeddings"), ("smear", "smear"), ("backout", "backout"),
+                         ("skip_lambdas", "resid/x0 lambdas")):
+        if getattr(config, switch):
+            problems.append(name)
+    return problems
+
+
+def hf_config(config, tokenizer, dtype: str) -> dict:
+    special = tokenizer.encode_special
+    return {
+        "architectures": ["NanoChatForCausalLM"],
+        "model_type": "nanochat",
+        "vocab_size": config.vocab_size,
+        "hidden_size": config.n_embd,
+        "intermediate_size": 4 * config.n_embd,
+        "num_hidden_layers": config.n_layer,
+        "num_attention_heads": config.n_head,
+        "num_key_value_heads": config.n_kv_head,
+        "max_position_embeddings": config.sequence_len,
+        "hidden_act": "relu2",
+        "rms_norm_eps": RMS_EPS,
+        "rope_parameters": {"rope_type": "default", "rope_theta": float(config.rope_base)},
+        "final_logit_softcapping": float(config.softcap),
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "tie_word_embeddings": False,
+        "bos_token_id": special("<|bos|>"),
+        "eos_token_id": special("<|assistant_end|>"),
+        "pad_token_id": None,
+        "use_cache": True,
+        "dtype": dtype,
+    }
+
+
+def hf_state(state: dict, config, dtype: torch.dtype) -> dict:
+    """primechat's weights under transformers' NanoChat names; rows of the padded vocabulary are dropped."""
+    V = config.vocab_size
+    out = {"model.embed_tokens.weight": state["transformer.wte.weight"][:V], "lm_head.weight": state["lm_head.weight"][:V]}
+    names = {"attn.c_q": "self_attn.q_proj", "attn.c_k": "self_attn.k_proj", "attn.c_v": "self_attn.v_proj",
+             "attn.c_proj": "self_attn.o_proj", "mlp.c_fc": "mlp.fc1", "mlp.c_proj": "mlp.fc2"}
+    for i in range(config.n_layer):
+        for ours, theirs in names.items():
+            out[f"model.layers.{i}.{theirs}.weight"] = state[f"transformer.h.{i}.{ours}.weight"]
+    return {k: v.detach().to("cpu", dtype).contiguous() for k, v in out.items()}
+
+
+def primechat_state(tensors: dict, config) -> dict:
+    """The inverse of hf_state: transformers' names back to primechat's, the vocab padded again (with zeros)."""
+    names = {"self_attn.q_proj": "attn.c_q", "self_attn.k_proj": "attn.c_k", "self_attn.v_proj": "attn.c_v",
+             "self_attn.o_proj": "attn.c_proj", "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj"}
+    state = {}
+    for key, value in tensors.items():
+        if key == "model.embed_tokens.weight":
+            ours = "transformer.wte.weight"
+        elif key == "lm_head.weight":
+            ours = "lm_head.weight"
+        elif key.startswith("model.layers.") and key.endswith(".weight"):
+            layer, _, module = key.removeprefix("model.layers.").removesuffix(".weight").partition(".")
+            if module not in names:
+                raise UserError(f"the weights hold {key}, which primechat's model has no place for")
+            ours = f"transformer.h.{layer}.{names[module]}.weight"
+        else:
+            raise UserError(f"the weights hold {key}, which primechat's model has no place for")
+        value = value.float()
+        if ours in ("transformer.wte.weight", "lm_head.weight") and value.shape[0] < config.padded_vocab:
+            value = torch.cat([value, value.new_zeros(config.padded_vocab - value.shape[0], value.shape[1])])
+        state[ours] = value
+    return state
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The tokenizer as tokenizers' JSON
+
+def _byte_to_unicode() -> dict[int, str]:
+    """Byte-level BPE's printable stand-in for each byte: printable Latin-1 bytes stand for themselves, the others
+    (controls, space, …) take the code points from 256 upwards in byte order."""
+    keep = [b for b in range(256) if 33 <= b <= 126 or 161 <= b <= 172 or 174 <= b <= 255]
+    table, extra = {b: chr(b) for b in keep}, 0
+    for b in range(256):
+        if b not in table:
+            table[b] = chr(256 + extra)
+            extra += 1
+    return table
+
+
+def _split_token(token: bytes, rank: int, ranks: dict[bytes, int]) -> list[bytes]:
+    """BPE on a token's bytes using only merges ranked before it: for a learned token, the two parts merged into it."""
+    parts = [token[i:i + 1] for i in range(len(token))]
+    while len(parts) > 2:
+        best = None
+        for i in range(len(parts) - 1):
+            r = ranks.get(parts[i] + parts[i + 1])
+            if r is not None and r < rank and (best is None or r < best[0]):
+                best = (r, i)
+        if best is None:
+            break
+        i = best[1]
+        parts[i:i + 2] = [parts[i] + parts[i + 1]]
+    return parts
+
+
+def tokenizer_json(tokenizer) -> dict:
+    specials = {tokenizer.encode_special(name): name for name in SPECIAL_TOKENS}
+    ranks = {tokenizer.token_bytes(i): i for i in range(tokenizer.vocab_size) if i not in specials}
+    if sorted(ranks.values()) != list(range(len(ranks))) or sorted(specials) != list(range(len(ranks), tokenizer.vocab_size)):
+        raise UserError("the tokenizer's ids are not merges followed by the special tokens: it cannot be converted")
+    u = _byte_to_unicode()
+    text = {token: "".join(u[b] for b in token) for token in ranks}
+    merges = []
+    for token, rank in sorted(ranks.items(), key=lambda kv: kv[1]):
+        if len(token) > 1:
+            parts = _split_token(token, rank, ranks)
+            if len(parts) != 2:
+                raise UserError(f"token {rank} ({token!r}) is not the merge of two earlier tokens: not a BPE vocabulary")
+            merges.append([text[parts[0]], text[parts[1]]])
+    return {
+        "version": "1.0",
+        "truncation": None,
+        "padding": None,
+        "added_tokens": [{"id": i, "content": name, "single_word": False, "lstrip": False, "rstrip": False,
+                          "normalized": False, "special": True} for i, name in sorted(specials.items())],
+        "normalizer": None,
+        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": SPLIT_PATTERN}, "behavior": "Isolated", "invert": False},
+            {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False},
+        ]},
+        "post_processor": None,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
+        "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
+                  "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False,
+                  "ignore_merges": True,  # like tiktoken: a piece that is itself a token is taken whole
+                  "vocab": {text[token]: rank for token, rank in ranks.items()}, "merges": merges},
+    }
+
+
+def tokenizer_from_json(path: Path):
+    """primechat's Tokenizer from a tokenizer.json written by tokenizer_json (no pickle is read)."""
+    from primechat.tokenizer import Tokenizer
+
+    data = json.loads(Path(path).read_text())
+    try:
+        model, pre = data["model"], data["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"]
+        specials = {t["content"]: t["id"] for t in data["added_tokens"] if t.get("special")}
+    except (KeyError, IndexError, TypeError):
+        raise UserError(f"{path} is not a byte-level BPE tokenizer primechat can use (written by primechat export)")
+    if model.get("type") != "BPE" or pre != SPLIT_PATTERN:
+        raise UserError(f"{path} splits text differently from primechat's tokenizer: it cannot be used here")
+    back = {c: b for b, c in _byte_to_unicode().items()}
+    ranks = {bytes(back[c] for c in token): rank for token, rank in model["vocab"].items()}
+    expected = {name: len(ranks) + i for i, name in enumerate(SPECIAL_TOKENS)}
+    if {name: specials.get(name) for name in SPECIAL_TOKENS} != expected:
+        raise UserError(f"{path} does not have primechat's 9 special tokens right after its merges")
+    return Tokenizer.from_ranks(ranks)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+
+def _write_json(path: Path, obj) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+def export_hf(out, stage: str = "sft", tag: str | None = None, step: int | None = None,
+              dtype: str = "bfloat16") -> dict:
+    """Write the transformers folder; returns {"out", "stage", "tag", "step", "config", "meta"}."""
+    from safetensors.torch import save_file
+
+    from primechat.model import GPTConfig
+    from primechat.tokenizer import load_tokenizer
+    from primechat.train.checkpoint import load_model_state
+
+    tag = tag or default_tag(stage)
+    folder = checkpoint_dir(stage, tag)
+    step = resolve_step(folder, step)
+    meta = load_meta(folder, step)
+    config = GPTConfig(**meta["model_config"])
+    problems = unsupported_features(config)
+    if problems:
+        raise UserError(f"{stage} {tag} uses features transformers' NanoChat architecture cannot express: "
+                        f"{'; '.join(problems)}. Export works for models with these off (e.g. an imported Oct 2025 "
+                        f"nanochat model); nothing was written")
+    tokenizer = load_tokenizer(folder if (folder / "tokenizer.pkl").exists() else None)
+    if tokenizer.vocab_size != config.vocab_size:
+        raise UserError(f"{stage} {tag} has a {config.vocab_size:,}-token vocabulary but its tokenizer has "
+                        f"{tokenizer.vocab_size:,}: restore the tokenizer it was trained with")
+    torch_dtype = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}[dtype]
+    out = Path(out).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+    tensors = hf_state(load_model_state(folder, step), config, torch_dtype)
+    with atomic_path(out / "model.safetensors") as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt"})
+    _write_json(out / "config.json", hf_config(config, tokenizer, dtype))
+    special = tokenizer.encode_special
+    _write_json(out / "generation_config.json", {"bos_token_id": special("<|bos|>"),
+                                                 "eos_token_id": [special("<|assistant_end|>"), special("<|bos|>")]})
+    _write_json(out / "tokenizer.json", tokenizer_json(tokenizer))
+    _write_json(out / "tokenizer_config.json", {
+        "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<|bos|>", "eos_token": "<|assistant_end|>",
+        "pad_token": "<|bos|>", "model_max_length": config.sequence_len, "clean_up_tokenization_spaces": False,
+        "add_bos_token": False, "add_eos_token": False,
+    })
+    with atomic_path(out / "chat_template.jinja") as tmp:
+        tmp.write_text(CHAT_TEMPLATE)
+    _write_json(out / "primechat.json", {"format": "primechat", "stage": stage, "tag": tag, "step": step,
+                                         "model_config": config.to_dict(),
+                                         **{k: meta[k] for k in ("val_bpb", "imported_from") if k in meta}})
+    return {"out": out, "stage": stage, "tag": tag, "step": step, "config": config, "meta": meta}
+
+
+def add_arguments(p) -> None:
+    p.add_argument("out", help="folder to write (created if missing)")
+    p.add_argument("-i", "--source", choices=list(STAGE_DIRS), default="sft", help="which stage's model")
+    p.add_argument("-g", "--model-tag", help="checkpoint tag (default: the stage's deepest d<N>)")
+    p.add_argument("-s", "--step", type=int, help="checkpoint step (default: the latest)")
+    p.add_argument("--dtype", choices=["bfloat16", "float32", "float16"], default="bfloat16",
+                   help="dtype of the saved weights (primechat keeps fp32 master weights)")
+
+
+def main(args) -> None:
+    done = export_hf(args.out, args.source, args.model_tag, args.step, args.dtype)
+    print(f"exported {done['stage']} {done['tag']} step {done['step']} to {done['out']} "
+          f"(transformers NanoChatForCausalLM, {args.dtype} safetensors, chat template)")
+    print(f"load it: AutoModelForCausalLM.from_pretrained({str(done['out'])!r}) and AutoTokenizer.from_pretrained(…)")
+
+
+if __name__ == "__main__":
+    from primechat.cli import run_module
+    run_module(add_arguments, main)

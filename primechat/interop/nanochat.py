@@ -1,0 +1,181 @@
+"""Import a nanochat checkpoint: `primechat import nanochat ~/.cache/nanochat/chatsft_checkpoints/d20`.
+
+A nanochat checkpoint folder holds model_<step>.pt (a state_dict) and meta_<step>.json (its "model_config" has only
+the sizes: sequence_len, vocab_size, n_layer, n_head, n_kv_head, n_embd, and from 2026 on window_pattern); the
+tokenizer (tokenizer.pkl, token_bytes.pt) lives in the nanochat base dir's tokenizer/ folder. The weights' names are
+primechat's names (primechat's GPT follows nanochat's), so importing is: read, strip torch.compile's `_orig_mod.`
+prefix, work out the architecture switches, check every shape, write a primechat checkpoint with the tokenizer beside
+it. Chat, serve, eval and further training then use it like a model trained here.
+
+Two layouts are recognised from the weights themselves:
+- Oct 2025: no per-layer lambdas, no value embeddings, no smear or backout; full attention, RoPE base 10,000, QK-norm
+  without scale, logits softcapped at 15, untied head, vocab not padded.
+- 2026: resid/x0 lambdas, value embeddings, smear, backout (each switched on if its weights are present), the
+  meta's window_pattern (SSSL if absent), RoPE base 100,000, QK-norm ×1.2, softcap 15, vocab padded to ×64.
+Checkpoints from between those (nanochat changed RoPE base and QK scale along the way) can set --rope-base and
+--qk-scale by hand; the weights cannot tell them.
+"""
+
+import json
+import re
+from pathlib import Path
+
+import torch
+
+from primechat.common import UserError
+from primechat.interop import install_checkpoint
+from primechat.train.checkpoint import STAGE_DIRS
+
+SIZE_FIELDS = ("sequence_len", "vocab_size", "n_layer", "n_head", "n_kv_head", "n_embd")
+KNOWN_FIELDS = set(SIZE_FIELDS) | {"window_pattern"}
+FOLDER_STAGES = {folder: stage for stage, folder in STAGE_DIRS.items()}  # chatsft_checkpoints -> sft, …
+LAYOUTS = {
+    "oct2025": dict(rope_base=10_000.0, qk_scale=1.0, softcap=15.0),
+    "2026": dict(rope_base=100_000.0, qk_scale=1.2, softcap=15.0),
+}
+
+
+def model_steps(folder: Path) -> list[int]:
+    return sorted(int(m.group(1)) for p in folder.glob("model_*.pt") if (m := re.fullmatch(r"model_(\d+)\.pt", p.name)))
+
+
+def read_checkpoint(folder: Path, step: int | None = None) -> tuple[dict, dict, int]:
+    """(state_dict, meta, step) of a nanochat checkpoint folder; the latest step unless given."""
+    if not folder.is_dir():
+        raise UserError(f"{folder} is not a folder: give a nanochat checkpoint folder such as "
+                        f"~/.cache/nanochat/chatsft_checkpoints/d20")
+    steps = model_steps(folder)
+    if not steps:
+        raise UserError(f"no model_<step>.pt in {folder}: give the folder that holds nanochat's model and meta files")
+    if step is None:
+        step = steps[-1]
+    elif step not in steps:
+        raise UserError(f"no model_{step:06d}.pt in {folder}; its steps: {', '.join(map(str, steps))}")
+    meta_path = folder / f"meta_{step:06d}.json"
+    if not meta_path.is_file():
+        raise UserError(f"{meta_path.name} is missing beside model_{step:06d}.pt: nanochat writes both; copy the "
+                        f"meta file too (it holds the model's sizes)")
+    meta = json.loads(meta_path.read_text())
+    state = torch.load(folder / f"model_{step:06d}.pt", map_location="cpu", weights_only=True)
+    if not isinstance(state, dict):
+        raise UserError(f"model_{step:06d}.pt holds a {type(state).__name__}, not a state_dict")
+    state = {k.removeprefix("_orig_mod."): v for k, v in state.items()}
+    for buffer in ("cos", "sin"):  # RoPE tables: recomputed, never loaded
+        state.pop(buffer, None)
+    return state, meta, step
+
+
+def detect_layout(state: dict, model_config: dict) -> str:
+    markers = ("resid_lambdas", "x0_lambdas", "smear_lambda", "backout_lambda")
+    if any(k in state for k in markers) or any(k.startswith("value_embeds.") for k in state) \
+            or "window_pattern" in model_config:
+        return "2026"
+    return "oct2025"
+
+
+def convert_config(state: dict, model_config: dict, layout: str | None = None, rope_base: float | None = None,
+                   qk_scale: float | None = None):
+    """primechat's GPTConfig for a nanochat checkpoint: sizes from its meta, switches from its weights and layout."""
+    from primechat.model import GPTConfig
+
+    missing = [f for f in SIZE_FIELDS if f not in model_config]
+    if missing:
+        raise UserError(f"the meta file's model_config lacks {', '.join(missing)}: not a nanochat checkpoint")
+    unknown = sorted(set(model_config) - KNOWN_FIELDS)
+    if unknown:
+        raise UserError(f"the meta file's model_config has fields primechat does not know ({', '.join(unknown)}): "
+                        f"a newer nanochat; nothing was imported")
+    layout = layout or detect_layout(state, model_config)
+    fields = {f: model_config[f] for f in SIZE_FIELDS}
+    if "transformer.wte.weight" not in state:
+        raise UserError("the checkpoint has no transformer.wte.weight: not a nanochat model state_dict")
+    rows, vocab = state["transformer.wte.weight"].shape[0], fields["vocab_size"]
+    if rows == vocab:
+        pad_to = 1
+    elif rows == -(-vocab // 64) * 64:
+        pad_to = 64
+    else:
+        raise UserError(f"the embedding has {rows} rows for a vocabulary of {vocab}: the meta file does not "
+                        f"belong to these weights")
+    switches = dict(LAYOUTS[layout])
+    if rope_base is not None:
+        switches["rope_base"] = rope_base
+    if qk_scale is not None:
+        switches["qk_scale"] = qk_scale
+    return GPTConfig(
+        **fields, **switches, vocab_pad_to=pad_to,
+        window_pattern=model_config.get("window_pattern", "SSSL") if layout == "2026" else "L",
+        value_embeds=any(k.startswith("value_embeds.") for k in state),
+        smear="smear_lambda" in state, backout="backout_lambda" in state, skip_lambdas="resid_lambdas" in state,
+    ), layout
+
+
+def find_tokenizer(folder: Path, explicit: str | None) -> Path:
+    """The tokenizer folder: --tokenizer, else one beside the checkpoint, else nanochat's base dir tokenizer/."""
+    if explicit:
+        path = Path(explicit).expanduser()
+        if not (path / "tokenizer.pkl").is_file() and not (path.suffix == ".pkl" and path.is_file()):
+            raise UserError(f"no tokenizer.pkl in {path}: give the folder holding nanochat's tokenizer.pkl")
+        return path
+    candidates = [folder, folder.parent.parent / "tokenizer"]
+    for path in candidates:
+        if (path / "tokenizer.pkl").is_file():
+            return path
+    raise UserError(f"no tokenizer.pkl in {candidates[0]} or {candidates[1]}: pass --tokenizer with the folder that "
+                    f"holds the tokenizer this model was trained with (nanochat's <base dir>/tokenizer)")
+
+
+def guess_stage(folder: Path) -> str:
+    return FOLDER_STAGES.get(folder.parent.name, "sft")
+
+
+def import_nanochat(folder, stage: str | None = None, tag: str | None = None, step: int | None = None,
+                    tokenizer_dir: str | None = None, rope_base: float | None = None, qk_scale: float | None = None,
+                    force: bool = False) -> dict:
+    """Import one nanochat checkpoint; returns what was done (stage, tag, step, layout, folder)."""
+    from primechat.tokenizer import load_tokenizer
+
+    folder = Path(folder).expanduser().resolve()
+    state, meta, step = read_checkpoint(folder, step)
+    config, layout = convert_config(state, meta.get("model_config") or {}, rope_base=rope_base, qk_scale=qk_scale)
+    tokenizer_path = find_tokenizer(folder, tokenizer_dir)
+    tokenizer = load_tokenizer(tokenizer_path)
+    if tokenizer.vocab_size != config.vocab_size:
+        raise UserError(f"the tokenizer at {tokenizer_path} has {tokenizer.vocab_size:,} tokens but the model was "
+                        f"trained with {config.vocab_size:,}: pass --tokenizer with the one it was trained with")
+    stage = stage or guess_stage(folder)
+    tag = tag or folder.name
+    kept = {k: meta[k] for k in ("val_bpb", "val_loss", "mmlu_acc", "arc_easy_acc") if k in meta}
+    imported_from = {"format": "nanochat", "layout": layout, "path": str(folder), "step": step,
+                     "model_config": meta["model_config"]}
+    out = install_checkpoint(config, state, tokenizer, stage, tag, step, {**kept, "imported_from": imported_from},
+                             force=force)
+    return {"stage": stage, "tag": tag, "step": step, "layout": layout, "folder": out, "config": config}
+
+
+def add_arguments(p) -> None:
+    p.add_argument("dir", help="nanochat checkpoint folder (holds model_<step>.pt and meta_<step>.json)")
+    p.add_argument("--stage", choices=list(STAGE_DIRS),
+                   help="stage to file it under (default: from the folder's parent, base_checkpoints → base, "
+                        "mid_checkpoints → mid, chatsft_checkpoints → sft, chatrl_checkpoints → rl; else sft)")
+    p.add_argument("--tag", help="tag to file it under (default: the folder's name, e.g. d20)")
+    p.add_argument("--step", type=int, help="step to import (default: the latest)")
+    p.add_argument("--tokenizer", help="folder with the model's tokenizer.pkl (default: beside the checkpoint, else "
+                                       "the nanochat base dir's tokenizer/, i.e. DIR/../../tokenizer)")
+    p.add_argument("--rope-base", type=float, help="override the layout's RoPE base (Oct 2025: 10000, 2026: 100000)")
+    p.add_argument("--qk-scale", type=float, help="override the layout's QK scale (Oct 2025: 1.0, 2026: 1.2)")
+    p.add_argument("--force", action="store_true", help="replace checkpoints already filed under this stage and tag")
+
+
+def main(args) -> None:
+    done = import_nanochat(args.dir, args.stage, args.tag, args.step, args.tokenizer, args.rope_base, args.qk_scale,
+                           args.force)
+    c = done["config"]
+    print(f"imported nanochat {done['layout']} checkpoint step {done['step']} ({c.n_layer} layers, width {c.n_embd}, "
+          f"vocab {c.vocab_size:,}) as {done['stage']} {done['tag']} → {done['folder']}")
+    print(f"talk to it: primechat chat -i {done['stage']} -g {done['tag']}")
+
+
+if __name__ == "__main__":
+    from primechat.cli import run_module
+    run_module(add_arguments, main)

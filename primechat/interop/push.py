@@ -1,0 +1,117 @@
+"""Publish a model on the Hugging Face Hub: `primechat push me/my-chat-d20 [-i sft]`.
+
+Exports the model as `primechat export hf` does (a folder transformers loads with no remote code), writes a model card
+README.md (architecture, how to use it from transformers and from primechat, and the report card's sections from
+<home>/report/ when the model was trained in this home), creates the repo if needed and uploads it all in one commit
+through huggingface_hub, so HF_TOKEN, HF_ENDPOINT and `hf auth login` work as usual. `primechat pull` brings it back.
+"""
+
+import tempfile
+from pathlib import Path
+
+from primechat.common import UserError, home_dir
+from primechat.interop.hf import export_hf
+from primechat.train.checkpoint import STAGE_DIRS
+
+STAGE_NAMES = {"base": "base (pretrained) model", "mid": "mid-trained chat model", "sft": "chat model (SFT)",
+               "rl": "chat model (SFT + RL on GSM8K)"}
+
+
+def report_sections() -> list[str]:
+    """The report card's sections (report/*.md) as Markdown, headings one level down, timestamps dropped."""
+    folder = home_dir() / "report"
+    sections = []
+    for path in sorted(folder.glob("*.md")) if folder.is_dir() else []:
+        if path.name in ("header.md", "report.md"):
+            continue
+        lines = [line for line in path.read_text().splitlines() if not line.startswith("timestamp:")]
+        sections.append("\n".join("#" + line if line.startswith("#") else line for line in lines).strip())
+    return sections
+
+
+def model_card(repo_id: str, info: dict) -> str:
+    c, meta = info["config"], info["meta"]
+    d, L, V = c.n_embd, c.n_layer, c.vocab_size
+    params = L * (10 * d * d + 2 * d * c.n_kv_head * c.head_dim) + 2 * V * d  # q, proj, MLP; k, v; wte, lm_head
+    imported = meta.get("imported_from")
+    origin = (f"Imported from a {imported['format']} checkpoint ({imported.get('layout', '')} layout) with primechat."
+              if imported else "Trained from scratch with primechat.")
+    rows = [("stage", STAGE_NAMES[info["stage"]]), ("checkpoint", f"{info['tag']} step {info['step']}"),
+            ("parameters", f"{params / 1e6:,.1f}M"), ("layers", L), ("width", d),
+            ("heads / kv heads", f"{c.n_head} / {c.n_kv_head}"), ("context", f"{c.sequence_len:,} tokens"),
+            ("vocabulary", f"{V:,} (byte-level BPE, 9 special tokens)"), ("RoPE base", f"{c.rope_base:,.0f}"),
+            ("logit softcap", c.softcap)]
+    if "val_bpb" in meta:
+        rows.append(("validation bits per byte", f"{meta['val_bpb']:.4f}"))
+    lines = [
+        "---", "library_name: transformers", "pipeline_tag: text-generation", "tags:", "- primechat", "- nanochat",
+        "---", "", f"# {repo_id.split('/')[-1]}", "",
+        f"A small GPT, {STAGE_NAMES[info['stage']]}, in the architecture of karpathy's nanochat. {origin}", "",
+        "| | |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows], "",
+        "## Use it with transformers", "", "```python",
+        "from transformers import AutoModelForCausalLM, AutoTokenizer",
+        f'tokenizer = AutoTokenizer.from_pretrained("{repo_id}")',
+        f'model = AutoModelForCausalLM.from_pretrained("{repo_id}")',
+    ]
+    if info["stage"] == "base":
+        lines += ['inputs = tokenizer("<|bos|>The capital of France is", return_tensors="pt")']
+    else:
+        lines += ['messages = [{"role": "user", "content": "Why is the sky blue?"}]',
+                  'inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True,',
+                  '                                       return_tensors="pt")']
+    lines += ["out = model.generate(**inputs, max_new_tokens=100, do_sample=False)",
+              'print(tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))', "```", "",
+              "The chat template renders conversations exactly as primechat does. The model was trained with a "
+              "calculator tool (`<|python_start|>…<|python_end|>`, answered in `<|output_start|>…<|output_end|>`); "
+              "plain generation does not run the tool.", "",
+              "## Use it with primechat", "", "```bash", f"primechat pull {repo_id}",
+              f"primechat chat -i {info['stage']} -g {repo_id.split('/')[-1]}", "```", ""]
+    sections = [] if imported else report_sections()  # the home's report card describes a model trained here
+    if sections:
+        lines += ["## Report card", "", *[s + "\n" for s in sections]]
+    lines += ["## Limitations", "",
+              "A small model: it makes things up, gets facts and arithmetic wrong and should not be relied on.", ""]
+    return "\n".join(lines)
+
+
+def push(repo_id: str, stage: str = "sft", tag: str | None = None, step: int | None = None, dtype: str = "bfloat16",
+         private: bool = False) -> str:
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    if repo_id.count("/") != 1 or not all(repo_id.split("/")):
+        raise UserError(f"repo id {repo_id!r} must be OWNER/NAME, e.g. yourname/primechat-d20")
+    with tempfile.TemporaryDirectory(prefix="primechat-push-") as tmp:
+        info = export_hf(Path(tmp), stage, tag, step, dtype)
+        (Path(tmp) / "README.md").write_text(model_card(repo_id, info))
+        api = HfApi()
+        try:
+            url = api.create_repo(repo_id, private=private, exist_ok=True)
+            api.upload_folder(repo_id=repo_id, folder_path=tmp,
+                              commit_message=f"primechat {info['stage']} {info['tag']} step {info['step']}")
+        except HfHubHTTPError as e:
+            status = getattr(e.response, "status_code", None)
+            hint = ("log in with `hf auth login` or set HF_TOKEN to a token with write access"
+                    if status in (401, 403) else "check the repo id and your connection")
+            raise UserError(f"the Hub refused the upload to {repo_id} (HTTP {status}): {hint}") from None
+    return str(url)
+
+
+def add_arguments(p) -> None:
+    p.add_argument("repo_id", help="Hub model repo, OWNER/NAME (created if missing)")
+    p.add_argument("-i", "--source", choices=list(STAGE_DIRS), default="sft", help="which stage's model")
+    p.add_argument("-g", "--model-tag", help="checkpoint tag (default: the stage's deepest d<N>)")
+    p.add_argument("-s", "--step", type=int, help="checkpoint step (default: the latest)")
+    p.add_argument("--dtype", choices=["bfloat16", "float32", "float16"], default="bfloat16",
+                   help="dtype of the uploaded weights")
+    p.add_argument("--private", action="store_true", help="create the repo private")
+
+
+def main(args) -> None:
+    url = push(args.repo_id, args.source, args.model_tag, args.step, args.dtype, args.private)
+    print(f"pushed {args.source} model to {url}")
+
+
+if __name__ == "__main__":
+    from primechat.cli import run_module
+    run_module(add_arguments, main)

@@ -1,0 +1,307 @@
+"""Models in and out: nanochat checkpoints imported, transformers export, push and pull through a fake Hub.
+
+The nanochat checkpoints are written here the way nanochat writes them (its meta JSON holds only the sizes, weights
+may carry torch.compile's `_orig_mod.` prefix, 2026 embeddings are bf16), and the Oct 2025 model's logits are checked
+against an independent float64 forward written from nanochat's spec, not against primechat's model code.
+"""
+
+import argparse
+import inspect
+import json
+import math
+import random
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from primechat.cli import run_guarded
+from primechat.interop import hf, nanochat, pull, push
+from primechat.model import GPT, GPTConfig
+from primechat.tokenizer import ROUND_TRIP_SAMPLE, train_tokenizer
+from primechat.train.checkpoint import checkpoint_dir, load_meta, load_model, save_checkpoint
+
+torch.set_num_threads(1)  # tiny models: threads cost more than they give on shared CI cores
+
+SIZES = dict(sequence_len=256, n_layer=3, n_head=4, n_kv_head=2, n_embd=32)
+OCT = dict(window_pattern="L", rope_base=10_000.0, qk_scale=1.0, value_embeds=False, smear=False, backout=False,
+           skip_lambdas=False, softcap=15.0, vocab_pad_to=1)  # nanochat Oct 2025, from the catalog (A4)
+NEW = dict(window_pattern="SL", rope_base=100_000.0, qk_scale=1.2, value_embeds=True, smear=True, backout=True,
+           skip_lambdas=True, softcap=15.0, vocab_pad_to=64)  # nanochat 2026 (B4), with a sliding window
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    text = inspect.getdoc(json) + inspect.getdoc(random) + inspect.getdoc(argparse)
+    docs = [text[i:i + 400] for i in range(0, len(text), 200)] + [ROUND_TRIP_SAMPLE] * 3
+    return train_tokenizer(iter(docs), 700)  # 700: not a multiple of 64, so the 2026 layout pads the vocab
+
+
+def random_state(config: GPTConfig, seed: int) -> dict:
+    """Weights with every path active: matrices ~ 1/sqrt(fan_in), embeddings ~ 1, lambdas near their roles."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.device("meta"):
+        shapes = {k: v.shape for k, v in GPT(config).state_dict().items()}
+    state = {}
+    for name, shape in shapes.items():
+        if len(shape) == 2 and "wte" not in name and "value_embeds" not in name:
+            state[name] = torch.randn(shape, generator=g) / math.sqrt(shape[1])
+        elif "resid_lambdas" in name:
+            state[name] = 1 + 0.1 * torch.randn(shape, generator=g)
+        else:
+            state[name] = (torch.randn(shape, generator=g) if len(shape) == 2 else 0.3 * torch.randn(shape, generator=g))
+    return state
+
+
+def write_nanochat(root, stage_dir: str, config: GPTConfig, tokenizer, step=1234, compiled=False, bf16_embeds=False,
+                   with_window_pattern=False, seed=0) -> dict:
+    """A nanochat base dir: <root>/<stage_dir>/d2/{model,meta}_<step>.* and <root>/tokenizer/. Returns the weights
+    as fp32 (the bf16 ones rounded as saved)."""
+    state = random_state(config, seed)
+    if bf16_embeds:
+        state = {k: v.to(torch.bfloat16) if "wte" in k or "value_embeds" in k else v for k, v in state.items()}
+    saved = {("_orig_mod." if compiled else "") + k: v for k, v in state.items()}
+    folder = root / stage_dir / "d2"
+    folder.mkdir(parents=True)
+    torch.save(saved, folder / f"model_{step:06d}.pt")
+    model_config = {k: getattr(config, k) for k in ("sequence_len", "vocab_size", "n_layer", "n_head", "n_kv_head",
+                                                    "n_embd")}
+    if with_window_pattern:
+        model_config["window_pattern"] = config.window_pattern
+    meta = {"step": step, "val_bpb": 1.25, "model_config": model_config, "user_config": {"depth": 2}}
+    (folder / f"meta_{step:06d}.json").write_text(json.dumps(meta, indent=2))
+    tokenizer.save(root / "tokenizer")
+    return {k: v.float() for k, v in state.items()}
+
+
+def oct2025_logits(state: dict, c: GPTConfig, idx: torch.Tensor) -> torch.Tensor:
+    """nanochat's Oct 2025 forward in float64, from the catalog: norm(wte); pre-norm blocks of attention (RoPE base
+    10k, half-split rotation, then QK RMSNorm, causal, kv heads shared) and relu² MLP; norm; untied head; 15·tanh(z/15)."""
+    W = {k: v.double() for k, v in state.items()}
+    B, T = idx.shape
+    H, Hkv, hd = c.n_head, c.n_kv_head, c.n_embd // c.n_head
+    eps = torch.finfo(torch.float32).eps
+
+    def rms(x):
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+
+    freqs = torch.outer(torch.arange(T, dtype=torch.float64),
+                        1.0 / 10_000 ** (torch.arange(0, hd, 2, dtype=torch.float64) / hd))
+    cos, sin = freqs.cos()[None, :, None, :], freqs.sin()[None, :, None, :]
+
+    def rope(x):
+        x1, x2 = x[..., :hd // 2], x[..., hd // 2:]
+        return torch.cat([x1 * cos + x2 * sin, -x1 * sin + x2 * cos], dim=-1)
+
+    causal = torch.ones(T, T, dtype=torch.bool).tril()
+    x = rms(W["transformer.wte.weight"][idx])
+    for i in range(c.n_layer):
+        p = f"transformer.h.{i}."
+        h = rms(x)
+        q = (h @ W[p + "attn.c_q.weight"].T).view(B, T, H, hd)
+        k = (h @ W[p + "attn.c_k.weight"].T).view(B, T, Hkv, hd).repeat_interleave(H // Hkv, dim=2)
+        v = (h @ W[p + "attn.c_v.weight"].T).view(B, T, Hkv, hd).repeat_interleave(H // Hkv, dim=2)
+        q, k = rms(rope(q)), rms(rope(k))
+        scores = torch.einsum("bihd,bjhd->bhij", q, k) / math.sqrt(hd)
+        att = scores.masked_fill(~causal, float("-inf")).softmax(-1)
+        y = torch.einsum("bhij,bjhd->bihd", att, v).reshape(B, T, -1)
+        x = x + y @ W[p + "attn.c_proj.weight"].T
+        x = x + F.relu(rms(x) @ W[p + "mlp.c_fc.weight"].T).square() @ W[p + "mlp.c_proj.weight"].T
+    logits = rms(x) @ W["lm_head.weight"].T
+    return 15 * torch.tanh(logits / 15)
+
+
+def run(module, *argv):
+    """Parse argv with the module's own add_arguments and run its main as the CLI would: the exit code."""
+    parser = argparse.ArgumentParser()
+    module.add_arguments(parser)
+    return run_guarded(module.main, parser.parse_args([str(a) for a in argv]))
+
+
+def ids(n, vocab, seed=3):
+    return torch.randint(0, vocab, (2, n), generator=torch.Generator().manual_seed(seed))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# import nanochat
+
+def test_import_oct2025_checkpoint_gives_nanochats_logits(home, tmp_path, tokenizer, capsys):
+    config = GPTConfig(vocab_size=tokenizer.vocab_size, **SIZES, **OCT)
+    state = write_nanochat(tmp_path / "nanochat", "chatsft_checkpoints", config, tokenizer, compiled=True)
+    assert run(nanochat, tmp_path / "nanochat" / "chatsft_checkpoints" / "d2") == 0
+    assert "sft d2" in capsys.readouterr().out
+
+    folder = checkpoint_dir("sft", "d2")  # stage from the folder name, tag from the folder, tokenizer from ../../
+    assert (folder / "tokenizer.pkl").is_file() and (folder / "token_bytes.pt").is_file()
+    meta = load_meta(folder, 1234)
+    assert meta["imported_from"]["layout"] == "oct2025" and meta["val_bpb"] == 1.25
+    model, tok, _ = load_model("sft", "d2")
+    assert model.config == config
+    assert tok.encode(ROUND_TRIP_SAMPLE) == tokenizer.encode(ROUND_TRIP_SAMPLE)
+    x = ids(200, config.vocab_size)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x).double(), oct2025_logits(state, config, x), atol=2e-4, rtol=1e-4)
+
+
+def test_import_2026_checkpoint_matches_primechats_model(home, tmp_path, tokenizer):
+    config = GPTConfig(vocab_size=tokenizer.vocab_size, **SIZES, **NEW)
+    assert config.window_sizes() == [128, 256, 256]  # a short window that the 200-token input below exceeds
+    state = write_nanochat(tmp_path / "nanochat", "base_checkpoints", config, tokenizer, bf16_embeds=True,
+                           with_window_pattern=True)
+    assert run(nanochat, tmp_path / "nanochat" / "base_checkpoints" / "d2", "--tag", "new") == 0
+
+    model, _, meta = load_model("base", "new")
+    assert model.config == config and meta["imported_from"]["layout"] == "2026"
+    reference = GPT(config)
+    reference.init_weights()
+    reference.load_state_dict(state)
+    x = ids(200, config.vocab_size)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), reference(x), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("problem,message", [
+    ("no-meta", "meta_001234.json is missing"),
+    ("unknown-key", "does not know: transformer.h.0.attn.bias"),
+    ("wrong-tokenizer", "has 300 tokens but the model was trained with 700"),
+    ("no-tokenizer", "pass --tokenizer"),
+    ("already-there", "--force"),
+    ("not-a-folder", "not a folder"),
+])
+def test_import_problems_are_one_line_errors(home, tmp_path, tokenizer, capsys, problem, message):
+    config = GPTConfig(vocab_size=tokenizer.vocab_size, **SIZES, **OCT)
+    root = tmp_path / "nanochat"
+    write_nanochat(root, "mid_checkpoints", config, tokenizer)
+    folder = root / "mid_checkpoints" / "d2"
+    argv = [folder]
+    if problem == "no-meta":
+        (folder / "meta_001234.json").unlink()
+    elif problem == "unknown-key":
+        state = torch.load(folder / "model_001234.pt")
+        state["transformer.h.0.attn.bias"] = torch.zeros(3)
+        torch.save(state, folder / "model_001234.pt")
+    elif problem == "wrong-tokenizer":
+        train_tokenizer(iter([inspect.getdoc(json)]), 300).save(tmp_path / "small")
+        argv += ["--tokenizer", tmp_path / "small"]
+    elif problem == "no-tokenizer":
+        for f in (root / "tokenizer").iterdir():
+            f.unlink()
+    elif problem == "already-there":
+        assert run(nanochat, folder) == 0
+    elif problem == "not-a-folder":
+        argv = [tmp_path / "nope"]
+    capsys.readouterr()
+    assert run(nanochat, *argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err
+    if problem == "already-there":
+        assert run(nanochat, folder, "--force") == 0
+    else:
+        assert not checkpoint_dir("mid", "d2").exists()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# export hf
+
+CONVERSATIONS = [
+    [{"role": "user", "content": "Hello there!"}, {"role": "assistant", "content": "Hi! How can I help you today?"}],
+    [{"role": "system", "content": "You are terse."},
+     {"role": "user", "content": "What is 12 + 7?"},
+     {"role": "assistant", "content": [{"type": "text", "text": "Let me compute. "},
+                                       {"type": "python", "text": "12 + 7"},
+                                       {"type": "python_output", "text": "19"},
+                                       {"type": "text", "text": " It is 19."}]},
+     {"role": "user", "content": "thanks\n\n  and 2 + 2?"}, {"role": "assistant", "content": "4."}],
+]
+
+
+def test_export_loads_in_transformers_with_the_same_logits_and_chat_ids(home, tmp_path, tokenizer, capsys):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    config = GPTConfig(vocab_size=tokenizer.vocab_size, **SIZES, **{**OCT, "vocab_pad_to": 64, "rope_base": 50_000.0})
+    save_checkpoint(checkpoint_dir("sft", "d2"), 7, random_state(config, seed=1),
+                    {"step": 7, "model_config": config.to_dict()})
+    tokenizer.save(checkpoint_dir("sft", "d2"))
+    out = tmp_path / "hf"
+    assert run(hf, out, "--dtype", "float32") == 0
+    assert (out / "model.safetensors").is_file()
+
+    ours, tok, _ = load_model("sft", "d2")
+    theirs = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+    assert type(theirs).__name__ == "NanoChatForCausalLM"
+    x = ids(100, config.vocab_size)
+    with torch.no_grad():
+        torch.testing.assert_close(theirs(x).logits, ours(x), atol=1e-4, rtol=1e-4)
+
+    hf_tok = AutoTokenizer.from_pretrained(out)
+    for text in (ROUND_TRIP_SAMPLE.replace("<|bos|>", ""), inspect.getdoc(math), "  x  = 1234567\n\n\tend "):
+        assert hf_tok.encode(text, add_special_tokens=False) == tok.encode(text)
+        assert hf_tok.decode(tok.encode(text)) == text
+    for conversation in CONVERSATIONS:
+        rendered = hf_tok.apply_chat_template(conversation, tokenize=True, return_dict=True)["input_ids"]
+        assert rendered == tok.render_conversation(conversation)[0]
+        prompt = hf_tok.apply_chat_template(conversation[:-1], add_generation_prompt=True, tokenize=True,
+                                            return_dict=True)["input_ids"]
+        assert prompt == tok.render_for_completion(conversation)
+    with pytest.raises(Exception, match="roles alternate"):
+        hf_tok.apply_chat_template([{"role": "assistant", "content": "hi"}], tokenize=False)
+
+
+def test_export_refuses_what_transformers_cannot_express(home, tmp_path, tokenizer, capsys):
+    config = GPTConfig(vocab_size=tokenizer.vocab_size, **SIZES, **NEW)
+    save_checkpoint(checkpoint_dir("sft", "d2"), 7, random_state(config, seed=1),
+                    {"step": 7, "model_config": config.to_dict()})
+    tokenizer.save(checkpoint_dir("sft", "d2"))
+    capsys.readouterr()
+    assert run(hf, tmp_path / "hf") == 2
+    err = capsys.readouterr().err
+    for feature in ("QK scale 1.2", "sliding-window attention", "value embeddings", "smear", "backout",
+                    "resid/x0 lambdas"):
+        assert feature in err
+    assert not (tmp_path / "hf").exists()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# push and pull
+
+def test_push_then_pull_round_trips_through_the_hub(home, fake_hub, tokenizer, capsys):
+    from primechat import report
+
+    config = GPTConfig(vocab_size=tokenizer.vocab_size, **SIZES, **OCT)
+    save_checkpoint(checkpoint_dir("sft", "d2"), 42, random_state(config, seed=2),
+                    {"step": 42, "val_bpb": 0.987654, "model_config": config.to_dict()})
+    tokenizer.save(checkpoint_dir("sft", "d2"))
+    report.log_section("Chat evaluation sft", {"ARC-Easy": 0.4321, "ChatCORE": 0.1234})
+
+    assert run(push, "me/tiny-chat", "--dtype", "float32") == 0
+    repo = fake_hub.root / "models" / "me" / "tiny-chat"
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+                 "chat_template.jinja", "primechat.json", "README.md"):
+        assert (repo / name).is_file(), name
+    card = (repo / "README.md").read_text()
+    assert "library_name: transformers" in card and "primechat pull me/tiny-chat" in card
+    assert "ARC-Easy: 0.4321" in card and "0.9877" in card
+    assert run(push, "me/tiny-chat", "--dtype", "float32") == 0  # pushing again updates the existing repo
+
+    assert run(pull, "me/tiny-chat") == 0
+    pulled, tok, meta = load_model("sft", "tiny-chat")  # stage from the repo, tag from its name
+    original, _, _ = load_model("sft", "d2")
+    assert meta["imported_from"]["repo_id"] == "me/tiny-chat" and meta["step"] == 42
+    assert pulled.config == original.config
+    assert tok.encode(ROUND_TRIP_SAMPLE) == tokenizer.encode(ROUND_TRIP_SAMPLE)
+    x = ids(64, config.vocab_size)
+    with torch.no_grad():
+        torch.testing.assert_close(pulled(x), original(x), atol=0, rtol=0)
+
+    # a transformers NanoChat repo without primechat.json: the config comes from config.json
+    (repo / "primechat.json").unlink()
+    assert run(pull, "me/tiny-chat", "--tag", "plain", "--stage", "base") == 0
+    plain, _, _ = load_model("base", "plain")
+    with torch.no_grad():
+        torch.testing.assert_close(plain(x), original(x), atol=0, rtol=0)
+
+    capsys.readouterr()
+    assert run(pull, "me/tiny-chat") == 2  # already installed under that tag
+    assert "--force" in capsys.readouterr().err
+    assert run(pull, "me/missing") == 2
+    assert "no model repo me/missing" in capsys.readouterr().err
