@@ -197,24 +197,12 @@ def main(args):
     # Resume: model, optimizer shard, loader state and loop state of a saved step.
     step, loader_state = 0, None
     loop = {"min_val_bpb": float("inf"), "smooth_loss": 0.0, "training_time": 0.0, "val_bpb": None}
-    resuming = args.resume_from_step >= 0 or (args.resume and folder.exists() and checkpoint.saved_steps(folder))
-    if args.resume and not resuming:
-        print0(f"--resume: no checkpoint in {folder} yet, starting from scratch")
-    if resuming:
-        step = checkpoint.resolve_step(folder, args.resume_from_step if args.resume_from_step >= 0 else None)
-        meta = checkpoint.load_meta(folder, step)
-        if meta["model_config"] != config.to_dict():
-            changed = [k for k, v in config.to_dict().items() if meta["model_config"].get(k) != v]
-            raise UserError(f"checkpoint {folder.name} step {step} has another model config ({', '.join(changed)} "
-                            f"differ): use the flags it was trained with, or another --model-tag")
-        model.load_state_dict(checkpoint.load_model_state(folder, step, device))
-        optimizer.load_state_dict(checkpoint.load_rank_state(folder, step, "optim", rank, device))
+    resumed_at = checkpoint.resume_point(folder, args.resume, args.resume_from_step, "from scratch")
+    if resumed_at is not None:
+        step = resumed_at
+        meta = checkpoint.resume_training(folder, step, config.to_dict(), model, optimizer, rank, device)
         loader_state = checkpoint.load_rank_state(folder, step, "loader", rank)
         loop.update(meta["loop_state"])
-        print0(f"resuming {folder} from step {step}")
-    elif folder.exists() and checkpoint.saved_steps(folder):
-        raise UserError(f"{folder} already holds checkpoints: pass --resume to continue it, or pick a new "
-                        f"--model-tag")
 
     print_plan(model, plan, args, world, device)
     use_compile = args.compile == "on" or (args.compile == "auto" and device.type == "cuda")
@@ -226,10 +214,10 @@ def main(args):
     peak = peak_flops(device)
     folder.mkdir(parents=True, exist_ok=True)
     metrics_path = folder / "metrics.jsonl"
-    log = RunLog(metrics_path, step if resuming else None, args.wandb, tag, user_config)
+    log = RunLog(metrics_path, resumed_at, args.wandb, tag, user_config)
     stop = StopRequest()
     bar = progress(total=plan.num_steps, initial=step, desc="train", unit="step")
-    num_steps, resumed_at = plan.num_steps, step if resuming else None
+    num_steps = plan.num_steps
 
     def save(step):
         meta = {"step": step, "val_bpb": loop["val_bpb"], "model_config": config.to_dict(), "user_config": user_config,

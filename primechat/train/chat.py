@@ -207,23 +207,13 @@ def main(args):
     step, loader_state = 0, None
     loop = {"progress": 0.0, "smooth_loss": 0.0, "training_time": 0.0, "val_bpb": None, "min_val_bpb": float("inf"),
             "metrics": {}}
-    resuming = args.resume_from_step >= 0 or (args.resume and folder.exists() and checkpoint.saved_steps(folder))
-    if args.resume and not resuming:
-        print0(f"--resume: no checkpoint in {folder} yet, starting from {args.source} {source_tag}")
-    if resuming:
-        step = checkpoint.resolve_step(folder, args.resume_from_step if args.resume_from_step >= 0 else None)
-        meta = checkpoint.load_meta(folder, step)
-        if meta["model_config"] != source_meta["model_config"]:
-            raise UserError(f"{folder} step {step} holds another model than {args.source} {source_tag}: pick "
-                            f"another --model-tag")
-        model.load_state_dict(checkpoint.load_model_state(folder, step, device))
-        optimizer.load_state_dict(checkpoint.load_rank_state(folder, step, "optim", rank, device))
+    resumed_at = checkpoint.resume_point(folder, args.resume, args.resume_from_step,
+                                         f"from {args.source} {source_tag}")
+    if resumed_at is not None:
+        step = resumed_at
+        meta = checkpoint.resume_training(folder, step, source_meta["model_config"], model, optimizer, rank, device)
         loader_state = checkpoint.load_rank_state(folder, step, "loader", rank)
         loop.update(meta["loop_state"])
-        print0(f"resuming {folder} from step {step}")
-    elif folder.exists() and checkpoint.saved_steps(folder):
-        raise UserError(f"{folder} already holds checkpoints: pass --resume to continue it, or pick a new "
-                        f"--model-tag")
     elif args.load_optimizer and warm_start(optimizer, source_folder, source_meta["step"], rank, device):
         print0(f"optimizer state warm-started from {args.source} {source_tag} step {source_meta['step']}")
     elif args.load_optimizer:
@@ -255,10 +245,9 @@ def main(args):
         for name in ("tokenizer.pkl", "token_bytes.pt"):
             shutil.copy2(source_folder / name, folder / name)
     metrics_path = folder / "metrics.jsonl"
-    log = RunLog(metrics_path, step if resuming else None, args.wandb, f"{stage}-{source_tag}", user_config)
+    log = RunLog(metrics_path, resumed_at, args.wandb, f"{stage}-{source_tag}", user_config)
     stop = StopRequest()
     bar = progress(total=100, initial=round(100 * loop["progress"]), desc=stage, unit="%")
-    resumed_at = step if resuming else None
 
     def run_progress() -> float:
         if args.num_iterations > 0:

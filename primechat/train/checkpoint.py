@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from primechat.common import UserError, atomic_path, home_dir
+from primechat.common import UserError, atomic_path, home_dir, print0
 
 STAGE_DIRS = {"base": "base_checkpoints", "mid": "mid_checkpoints", "sft": "chatsft_checkpoints",
               "rl": "chatrl_checkpoints"}
@@ -61,6 +61,33 @@ def resolve_step(folder: Path, step: int | None) -> int:
     if step not in steps:
         raise UserError(f"no checkpoint at step {step} in {folder}; saved steps: {', '.join(map(str, steps))}")
     return step
+
+
+def resume_point(folder: Path, resume: bool, resume_from_step: int, fresh_start: str) -> int | None:
+    """The saved step a training run continues from: --resume-from-step S, else the latest with --resume. None
+    starts a new run, which must not write over an existing one (fresh_start says where it starts from)."""
+    has_steps = folder.exists() and bool(saved_steps(folder))
+    if resume_from_step >= 0 or (resume and has_steps):
+        return resolve_step(folder, resume_from_step if resume_from_step >= 0 else None)
+    if resume:
+        print0(f"--resume: no checkpoint in {folder} yet, starting {fresh_start}")
+    elif has_steps:
+        raise UserError(f"{folder} already holds checkpoints: pass --resume to continue it, or pick a new "
+                        f"--model-tag")
+    return None
+
+
+def resume_training(folder: Path, step: int, model_config: dict, model, optimizer, rank: int, device) -> dict:
+    """Load a saved step's model and this rank's optimizer shard into a run built for model_config; its meta."""
+    meta = load_meta(folder, step)
+    if meta["model_config"] != model_config:
+        changed = [k for k, v in model_config.items() if meta["model_config"].get(k) != v]
+        raise UserError(f"checkpoint {folder} step {step} has another model config ({', '.join(changed)} differ): "
+                        f"use the settings it was trained with, or another --model-tag")
+    model.load_state_dict(load_model_state(folder, step, device))
+    optimizer.load_state_dict(load_rank_state(folder, step, "optim", rank, device))
+    print0(f"resuming {folder} from step {step}")
+    return meta
 
 
 def default_tag(stage: str) -> str:

@@ -137,22 +137,12 @@ def main(args):
 
     step = 0
     loop = {"training_time": 0.0, "pass_at_k": {}, "mean_reward": None}
-    resuming = args.resume_from_step >= 0 or (args.resume and folder.exists() and checkpoint.saved_steps(folder))
-    if args.resume and not resuming:
-        print0(f"--resume: no checkpoint in {folder} yet, starting from {args.source} {source_tag}")
-    if resuming:
-        step = checkpoint.resolve_step(folder, args.resume_from_step if args.resume_from_step >= 0 else None)
-        meta = checkpoint.load_meta(folder, step)
-        if meta["model_config"] != source_meta["model_config"]:
-            raise UserError(f"{folder} step {step} holds another model than {args.source} {source_tag}: pick "
-                            f"another --model-tag")
-        model.load_state_dict(checkpoint.load_model_state(folder, step, device))
-        optimizer.load_state_dict(checkpoint.load_rank_state(folder, step, "optim", rank, device))
+    resumed_at = checkpoint.resume_point(folder, args.resume, args.resume_from_step,
+                                         f"from {args.source} {source_tag}")
+    if resumed_at is not None:
+        step = resumed_at
+        meta = checkpoint.resume_training(folder, step, source_meta["model_config"], model, optimizer, rank, device)
         loop.update(meta["loop_state"])
-        print0(f"resuming {folder} from step {step}")
-    elif folder.exists() and checkpoint.saved_steps(folder):
-        raise UserError(f"{folder} already holds checkpoints: pass --resume to continue it, or pick a new "
-                        f"--model-tag")
     print0(f"RL on {args.task}: {len(train_task):,} problems, {num_steps} steps × {args.examples_per_step} problems "
            f"× {args.num_samples} samples, from {args.source} {source_tag} step {source_meta['step']} on {device}")
 
@@ -161,10 +151,9 @@ def main(args):
     if master and (source_folder / "tokenizer.pkl").exists():  # an imported model's own tokenizer goes along
         tokenizer.save(folder)
     metrics_path = folder / "metrics.jsonl"
-    log = RunLog(metrics_path, step if resuming else None, args.wandb, f"rl-{source_tag}", user_config)
+    log = RunLog(metrics_path, resumed_at, args.wandb, f"rl-{source_tag}", user_config)
     stop = StopRequest()
     bar = progress(total=num_steps, initial=step, desc="rl", unit="step")
-    resumed_at = step if resuming else None
     per_rank = args.examples_per_step // world
     passes = args.num_samples // args.device_batch_size
 
