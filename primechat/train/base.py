@@ -27,7 +27,7 @@ from primechat.optim import build_optimizer
 from primechat.plots import plot_training_curves
 from primechat.tokenizer import load_tokenizer
 from primechat.train import checkpoint
-from primechat.train.loop import RunLog, StopRequest, out_of_memory, say
+from primechat.train.loop import RunLog, StopRequest, out_of_memory, refuse_float16, say
 
 SAMPLE_PROMPTS = ["The capital of France is", "The chemical symbol of gold is",
                   "If yesterday was Friday, then tomorrow will be", "The opposite of hot is",
@@ -182,9 +182,7 @@ def main(args):
     model.to_empty(device=device)
     model.init_weights()
     model.compute_dtype = compute_dtype(device.type)
-    if model.compute_dtype == torch.float16:
-        raise UserError("float16 training needs a gradient scaler, which primechat does not have yet: set "
-                        "PRIMECHAT_DTYPE=bfloat16 (GPUs since Ampere) or float32")
+    refuse_float16(model.compute_dtype)
     plan = make_plan(args, model, world)
     streams_per_rank = (args.data_streams or world) // world
     if streams_per_rank and plan.grad_accum % streams_per_rank:

@@ -31,7 +31,7 @@ from primechat.plots import plot_training_curves
 from primechat.tasks.mixture import load_mixture
 from primechat.train import checkpoint
 from primechat.train.base import B_REF
-from primechat.train.loop import RunLog, StopRequest, out_of_memory, say
+from primechat.train.loop import RunLog, StopRequest, out_of_memory, refuse_float16, say
 
 # Per stage: the stage it starts from, its mixture, schedule and evaluation cadence. For SFT from a base model (no
 # mid-training) nanochat's 2026 recipe starts higher and decays over half the run: SFT_FROM_BASE.
@@ -190,9 +190,7 @@ def main(args):
     source_folder = checkpoint.checkpoint_dir(args.source, source_tag)
     model, tokenizer, source_meta = checkpoint.load_model(args.source, source_tag, args.source_step, device,
                                                           train=True)
-    if model.compute_dtype == torch.float16:
-        raise UserError("float16 training needs a gradient scaler, which primechat does not have yet: set "
-                        "PRIMECHAT_DTYPE=bfloat16 (GPUs since Ampere) or float32")
+    refuse_float16(model.compute_dtype)
     settings = inherit(args, source_meta, world)
     mixture = load_mixture(args.mixture)
     train_set, val_set = mixture.train, mixture.val

@@ -5,6 +5,7 @@
 - RunLog: metrics.jsonl beside the checkpoints (rank 0 only), cut back to the resumed step so a resumed run's log
   reads as one run, mirrored to Weights & Biases when the user asked for it (--wandb PROJECT).
 - say: a console line from rank 0, printed above the progress bar.
+- refuse_float16, out_of_memory: the errors every loop gives for fp16 (no gradient scaler yet) and for OOM.
 """
 
 import json
@@ -67,6 +68,12 @@ class RunLog:
 def say(line: str):
     if is_master():
         tqdm.write(line)
+
+
+def refuse_float16(dtype: torch.dtype):
+    if dtype == torch.float16:
+        raise UserError("float16 training needs a gradient scaler, which primechat does not have yet: set "
+                        "PRIMECHAT_DTYPE=bfloat16 (GPUs since Ampere) or float32")
 
 
 def out_of_memory(device_batch_size: int) -> UserError:

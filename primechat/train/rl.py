@@ -31,7 +31,7 @@ from primechat.tasks.gsm8k import GSM8K
 from primechat.tasks.spelling import SpellingBee
 from primechat.tasks.words import load_words
 from primechat.train import checkpoint
-from primechat.train.loop import RunLog, StopRequest, out_of_memory, say
+from primechat.train.loop import RunLog, StopRequest, out_of_memory, refuse_float16, say
 
 # task -> split -> the problems (a generated task draws other examples for test than for train)
 RL_TASKS = {
@@ -121,9 +121,7 @@ def main(args):
     source_folder = checkpoint.checkpoint_dir(args.source, source_tag)
     model, tokenizer, source_meta = checkpoint.load_model(args.source, source_tag, args.source_step, device,
                                                           train=True)
-    if model.compute_dtype == torch.float16:
-        raise UserError("float16 training needs a gradient scaler, which primechat does not have yet: set "
-                        "PRIMECHAT_DTYPE=bfloat16 (GPUs since Ampere) or float32")
+    refuse_float16(model.compute_dtype)
     optimizer = build_optimizer(model, matrix_lr=args.matrix_lr, embedding_lr=args.embedding_lr,
                                 unembedding_lr=args.unembedding_lr, scalar_lr=args.scalar_lr, weight_decay=0.0)
     for group in optimizer.param_groups:
