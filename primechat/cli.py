@@ -34,6 +34,12 @@ COMMANDS = {
         "rl": ("reinforcement learning on GSM8K: sample answers, reward the right ones", "primechat.train.rl"),
     }),
     "speedrun": ("the whole pipeline in one resumable command, from a preset", "primechat.speedrun"),
+    "report": ("build the report card (Markdown and one self-contained HTML page) from every stage's section",
+               "primechat.report"),
+    "plan": ("before spending money: parameters, tokens, steps, memory per GPU, time and cost of a run",
+             "primechat.plan"),
+    "sweep": ("train a small grid of base models (depth, horizon, batch, vocabulary) and compare val bpb with compute",
+              "primechat.sweep"),
     "eval": ("evaluate a model", {
         "base": ("evaluate a base model: bits per byte, CORE, samples", "primechat.eval.base"),
         "chat": ("evaluate a chat model: ARC, MMLU, GSM8K, HumanEval, SpellingBee, ChatCORE", "primechat.eval.chat"),

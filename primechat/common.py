@@ -157,6 +157,16 @@ PEAK_BANDWIDTH = [("GH200", 4.0e12), ("H200", 4.8e12), ("H100 PCIe", 2.0e12), ("
                   ("A10G", 0.6e12), ("A10", 0.6e12), ("RTX 4090", 1.008e12), ("RTX 3090", 0.936e12)]
 
 
+# On-demand cloud price per GPU-hour in US$, for cost estimates (report card, planner); --price overrides. H100, A100
+# and V100 are nanochat's report figures; H200 has none there and takes a typical late-2026 rate.
+GPU_HOURLY_PRICE = [("H200", 3.50), ("H100", 3.00), ("A100", 1.79), ("V100", 0.55)]
+DEFAULT_GPU_HOURLY_PRICE = 2.00
+
+
+def gpu_hourly_price(gpu_name: str) -> float:
+    return next((price for key, price in GPU_HOURLY_PRICE if key in gpu_name), DEFAULT_GPU_HOURLY_PRICE)
+
+
 def _datasheet(device, table) -> float | None:
     """The device's entry in a datasheet table, or None where unknown (CPU, MPS, unlisted GPUs: the ratio that needs
     it is then not shown)."""
