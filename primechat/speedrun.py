@@ -5,6 +5,10 @@ Stages run in order as subprocesses; with several GPUs, stages marked `distribut
 them. A stage that exits 0 is recorded in <home>/speedrun/<preset>.json and skipped when the speedrun is run
 again, so after a crash or Ctrl-C the same command continues where it stopped (training stages pass `--resume`,
 which continues from the last checkpoint). Everything printed also goes to a log file per run.
+
+A new run (no state file yet, or --restart) starts a new report card: the previous card's sections are archived and
+the environment header written. Each stage's time goes into the card's "Speedrun" section, summed over resumes, so
+the card's wall clock counts the time spent running, not the hours a stopped run sat waiting.
 """
 
 import datetime
@@ -17,6 +21,7 @@ from pathlib import Path
 
 import yaml
 
+from primechat import report
 from primechat.cli import COMMANDS
 from primechat.common import CONFIGS_DIR, UserError, atomic_path, home_dir
 
@@ -52,7 +57,20 @@ def main(args):
 
     name, preset = load_preset(args.preset)
     state_path = home_dir() / "speedrun" / f"{name}.json"
-    done = [] if args.restart or not state_path.exists() else json.loads(state_path.read_text())["completed"]
+    if args.restart or not state_path.exists():
+        state = {"completed": [], "seconds": {}}
+        report.reset()
+    else:
+        state = json.loads(state_path.read_text())
+    done, seconds = state["completed"], state.setdefault("seconds", {})
+
+    def record(stage: str, elapsed: float):
+        seconds[stage] = seconds.get(stage, 0.0) + elapsed
+        with atomic_path(state_path) as tmp:
+            tmp.write_text(json.dumps(state, indent=2))
+        report.log_section("Speedrun", {"preset": name, **{k: round(v) for k, v in seconds.items()},
+                                        "total seconds": round(sum(seconds.values()))})
+
     log_path = home_dir() / "speedrun" / f"{name}-{datetime.datetime.now():%Y%m%d-%H%M%S}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     num_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
@@ -79,14 +97,15 @@ def main(args):
                 finally:
                     signal.signal(signal.SIGTERM, signal.SIG_DFL)
                     signal.signal(signal.SIGINT, signal.default_int_handler)
+            elapsed = (datetime.datetime.now() - started).total_seconds()
             if proc.returncode in (128 + signal.SIGINT, 128 + signal.SIGTERM, -signal.SIGINT, -signal.SIGTERM):
+                record(stage["name"], elapsed)
                 print(f"== {stage['name']}: stopped; run the same command again to continue", flush=True)
                 raise SystemExit(proc.returncode if proc.returncode > 0 else 128 - proc.returncode)
             if proc.returncode != 0:
                 raise UserError(f"stage {stage['name']} failed (exit {proc.returncode}); see {log_path}. Fix it and "
                                 f"run the same command again: completed stages are skipped")
             done.append(stage["name"])
-            with atomic_path(state_path) as tmp:
-                tmp.write_text(json.dumps({"completed": done}, indent=2))
-            print(f"== {stage['name']}: done in {(datetime.datetime.now() - started).total_seconds():.0f}s")
+            record(stage["name"], elapsed)
+            print(f"== {stage['name']}: done in {elapsed:.0f}s")
     print(f"speedrun {name}: all {len(preset['stages'])} stages complete")

@@ -96,11 +96,78 @@ def test_shipped_presets_are_valid_command_lines():
     from primechat.common import CONFIGS_DIR
 
     presets = [p for p in CONFIGS_DIR.glob("*.yaml") if "stages" in yaml.safe_load(p.read_text())]
-    assert any(p.stem == "demo" for p in presets)
+    assert {"demo", "cpu", "d20", "gpt2", "d32"} <= {p.stem for p in presets}
     for path in presets:
+        assert yaml.safe_load(path.read_text())["stages"][-1]["run"] == "report", f"{path.name} ends without a card"
         for stage in yaml.safe_load(path.read_text())["stages"]:
             words = shlex.split(stage["run"])
             try:
                 build_parser(words).parse_args(words)
             except SystemExit:
                 raise AssertionError(f"{path.name}: stage {stage['name']}: `primechat {stage['run']}` does not parse")
+
+
+# Flags appended to the demo preset's stages (argparse keeps the last value of a flag): the same pipeline, tiny.
+SHRINK_DEMO = {
+    "data": "",
+    "tokenizer": "--vocab-size 300 --max-chars 300000",
+    "tokenizer-eval": "",
+    "base": "--depth 1 --aspect-ratio 32 --head-dim 16 --max-seq-len 128 --device-batch-size 2 --total-batch-size 256 "
+            "--num-iterations 20 --warmup-steps 2 --eval-every 10 --eval-tokens 512 --save-every 10",
+    "base-eval": "--device-batch-size 2 --split-tokens 512",
+    "mid": "--num-iterations 60 --eval-every 30 --eval-tokens 512 --metrics-max-problems 4 --save-every 5",
+    "mid-eval": "-x 4 -m 16",
+    "sft": "--num-iterations 4 --eval-every 2 --eval-tokens 512 --metrics-max-problems 4 --save-every 2",
+    "sft-eval": "-x 4 -m 16",
+    "rl": "--examples-per-step 2 --num-samples 2 --max-new-tokens 16 --num-iterations 2 --eval-every 1 "
+          "--eval-examples 4 --eval-samples 2 --save-every 1",
+    "rl-eval": "-x 4 -m 16",
+    "report": "",
+}
+
+
+def test_demo_preset_end_to_end_stopped_and_resumed(home, cli, tmp_path):
+    """The shipped demo pipeline at toy size: stopped (SIGTERM) in the middle of mid-training, run again, it finishes
+    every stage and leaves a report card with every stage's section, the summary and the pictures."""
+    import re
+
+    import yaml
+
+    from primechat.common import CONFIGS_DIR
+
+    preset = yaml.safe_load((CONFIGS_DIR / "demo.yaml").read_text())
+    assert [s["name"] for s in preset["stages"]] == list(SHRINK_DEMO), "a demo stage changed: update SHRINK_DEMO"
+    for stage in preset["stages"]:
+        stage["run"] = f"{stage['run']} {SHRINK_DEMO[stage['name']]}".strip()
+    path = tmp_path / "tiny-demo.yaml"
+    path.write_text(yaml.safe_dump(preset))
+
+    proc = cli.popen("speedrun", "--preset", path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    mid = home / "mid_checkpoints" / "d1"
+    deadline = time.time() + 240
+    while not list(mid.glob("meta_*.json")):  # mid-training has saved its first checkpoint
+        assert proc.poll() is None and time.time() < deadline, proc.stdout.read()
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, out
+    assert json.loads((home / "speedrun" / "tiny-demo.json").read_text())["completed"][-1] == "base-eval"
+    stopped_at = max(json.loads(f.read_text())["step"] for f in mid.glob("meta_*.json"))
+    assert stopped_at < 60
+
+    done = cli.run("speedrun", "--preset", path, timeout=600)
+    assert done.code == 0, done.out + done.err
+    assert f"from step {stopped_at}" in done.out
+    assert json.loads((home / "speedrun" / "tiny-demo.json").read_text())["completed"] == list(SHRINK_DEMO)
+    assert (mid / "meta_000060.json").exists()
+
+    card = (home / "report" / "report.md").read_text()
+    for title in ("Environment", "Tokenizer training", "Tokenizer evaluation", "Base model training",
+                  "Base model loss", "Midtraining", "Chat evaluation mid", "Chat SFT", "Chat evaluation sft",
+                  "Chat RL", "Chat evaluation rl", "Speedrun", "Summary"):
+        assert f"## {title}" in card, title
+    pictures = re.findall(r"!\[[^\]]*\]\(([^)]+\.png)\)", card)
+    assert len(pictures) >= 5  # a loss curve per training stage (base, mid, SFT, RL) and the eval scores' chart
+    for name in pictures:
+        assert (home / "report" / name).read_bytes().startswith(b"\x89PNG")
+    assert "data:image/png;base64," in (home / "report" / "report.html").read_text()

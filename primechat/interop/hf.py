@@ -280,6 +280,11 @@ def export_hf(out, stage: str = "sft", tag: str | None = None, step: int | None 
 
 def add_arguments(p) -> None:
     p.add_argument("out", help="folder to write (created if missing)")
+    add_model_arguments(p)
+
+
+def add_model_arguments(p) -> None:
+    """Which checkpoint to export, and in which dtype (shared with `primechat push`)."""
     p.add_argument("-i", "--source", choices=list(STAGE_DIRS), default="sft", help="which stage's model")
     p.add_argument("-g", "--model-tag", help="checkpoint tag (default: the stage's deepest d<N>)")
     p.add_argument("-s", "--step", type=int, help="checkpoint step (default: the latest)")

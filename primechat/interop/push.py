@@ -10,8 +10,7 @@ import tempfile
 from pathlib import Path
 
 from primechat.common import UserError, home_dir
-from primechat.interop.hf import export_hf
-from primechat.train.checkpoint import STAGE_DIRS
+from primechat.interop.hf import add_model_arguments, export_hf
 
 STAGE_NAMES = {"base": "base (pretrained) model", "mid": "mid-trained chat model", "sft": "chat model (SFT)",
                "rl": "chat model (SFT + RL on GSM8K)"}
@@ -99,11 +98,7 @@ def push(repo_id: str, stage: str = "sft", tag: str | None = None, step: int | N
 
 def add_arguments(p) -> None:
     p.add_argument("repo_id", help="Hub model repo, OWNER/NAME (created if missing)")
-    p.add_argument("-i", "--source", choices=list(STAGE_DIRS), default="sft", help="which stage's model")
-    p.add_argument("-g", "--model-tag", help="checkpoint tag (default: the stage's deepest d<N>)")
-    p.add_argument("-s", "--step", type=int, help="checkpoint step (default: the latest)")
-    p.add_argument("--dtype", choices=["bfloat16", "float32", "float16"], default="bfloat16",
-                   help="dtype of the uploaded weights")
+    add_model_arguments(p)
     p.add_argument("--private", action="store_true", help="create the repo private")
 
 

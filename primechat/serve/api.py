@@ -333,6 +333,56 @@ def create_app(settings: Settings, pool: WorkerPool | None = None) -> FastAPI:
         return _sse({"error": {"message": error.message, "type": error.type, "param": error.param,
                                "code": error.code}})
 
+    def choice(chat: bool, index: int, text: str, reason: str | None, streamed: bool) -> dict:
+        """One choice of a reply: chat replies carry a message (a delta when streamed), completions plain text."""
+        if not chat:
+            content = {"text": text}
+        elif streamed:
+            content = {"delta": {"content": text} if text else {}}
+        else:
+            content = {"message": {"role": "assistant", "content": text}}
+        return {"index": index, **content, "logprobs": None, "finish_reason": reason}
+
+    async def reply(job: Job, body, n: int, chat: bool):
+        """The job's result in OpenAI's shape: one JSON object, or SSE chunks ending in [DONE] when body.stream."""
+        reply_id, created = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}", int(time.time())
+        kind = "chat.completion" if chat else "text_completion"
+        if not body.stream:
+            texts, reasons, stats = await collect(job, n)
+            return {"id": reply_id, "object": kind, "created": created, "model": job.ref.id,
+                    "choices": [choice(chat, i, text, reason, streamed=False)
+                                for i, (text, reason) in enumerate(zip(texts, reasons))],
+                    "usage": stats["usage"], "timings": stats["timings"]}
+
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+
+        def chunk(choices, **extra) -> bytes:
+            obj = {"id": reply_id, "object": f"{kind}.chunk" if chat else kind, "created": created,
+                   "model": job.ref.id, "choices": choices}
+            if include_usage:
+                obj["usage"] = None
+            return _sse({**obj, **extra})
+
+        async def body_stream():
+            try:
+                for i in range(n if chat else 0):  # chat streams open each choice with the assistant's role
+                    yield chunk([{"index": i, "delta": {"role": "assistant"}, "logprobs": None,
+                                  "finish_reason": None}])
+                async for event in events(job):
+                    if event[0] == "text":
+                        yield chunk([choice(chat, event[1], event[2], None, streamed=True)])
+                    elif event[0] == "finish":
+                        yield chunk([choice(chat, event[1], "", event[2], streamed=True)])
+                    elif event[0] == "error":
+                        yield stream_error(event[1])
+                    elif event[0] == "done" and include_usage:
+                        yield chunk([], usage=event[1]["usage"], timings=event[1]["timings"])
+                yield b"data: [DONE]\n\n"
+            finally:
+                job.cancel()  # the client went away (or we are done): the worker stops at the next token
+
+        return streaming(body_stream())
+
     # ---- the page ----
 
     @app.get("/", include_in_schema=False)
@@ -376,44 +426,7 @@ def create_app(settings: Settings, pool: WorkerPool | None = None) -> FastAPI:
 
         job = Job(ref, build_prompt, sampling, started)
         await start(job)
-        reply_id, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
-        if not body.stream:
-            texts, reasons, stats = await collect(job, sampling.n)
-            return {"id": reply_id, "object": "chat.completion", "created": created, "model": ref.id,
-                    "choices": [{"index": i, "message": {"role": "assistant", "content": text},
-                                 "logprobs": None, "finish_reason": reason}
-                                for i, (text, reason) in enumerate(zip(texts, reasons))],
-                    "usage": stats["usage"], "timings": stats["timings"]}
-
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
-
-        def chunk(choices, **extra) -> bytes:
-            obj = {"id": reply_id, "object": "chat.completion.chunk", "created": created, "model": ref.id,
-                   "choices": choices}
-            if include_usage:
-                obj["usage"] = None
-            return _sse({**obj, **extra})
-
-        async def body_stream():
-            try:
-                for i in range(sampling.n):
-                    yield chunk([{"index": i, "delta": {"role": "assistant"}, "logprobs": None,
-                                  "finish_reason": None}])
-                async for event in events(job):
-                    if event[0] == "text":
-                        yield chunk([{"index": event[1], "delta": {"content": event[2]}, "logprobs": None,
-                                      "finish_reason": None}])
-                    elif event[0] == "finish":
-                        yield chunk([{"index": event[1], "delta": {}, "logprobs": None, "finish_reason": event[2]}])
-                    elif event[0] == "error":
-                        yield stream_error(event[1])
-                    elif event[0] == "done" and include_usage:
-                        yield chunk([], usage=event[1]["usage"], timings=event[1]["timings"])
-                yield b"data: [DONE]\n\n"
-            finally:
-                job.cancel()  # the client went away (or we are done): the worker stops at the next token
-
-        return streaming(body_stream())
+        return await reply(job, body, sampling.n, chat=True)
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest):
@@ -431,40 +444,7 @@ def create_app(settings: Settings, pool: WorkerPool | None = None) -> FastAPI:
         sampling = _sampling(body, settings)
         job = Job(ref, lambda tokenizer: tokenizer.encode(prompt, prepend="<|bos|>"), sampling, started)
         await start(job)
-        reply_id, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
-        if not body.stream:
-            texts, reasons, stats = await collect(job, sampling.n)
-            return {"id": reply_id, "object": "text_completion", "created": created, "model": ref.id,
-                    "choices": [{"index": i, "text": text, "logprobs": None, "finish_reason": reason}
-                                for i, (text, reason) in enumerate(zip(texts, reasons))],
-                    "usage": stats["usage"], "timings": stats["timings"]}
-
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
-
-        def chunk(choices, **extra) -> bytes:
-            obj = {"id": reply_id, "object": "text_completion", "created": created, "model": ref.id,
-                   "choices": choices}
-            if include_usage:
-                obj["usage"] = None
-            return _sse({**obj, **extra})
-
-        async def body_stream():
-            try:
-                async for event in events(job):
-                    if event[0] == "text":
-                        yield chunk([{"index": event[1], "text": event[2], "logprobs": None,
-                                      "finish_reason": None}])
-                    elif event[0] == "finish":
-                        yield chunk([{"index": event[1], "text": "", "logprobs": None, "finish_reason": event[2]}])
-                    elif event[0] == "error":
-                        yield stream_error(event[1])
-                    elif event[0] == "done" and include_usage:
-                        yield chunk([], usage=event[1]["usage"], timings=event[1]["timings"])
-                yield b"data: [DONE]\n\n"
-            finally:
-                job.cancel()
-
-        return streaming(body_stream())
+        return await reply(job, body, sampling.n, chat=False)
 
     # ---- nanochat's endpoints ----
 
