@@ -1,5 +1,6 @@
-"""Pictures of training: a per-step series (train loss) and an evaluation series (validation bits per byte) against
-steps, from a run's metrics.jsonl; RL draws its reward and pass@1 the same way."""
+"""Pictures for training and the report card: a per-step series (train loss) and an evaluation series (validation
+bits per byte) against steps, from a run's metrics.jsonl (RL draws its reward and pass@1 the same way); and grouped
+bars of evaluation scores by stage."""
 
 import json
 
@@ -31,6 +32,30 @@ def plot_training_curves(metrics_path, png_path, title: str = "training",
         ax.legend(loc="upper right")
     ax.set_title(title)
     ax.grid(alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(png_path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
+def plot_grouped_bars(values: dict, series: list, png_path, title: str = "", ylabel: str = ""):
+    """values: {group: {series: value}}; one cluster of bars per group along x, one colour per series (in `series`'
+    order), each bar labelled with its value. A missing value leaves a gap, so clusters stay aligned."""
+    width = min(12.0, max(4.5, 2 + 0.6 * len(values) * max(1, len(series)) ** 0.5))  # grows with bars, up to a page
+    fig, ax = plt.subplots(figsize=(width, 4.5), dpi=100)
+    bar = 0.8 / max(1, len(series))
+    for i, name in enumerate(series):
+        points = [(x + (i - (len(series) - 1) / 2) * bar, group[name])
+                  for x, group in enumerate(values.values()) if name in group]
+        if points:
+            bars = ax.bar(*zip(*points), width=bar, label=name)
+            ax.bar_label(bars, fmt="%.2f", fontsize=7, padding=1)
+    ax.set_xticks(range(len(values)), list(values), rotation=20 if len(values) > 5 else 0)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.margins(y=0.15)  # room for the labels above the tallest bar
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend()
     fig.tight_layout()
     with atomic_path(png_path) as tmp:
         fig.savefig(tmp, format="png")

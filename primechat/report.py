@@ -13,7 +13,6 @@ can parse the numbers back.
 Section text can hold model samples, so the HTML page shows raw HTML in it as text, never as markup.
 """
 
-import argparse
 import base64
 import datetime
 import os
@@ -21,7 +20,6 @@ import platform
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 from primechat.common import UserError, atomic_path, gpu_hourly_price, home_dir, is_master
@@ -90,7 +88,7 @@ def git_lines() -> list[str]:
         branch = _git("rev-parse", "--abbrev-ref", "HEAD")
         commit = _git("rev-parse", "--short", "HEAD")
         dirty = "dirty" if _git("status", "--porcelain") else "clean"
-        message = _git("log", "-1", "--format=%s")[:80]
+        message = _git("log", "-1", "--format=%s")[:80].rstrip()
     except (OSError, subprocess.SubprocessError):  # no git installed, or primechat is not in a checkout
         return ["- git: not a git checkout"]
     return [f"- branch: {branch}", f"- commit: {commit} ({dirty})", f"- message: {message}"]
@@ -150,9 +148,10 @@ def header_markdown(run_started: str | None) -> str:
              "### Git", "", *git_lines(), "", "### Hardware", "", *hardware_lines(), "",
              "### Software", "", f"- Python: {platform.python_version()}", f"- PyTorch: {torch.__version__}", "",
              "### Code size", "", *code_size_lines(), ""]
-    if run_started:
-        parts += [f"Run started: {run_started}", ""]
-    return "\n".join(parts + ["---", ""])
+    parts.append(f"Run started: {run_started}" if run_started else
+                 "Run started: not recorded (no header.md was written at the start: this environment is the machine "
+                 "that wrote the card)")
+    return "\n".join(parts + ["", "---", ""])
 
 
 def reset() -> Path | None:
@@ -245,7 +244,7 @@ def summary_table(sections: dict[str, str]) -> str:
         notes.insert(0, "¹ each stage on its own validation data (pretraining text, then the chat mixtures), "
                         "so the figures compare runs, not stages.")
     columns = [column for column, _, _ in STAGES.values()]
-    lines = [f"| Metric | {' | '.join(columns)} |", "|---" * (len(columns) + 1) + "|"]
+    lines = [f"| Metric | {' | '.join(columns)} |", "|---|" + "---:|" * len(columns)]  # numbers right-aligned
     for label, values in rows.items():
         lines.append(f"| {label} | " + " | ".join(f"{values[s]:.4f}" if s in values else "-" for s in STAGES) + " |")
     return "\n".join(lines + [""] + [f"- {note}" for note in notes])
@@ -266,8 +265,8 @@ def wall_clock(header: str, sections: dict[str, str]) -> tuple[float | None, str
         return (max(stamps) - started).total_seconds(), "from `Run started` to the last section"
     if len(stamps) > 1:
         return ((max(stamps) - min(stamps)).total_seconds(),
-                "at least: from the first section to the last, as no `Run started` was recorded "
-                "(`primechat report --reset` records it)")
+                "at least: first to last section, the start was not recorded; `primechat report --reset` before "
+                "a run records it")
     return None, "unknown"
 
 
@@ -278,7 +277,7 @@ def hourly_rate(header: str, price: float | None) -> tuple[float, str]:
     count = int(_number(values.get("gpu count")) or 0)
     if count:
         per_gpu = price if price is not None else gpu_hourly_price(values.get("gpus", "").partition("× ")[2])
-        return count * per_gpu, f"{count} GPU × ${per_gpu:.2f}"
+        return count * per_gpu, f"{count} × ${per_gpu:.2f} per GPU"
     if price is not None:
         return price, "this machine, --price"
     return 0.0, "CPU"
@@ -296,7 +295,7 @@ def time_and_cost_lines(header: str, sections: dict[str, str], price: float | No
     rate, basis = hourly_rate(header, price)
     hours = seconds / 3600
     cost = "$0 (CPU)" if basis == "CPU" else f"${hours * rate:,.2f} ({hours:.2f} h × ${rate:.2f}/h: {basis})"
-    return [f"- Total wall-clock time: {_duration(seconds)} ({seconds:,.0f} s, {how})", f"- Estimated cost: {cost}"]
+    return [f"- Total wall-clock time: {_duration(seconds)} ({seconds:,.0f} s; {how})", f"- Estimated cost: {cost}"]
 
 
 def _stage_tag(stage: str, section: str) -> str | None:
@@ -314,12 +313,19 @@ def _stage_tag(stage: str, section: str) -> str | None:
 
 
 def draw_pictures(folder: Path, sections: dict[str, str]) -> list[tuple[str, str]]:
-    """PNGs in the report folder: a curve per training stage that has a section and a metrics.jsonl, and a bar
-    chart of the scores. Returns (caption, file name) pairs."""
+    """PNGs in the report folder: a bar chart of the scores, and a curve per training stage that has a section and a
+    metrics.jsonl. Returns (caption, file name) pairs."""
     from primechat.plots import plot_grouped_bars, plot_training_curves
     from primechat.train.checkpoint import STAGE_DIRS
 
     pictures = []
+    rows, _ = scores(sections)
+    if rows:  # first, beside the table it draws
+        present = [s for s in STAGES if any(s in values for values in rows.values())]
+        plot_grouped_bars({label: {STAGES[s][0]: v for s, v in values.items()} for label, values in rows.items()},
+                          [STAGES[s][0] for s in present], folder / "scores.png", title="evaluation scores",
+                          ylabel="score")
+        pictures.append(("evaluation scores by stage", "scores.png"))
     for stage, (column, training, series) in STAGES.items():
         tag = _stage_tag(stage, sections[training]) if training in sections else None
         metrics = home_dir() / STAGE_DIRS[stage] / tag / "metrics.jsonl" if tag else None
@@ -329,13 +335,6 @@ def draw_pictures(folder: Path, sections: dict[str, str]) -> list[tuple[str, str
             plot_training_curves(metrics, folder / name, title=f"{column} {tag}", **left_right)
             what = "reward and pass@1" if series else "training loss and validation bits per byte"
             pictures.append((f"{column} ({tag}): {what}", name))
-    rows, _ = scores(sections)
-    if rows:
-        present = [s for s in STAGES if any(s in values for values in rows.values())]
-        plot_grouped_bars({label: {STAGES[s][0]: v for s, v in values.items()} for label, values in rows.items()},
-                          [STAGES[s][0] for s in present], folder / "scores.png", title="evaluation scores",
-                          ylabel="score")
-        pictures.append(("evaluation scores by stage", "scores.png"))
     return pictures
 
 
@@ -398,8 +397,7 @@ def generate(price: float | None = None) -> tuple[Path, Path, str]:
     if header_path.exists():
         header = header_path.read_text()
     else:  # sections from before any reset: describe this machine, with no start time
-        header = header_markdown(run_started=None) + "\n(no header.md: the environment is the machine that wrote this "\
-                                                     "card, which may not be the one that trained)\n"
+        header = header_markdown(run_started=None)
     summary = "\n".join([summary_table(sections), *time_and_cost_lines(header, sections, price)])
     md_path, html_path = folder / "report.md", folder / "report.html"
     if not is_master():

@@ -119,7 +119,7 @@ SHRINK_DEMO = {
     "mid-eval": "-x 4 -m 16",
     "sft": "--num-iterations 4 --eval-every 2 --eval-tokens 512 --metrics-max-problems 4 --save-every 2",
     "sft-eval": "-x 4 -m 16",
-    "rl": "--examples-per-step 2 --num-samples 2 --max-new-tokens 16 --num-iterations 2 --eval-every 1 "
+    "rl": "--examples-per-step 2 --num-samples 2 --device-batch-size 2 --max-new-tokens 16 --num-iterations 2 --eval-every 1 "
           "--eval-examples 4 --eval-samples 2 --save-every 1",
     "rl-eval": "-x 4 -m 16",
     "report": "",
