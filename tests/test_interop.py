@@ -281,6 +281,8 @@ def test_push_then_pull_round_trips_through_the_hub(home, fake_hub, tokenizer, c
     card = (repo / "README.md").read_text()
     assert "library_name: transformers" in card and "primechat pull me/tiny-chat" in card
     assert "ARC-Easy: 0.4321" in card and "0.9877" in card
+    assert "| Metric | BASE | MID | SFT | RL |" in card  # the report card's summary table
+    assert any(line.startswith("| ARC-Easy ") and "0.4321" in line for line in card.splitlines())
     assert run(push, "me/tiny-chat", "--dtype", "float32") == 0  # pushing again updates the existing repo
 
     assert run(pull, "me/tiny-chat") == 0

@@ -9,23 +9,26 @@ through huggingface_hub, so HF_TOKEN, HF_ENDPOINT and `hf auth login` work as us
 import tempfile
 from pathlib import Path
 
-from primechat.common import UserError, home_dir
+from primechat import report
+from primechat.common import UserError
 from primechat.interop.hf import add_model_arguments, export_hf
 
 STAGE_NAMES = {"base": "base (pretrained) model", "mid": "mid-trained chat model", "sft": "chat model (SFT)",
                "rl": "chat model (SFT + RL on GSM8K)"}
 
 
-def report_sections() -> list[str]:
-    """The report card's sections (report/*.md) as Markdown, headings one level down, timestamps dropped."""
-    folder = home_dir() / "report"
-    sections = []
-    for path in sorted(folder.glob("*.md")) if folder.is_dir() else []:
-        if path.name in ("header.md", "report.md"):
-            continue
-        lines = [line for line in path.read_text().splitlines() if not line.startswith("timestamp:")]
-        sections.append("\n".join("#" + line if line.startswith("#") else line for line in lines).strip())
-    return sections
+def report_card() -> list[str]:
+    """The home's report card for the model card: the summary table, then each section (headings one level down,
+    timestamps dropped)."""
+    sections = report.read_sections()
+    if not sections:
+        return []
+    lines = ["### Summary", "", report.summary_table(sections), ""]
+    for text in sections.values():
+        lines += ["#" + line if line.startswith("#") else line for line in text.splitlines()
+                  if not line.startswith("timestamp:")]
+        lines.append("")
+    return lines
 
 
 def model_card(repo_id: str, info: dict) -> str:
@@ -65,9 +68,9 @@ def model_card(repo_id: str, info: dict) -> str:
               "plain generation does not run the tool.", "",
               "## Use it with primechat", "", "```bash", f"primechat pull {repo_id}",
               f"primechat chat -i {info['stage']} -g {repo_id.split('/')[-1]}", "```", ""]
-    sections = [] if imported else report_sections()  # the home's report card describes a model trained here
-    if sections:
-        lines += ["## Report card", "", *[s + "\n" for s in sections]]
+    card = [] if imported else report_card()  # the home's report card describes a model trained here
+    if card:
+        lines += ["## Report card", "", *card]
     lines += ["## Limitations", "",
               "A small model: it makes things up, gets facts and arithmetic wrong and should not be relied on.", ""]
     return "\n".join(lines)
