@@ -22,7 +22,7 @@ from primechat.common import UserError, compute_cleanup, compute_dtype, compute_
 from primechat.data.loader import DataParallelLoader, PretrainLoader
 from primechat.data.shards import DEFAULT_DATASET, list_shards
 from primechat.eval.loss import evaluate_bpb
-from primechat.model import GPT, config_for_depth
+from primechat.model import GPT, GPTConfig, config_for_depth
 from primechat.optim import build_optimizer
 from primechat.plots import plot_training_curves
 from primechat.tokenizer import load_tokenizer
@@ -85,10 +85,15 @@ class Plan:
     flops_per_token: float
 
 
+def model_config(args, vocab_size: int, depth: int | None = None) -> GPTConfig:
+    """The model the flags describe (at another depth if given); `primechat plan` builds the same one."""
+    return config_for_depth(args.depth if depth is None else depth, vocab_size, args.max_seq_len, args.aspect_ratio,
+                            args.head_dim, args.window_pattern)
+
+
 def scaling_params(depth: int, args, vocab_size: int) -> int:
     with torch.device("meta"):
-        model = GPT(config_for_depth(depth, vocab_size, args.max_seq_len, args.aspect_ratio, args.head_dim,
-                                     args.window_pattern))
+        model = GPT(model_config(args, vocab_size, depth))
     return model.num_params()["scaling"]
 
 
@@ -96,6 +101,9 @@ def make_plan(args, model: GPT, world: int) -> Plan:
     n_scaling = model.num_params()["scaling"]
     flops_per_token = model.estimate_flops()
     data_ratio = n_scaling / scaling_params(DEPTH_REF, args, model.config.vocab_size)  # D / D_ref at equal ratio
+    if args.device_batch_size < 1 or args.max_seq_len < 1:
+        raise UserError(f"--device-batch-size {args.device_batch_size} and --max-seq-len {args.max_seq_len} "
+                        f"must be positive")
     tokens_per_pass = args.device_batch_size * args.max_seq_len * world
     if args.total_batch_size > 0:
         total_batch = args.total_batch_size
@@ -172,8 +180,7 @@ def main(args):
     user_config = {k: v for k, v in vars(args).items() if not callable(v)}
     tokenizer = load_tokenizer()
     train_paths, val_path = list_shards(args.dataset)
-    config = config_for_depth(args.depth, tokenizer.vocab_size, args.max_seq_len, args.aspect_ratio, args.head_dim,
-                              args.window_pattern)
+    config = model_config(args, tokenizer.vocab_size)
     tag = args.model_tag or f"d{args.depth}"
     folder = checkpoint.checkpoint_dir("base", tag)
 
