@@ -8,7 +8,7 @@ point (`primechat sweep --depth 2,4 -- --warmup-steps 5`).
 
 Each point is an ordinary `primechat train base` in a subprocess. The tokenizer lives at <home>/tokenizer, so each
 vocabulary gets a private home <home>/sweeps/<name>/vocab-<N>/ (its own tokenizer, trained once; base_data linked to
-the main home's) and its points are checkpoint tags there. Without --vocab-size the points share vocab-home/, whose
+the main home's) and its points are checkpoint tags there. `--vocab-size home` points share vocab-home/, whose
 tokenizer is a link to the main home's.
 
 The whole grid is planned with train base's own arithmetic before anything trains, so a bad flag or a horizon of
@@ -27,7 +27,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from primechat.common import UserError, atomic_path, home_dir, tokenizer_dir
@@ -46,18 +46,18 @@ COLUMNS = ["vocab", "depth", "ratio", "total_batch", "params", "tokens", "steps"
 def add_arguments(p):
     p.add_argument("--name", default="default", help="the sweep's folder: <home>/sweeps/NAME/")
     p.add_argument("--depth", default="2,4", help="axis: model depths, a comma list")
-    p.add_argument("--ratio", default="2,4", help="axis: horizons, training tokens per scaling parameter "
+    p.add_argument("--ratio", default="4,8", help="axis: horizons, training tokens per scaling parameter "
                    "(train base's --target-param-data-ratio), a comma list")
     p.add_argument("--total-batch-size", default="4096", help="axis: tokens per optimizer step, a comma list "
                    "(each a multiple of device batch × seq len)")
-    p.add_argument("--vocab-size", default="", help="axis: vocabulary sizes, a comma list; each trains its own "
-                   "tokenizer (default: the main home's tokenizer, no tokenizer training)")
+    p.add_argument("--vocab-size", default="1024", help="axis: vocabulary sizes, a comma list; each trains its own "
+                   "tokenizer once, and `home` uses the main home's tokenizer (e.g. home,1024)")
     p.add_argument("--dataset", default="pydocs", help="pretraining dataset under base_data/ (pydocs: from "
                    "`primechat data demo`)")
     p.add_argument("--max-seq-len", type=int, default=256, help="context length in tokens")
     p.add_argument("--device-batch-size", type=int, default=16, help="rows per forward pass")
-    p.add_argument("--aspect-ratio", type=int, default=32, help="model width = depth × this")
-    p.add_argument("--head-dim", type=int, default=32, help="attention head size")
+    p.add_argument("--aspect-ratio", type=int, default=16, help="model width = depth × this")
+    p.add_argument("--head-dim", type=int, default=16, help="attention head size")
     p.add_argument("--eval-every", type=int, default=100, help="validation bpb every N steps (-1: only at the end)")
     p.add_argument("--eval-tokens", type=int, default=32768, help="validation tokens per evaluation")
     p.add_argument("--tokenizer-max-chars", type=char_count, default=2_000_000_000,
@@ -71,7 +71,7 @@ class Point:
     depth: int
     ratio: float
     batch: int
-    argv: list[str] = None  # the `train base` flags
+    argv: list[str] = field(default_factory=list)  # its `train base` flags
     planned_flops: float = 0.0
 
     @property
@@ -112,12 +112,11 @@ def plan_points(args, points: list[Point], vocab_sizes: dict) -> None:
 
     parser = _TrainBaseFlags(prog="primechat train base")
     base.add_arguments(parser)
-    extra = args.train_flags[1:] if args.train_flags[:1] == ["--"] else args.train_flags
     for point in points:
         point.argv = [f"--depth={point.depth}", f"--target-param-data-ratio={point.ratio:g}",
                       f"--total-batch-size={point.batch}", *(f"{flag}={getattr(args, key)}"
                                                              for key, flag in FIXED.items()),
-                      "--sample-every=-1", *extra, f"--model-tag={point.tag}", "--resume"]
+                      "--sample-every=-1", *args.train_flags, f"--model-tag={point.tag}", "--resume"]
         run = parser.parse_args(point.argv)
         with torch.device("meta"):
             model = GPT(config_for_depth(run.depth, vocab_sizes[point.vocab], run.max_seq_len, run.aspect_ratio,
@@ -269,10 +268,14 @@ def check_settings(sweep_dir: Path, args) -> None:
 
 def main(args):
     # Everything is checked before the first point trains.
+    args.train_flags = args.train_flags[1:] if args.train_flags[:1] == ["--"] else args.train_flags
     depths = parse_axis("--depth", args.depth, int, 0)
     ratios = parse_axis("--ratio", args.ratio, float, 0)
     batches = parse_axis("--total-batch-size", args.total_batch_size, int, 0)
-    vocabs = parse_axis("--vocab-size", args.vocab_size, int, 0) if args.vocab_size else [None]
+    # `home` (None from here on) is the main home's tokenizer; the other words are sizes
+    sizes = ",".join(word for word in args.vocab_size.split(",") if word != "home")
+    vocabs = ([None] if "home" in args.vocab_size.split(",") else []) + \
+        (parse_axis("--vocab-size", sizes, int, 0) if sizes or not args.vocab_size else [])
     for vocab in filter(None, vocabs):
         check_vocab_size(vocab)
     list_shards(args.dataset)
@@ -283,7 +286,7 @@ def main(args):
         from primechat.tokenizer import load_tokenizer
         if not has_tokenizer(tokenizer_dir()):
             raise UserError(f"no tokenizer in {tokenizer_dir()}: train one (`primechat tokenizer train --dataset "
-                            f"{args.dataset} --vocab-size 4096`) or give the sweep --vocab-size N to train its own")
+                            f"{args.dataset} --vocab-size 4096`) or drop `home` from --vocab-size")
         vocab_sizes[None] = load_tokenizer().vocab_size
     points = [Point(vocab, depth, ratio, batch)
               for vocab in vocabs for batch in batches for depth in depths for ratio in ratios]
