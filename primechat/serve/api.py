@@ -65,14 +65,14 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="allow")
 
 
-class TextPart(_Body):
-    type: Literal["text"]
-    text: str
+class ContentPart(_Body):
+    type: str  # only "text" can be read; others (image_url, input_audio …) are refused by name in check_messages
+    text: str = ""
 
 
 class Message(_Body):
     role: Literal["system", "user", "assistant"]
-    content: str | list[TextPart]
+    content: str | list[ContentPart]
 
 
 class StreamOptions(_Body):
@@ -116,15 +116,20 @@ class NanochatRequest(_Body):
 # --------------------------------------------------------------------------------------------------------------------
 # Checks shared by the endpoints
 
-def _text(content) -> str:
+def _text(content, param: str) -> str:
     if isinstance(content, str):
         return content
+    for j, part in enumerate(content):
+        if part.type != "text":
+            raise ApiError(400, f"{param}[{j}]: primechat models read text only, got a part of type {part.type!r}",
+                           param=f"{param}[{j}]")
     return "".join(part.text for part in content)
 
 
-def check_messages(messages, allow_system: bool) -> list[dict]:
+def check_messages(messages, allow_system: bool, allow_continue: bool = False) -> list[dict]:
     """nanochat's limits, then the conversation in the tokenizer's shape: leading system messages joined into one,
-    consecutive messages of one role joined, user and assistant alternating, ending with the user's turn."""
+    consecutive messages of one role joined, user and assistant alternating, ending with the user's turn (or, with
+    allow_continue, with an assistant message to be continued)."""
     if not messages:
         raise ApiError(400, "messages: at least one message is required", param="messages")
     if len(messages) > MAX_MESSAGES:
@@ -133,8 +138,8 @@ def check_messages(messages, allow_system: bool) -> list[dict]:
     total = 0
     out = []
     for i, message in enumerate(messages):
-        text = _text(message.content)
         param = f"messages[{i}].content"
+        text = _text(message.content, param)
         if not text:
             raise ApiError(400, f"{param}: a message must not be empty", param=param)
         if len(text) > MAX_MESSAGE_CHARS:
@@ -158,7 +163,7 @@ def check_messages(messages, allow_system: bool) -> list[dict]:
     if not turns or turns[0]["role"] != "user":
         raise ApiError(400, "messages: the conversation must start with a user message (after any system message)",
                        param="messages")
-    if turns[-1]["role"] != "user":
+    if turns[-1]["role"] != "user" and not allow_continue:
         raise ApiError(400, "messages: the last message must be the user's", param="messages")
     return out
 
@@ -189,7 +194,7 @@ def _param(loc) -> str | None:
     for p in parts:
         if isinstance(p, int):
             out += f"[{p}]"
-        elif p in ("str", "list[TextPart]", "list[str]") or "[" in str(p) or str(p).startswith("function-"):
+        elif p in ("str", "list[ContentPart]", "list[str]") or "[" in str(p) or str(p).startswith("function-"):
             continue  # a union member's name, not a field
         else:
             out += ("." if out else "") + str(p)
@@ -415,14 +420,18 @@ def create_app(settings: Settings, pool: WorkerPool | None = None) -> FastAPI:
         if not ref.chat:
             raise ApiError(400, f"{ref.id} is a base model: it has no chat format. Use /v1/completions for plain "
                            "text completion, or pick a mid, sft or rl model", param="model", code="model_not_chat")
-        messages = check_messages(body.messages, allow_system=True)
+        messages = check_messages(body.messages, allow_system=True, allow_continue=True)
         sampling = _sampling(body, settings)
+        # A conversation that ends with the assistant's message asks for its continuation (Open WebUI's "Continue
+        # Response", vLLM's continue_final_message): that turn stays open and the reply holds only what comes next.
+        opening = messages.pop()["content"] if messages[-1]["role"] == "assistant" else ""
 
         def build_prompt(tokenizer):
             try:
-                return tokenizer.render_for_completion(messages + [{"role": "assistant", "content": ""}])
+                ids = tokenizer.render_for_completion(messages + [{"role": "assistant", "content": ""}])
             except ConversationError as e:
                 raise ApiError(400, f"messages: {e}", param="messages") from e
+            return ids + tokenizer.encode(opening)
 
         job = Job(ref, build_prompt, sampling, started)
         await start(job)
