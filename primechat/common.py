@@ -68,6 +68,36 @@ def progress(iterable=None, **kwargs):
     return tqdm(iterable, disable=not show, dynamic_ncols=True, **kwargs)
 
 
+def run_child(command: list[str], log, echo: bool = False, env: dict | None = None) -> int:
+    """Run a `primechat` subprocess to its end, its output appended to the open text file `log` (and echoed when
+    `echo`); returns its exit code. SIGTERM is passed on and Ctrl-C reaches the child by itself; either way it saves
+    a checkpoint and exits, and we keep relaying until it has: leaving early would kill it mid-save."""
+    import signal
+    import subprocess
+    with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+        signal.signal(signal.SIGTERM, lambda signum, frame: proc.send_signal(signal.SIGTERM))
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            for line in proc.stdout:
+                if echo:
+                    sys.stdout.write(line)
+                log.write(line)
+                log.flush()
+        finally:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+    return proc.returncode
+
+
+def stopped_exit_code(code: int) -> int | None:
+    """The exit code to pass on when a child stopped on Ctrl-C or SIGTERM (it saved; rerunning continues), else None."""
+    import signal
+    stops = (signal.SIGINT, signal.SIGTERM)
+    if code in [128 + s for s in stops] + [-s for s in stops]:
+        return code if code > 0 else 128 - code
+    return None
+
+
 def human_bytes(n: float) -> str:
     for unit in ("B", "KB", "MB", "GB", "TB"):
         if abs(n) < 1000 or unit == "TB":

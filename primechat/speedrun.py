@@ -14,8 +14,6 @@ the card's wall clock counts the time spent running, not the hours a stopped run
 import datetime
 import json
 import shlex
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -23,7 +21,7 @@ import yaml
 
 from primechat import report
 from primechat.cli import COMMANDS
-from primechat.common import CONFIGS_DIR, UserError, atomic_path, home_dir
+from primechat.common import CONFIGS_DIR, UserError, atomic_path, home_dir, run_child, stopped_exit_code
 
 
 def add_arguments(p):
@@ -84,26 +82,14 @@ def main(args):
             print(f"== {stage['name']}: {shlex.join(command[1:])}", flush=True)
             log.write(f"== {stage['name']}: {shlex.join(command)}\n")
             started = datetime.datetime.now()
-            with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
-                # SIGTERM is passed on; Ctrl-C reaches the stage by itself. Either way the stage saves a checkpoint
-                # and exits, and we keep relaying its output until it has: leaving early would kill it mid-save.
-                signal.signal(signal.SIGTERM, lambda signum, frame: proc.send_signal(signal.SIGTERM))
-                signal.signal(signal.SIGINT, signal.SIG_IGN)
-                try:
-                    for line in proc.stdout:
-                        sys.stdout.write(line)
-                        log.write(line)
-                        log.flush()
-                finally:
-                    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-                    signal.signal(signal.SIGINT, signal.default_int_handler)
+            code = run_child(command, log, echo=True)
             elapsed = (datetime.datetime.now() - started).total_seconds()
-            if proc.returncode in (128 + signal.SIGINT, 128 + signal.SIGTERM, -signal.SIGINT, -signal.SIGTERM):
+            if (exit_code := stopped_exit_code(code)) is not None:
                 record(stage["name"], elapsed)
                 print(f"== {stage['name']}: stopped; run the same command again to continue", flush=True)
-                raise SystemExit(proc.returncode if proc.returncode > 0 else 128 - proc.returncode)
-            if proc.returncode != 0:
-                raise UserError(f"stage {stage['name']} failed (exit {proc.returncode}); see {log_path}. Fix it and "
+                raise SystemExit(exit_code)
+            if code != 0:
+                raise UserError(f"stage {stage['name']} failed (exit {code}); see {log_path}. Fix it and "
                                 f"run the same command again: completed stages are skipped")
             done.append(stage["name"])
             record(stage["name"], elapsed)

@@ -23,14 +23,12 @@ import csv
 import json
 import math
 import os
-import signal
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from primechat.common import UserError, atomic_path, home_dir, tokenizer_dir
+from primechat.common import UserError, atomic_path, home_dir, run_child, stopped_exit_code, tokenizer_dir
 from primechat.data.shards import list_shards
 from primechat.tokenizer import char_count, check_vocab_size
 
@@ -128,25 +126,16 @@ def plan_points(args, points: list[Point], vocab_sizes: dict) -> None:
         point.planned_flops = plan.flops_per_token * plan.target_tokens
 
 
-def run_child(command: list[str], env: dict, log_path: Path) -> None:
-    """Run one `primechat …` subprocess, its output into log_path. SIGTERM is passed on and Ctrl-C reaches it by
-    itself; either way it saves and exits, and we wait for it: leaving early would kill it mid-save."""
+def run_logged(command: list[str], env: dict, log_path: Path) -> None:
+    """Run one `primechat …` subprocess (common.run_child: stops cleanly), its output into log_path."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "a") as log:
         log.write(f"$ {' '.join(command)}\n")
         log.flush()
-        with subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT) as proc:
-            signal.signal(signal.SIGTERM, lambda signum, frame: proc.send_signal(signal.SIGTERM))
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-            try:
-                proc.wait()
-            finally:
-                signal.signal(signal.SIGTERM, signal.SIG_DFL)
-                signal.signal(signal.SIGINT, signal.default_int_handler)
-    code = proc.returncode
-    if code in (128 + signal.SIGINT, 128 + signal.SIGTERM, -signal.SIGINT, -signal.SIGTERM):
+        code = run_child(command, log, env=env)
+    if (exit_code := stopped_exit_code(code)) is not None:
         print("stopped; run the same command again to continue", flush=True)
-        raise SystemExit(code if code > 0 else 128 - code)
+        raise SystemExit(exit_code)
     if code != 0:
         tail = "".join(log_path.read_text().splitlines(keepends=True)[-8:])
         print(tail, file=sys.stderr, end="")
@@ -308,12 +297,12 @@ def main(args):
         if meta is None:
             if point.vocab and not has_tokenizer(home / "tokenizer"):
                 print(f"tokenizer: training a {point.vocab:,}-token vocabulary on {args.dataset}", flush=True)
-                run_child([sys.executable, "-m", "primechat.cli", "tokenizer", "train", "--dataset", args.dataset,
+                run_logged([sys.executable, "-m", "primechat.cli", "tokenizer", "train", "--dataset", args.dataset,
                            f"--vocab-size={point.vocab}", f"--max-chars={args.tokenizer_max_chars}"],
                           env, home / "tokenizer.log")
             print(f"point {i}/{len(points)}: {point.label} …", flush=True)
             t0 = time.time()
-            run_child([sys.executable, "-m", "primechat.cli", "train", "base", *point.argv], env,
+            run_logged([sys.executable, "-m", "primechat.cli", "train", "base", *point.argv], env,
                       sweep_dir / "logs" / f"{home.name}-{point.tag}.log")
             meta = final_meta(folder)
             if meta is None:
