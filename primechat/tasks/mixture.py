@@ -85,10 +85,10 @@ def resolve(name: str) -> Path:
     path = Path(name).expanduser()
     if path.is_file():
         return path
-    shipped = CONFIGS_DIR / f"{name}.yaml"
-    if "/" not in name and shipped.is_file():
-        return shipped
-    names = ", ".join(sorted(p.stem for p in CONFIGS_DIR.glob("*.yaml") if p.stem != "demo"))
+    shipped = {p.stem: p for p in CONFIGS_DIR.glob("*.yaml") if "train" in yaml.safe_load(p.read_text())}
+    if name in shipped:  # configs/ also holds the speedrun presets, which are not mixtures
+        return shipped[name]
+    names = ", ".join(sorted(shipped))
     raise UserError(f"mixture {name} not found: give a YAML file, or one of the shipped mixtures ({names})")
 
 
