@@ -432,6 +432,41 @@ def test_models_are_cached_per_worker_least_recently_used_out(env):
         assert c.get("/stats").json()["workers"][0]["loaded_models"] == ["sft/d2/5", "base/d2/5"]
 
 
+def test_out_of_memory_unloads_the_least_recently_used_model(env, monkeypatch):
+    """A device that holds one model at a time (loading a second raises torch's OutOfMemoryError, as CUDA would):
+    the worker unloads its least recently used model and loads the new one; an OOM while generating answers 503
+    with Retry-After and leaves only the model in use loaded."""
+    from primechat.serve import workers
+
+    real_load = workers.load_model
+    loaded_now = []
+
+    def load_one_at_a_time(stage, tag, step, device):
+        worker = next(w for w in app.state.pool.workers)
+        if worker.models:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        loaded_now.append(f"{stage}/{tag}/{step}")
+        return real_load(stage, tag, step, device)
+
+    monkeypatch.setattr(workers, "load_model", load_one_at_a_time)
+    app = create_app(Settings(max_models_per_worker=4, max_tokens=1))
+    with TestClient(app) as c:
+        for model in ("sft/d2/5", "sft/d2/10", "base/d2/5"):
+            assert c.post("/v1/completions", json={"model": model, "prompt": "a"}).status_code == 200
+            assert c.get("/stats").json()["workers"][0]["loaded_models"] == [model]
+        assert loaded_now == ["sft/d2/5", "sft/d2/10", "base/d2/5"]
+
+        def oom(*args, **kwargs):
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+        monkeypatch.setattr(workers.Worker, "_generate", oom)
+        r = c.post("/v1/completions", json={"model": "base/d2/5", "prompt": "a"})
+        assert r.status_code == 503 and r.headers["retry-after"] == "1"
+        assert r.json()["error"]["code"] == "out_of_memory"
+        assert c.get("/stats").json()["workers"][0]["loaded_models"] == ["base/d2/5"]
+        assert c.get("/stats").json()["available_workers"] == 1  # the worker is free again
+
+
 def test_page_is_served(client):
     r = client.get("/")
     from primechat.serve.api import STATIC_DIR
