@@ -28,6 +28,8 @@ def add_arguments(p):
     presets = sorted(f.stem for f in CONFIGS_DIR.glob("*.yaml") if "stages" in yaml.safe_load(f.read_text()))
     p.add_argument("--preset", default="demo", help=f"one of {', '.join(presets)}, or a path to a preset YAML")
     p.add_argument("--restart", action="store_true", help="forget which stages completed and run them all again")
+    p.add_argument("--nproc", type=int, default=None, help="processes for the stages marked distributed (default: "
+                   "every CUDA GPU found, else 1)")
 
 
 def load_preset(name: str) -> tuple[str, dict]:
@@ -41,11 +43,11 @@ def load_preset(name: str) -> tuple[str, dict]:
     return path.stem, preset
 
 
-def stage_command(stage: dict, num_gpus: int) -> list[str]:
+def stage_command(stage: dict, num_procs: int) -> list[str]:
     words = shlex.split(stage["run"])
-    if stage.get("distributed") and num_gpus > 1:
+    if stage.get("distributed") and num_procs > 1:
         help_text, module = COMMANDS[words[0]][1][words[1]]
-        return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={num_gpus}",
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={num_procs}",
                 "-m", module, *words[2:]]
     return [sys.executable, "-m", "primechat.cli", *words]
 
@@ -54,6 +56,9 @@ def main(args):
     import torch
 
     name, preset = load_preset(args.preset)
+    if args.nproc is not None and args.nproc < 1:
+        raise UserError(f"--nproc {args.nproc} must be at least 1")
+    num_procs = args.nproc or (torch.cuda.device_count() if torch.cuda.is_available() else 1)
     state_path = home_dir() / "speedrun" / f"{name}.json"
     if args.restart or not state_path.exists():
         state = {"completed": [], "seconds": {}}
@@ -71,14 +76,13 @@ def main(args):
 
     log_path = home_dir() / "speedrun" / f"{name}-{datetime.datetime.now():%Y%m%d-%H%M%S}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    num_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     print(f"speedrun {name}: {preset.get('description', '').strip()}\nlog: {log_path}")
     with open(log_path, "w") as log:
         for stage in preset["stages"]:
             if stage["name"] in done:
                 print(f"== {stage['name']}: already complete, skipped")
                 continue
-            command = stage_command(stage, num_gpus)
+            command = stage_command(stage, num_procs)
             print(f"== {stage['name']}: {shlex.join(command[1:])}", flush=True)
             log.write(f"== {stage['name']}: {shlex.join(command)}\n")
             started = datetime.datetime.now()

@@ -66,6 +66,19 @@ def test_failed_stage_stops_the_run_with_one_line(home, cli, tmp_path):
     assert not (home / "speedrun" / "broken.json").exists()
 
 
+def test_distributed_stages_run_under_torchrun(home, cli, tmp_path):
+    """Stages marked distributed run on every process (torchrun; gloo on the CPU here, NCCL on GPUs)."""
+    preset = tmp_path / "two.yaml"
+    text = PRESET.format(steps=4).replace("--total-batch-size 128", "--total-batch-size 256")
+    preset.write_text(text.replace("  - name: base\n", "  - name: base\n    distributed: true\n"))
+    result = cli.run("speedrun", "--preset", preset, "--nproc", "2", timeout=300)
+    assert result.code == 0, result.out + result.err
+    assert "torch.distributed.run --standalone --nproc_per_node=2 -m primechat.train.base" in result.out
+    meta = json.loads((home / "base_checkpoints" / "d1" / "meta_000004.json").read_text())
+    assert meta["world_size"] == 2
+    assert cli("speedrun", "--preset", preset, "--nproc", "0").code == 2
+
+
 def test_unknown_preset_is_a_user_error(home, cli):
     result = cli("speedrun", "--preset", "no-such-preset")
     assert result.code == 2 and "no preset 'no-such-preset'" in result.err and "demo" in result.err
