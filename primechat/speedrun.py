@@ -85,7 +85,7 @@ def main(args):
             command = stage_command(stage, num_procs)
             print(f"== {stage['name']}: {shlex.join(command[1:])}", flush=True)
             log.write(f"== {stage['name']}: {shlex.join(command)}\n")
-            started = datetime.datetime.now()
+            started, output_start = datetime.datetime.now(), log.tell()
             code = run_child(command, log, echo=True)
             elapsed = (datetime.datetime.now() - started).total_seconds()
             if (exit_code := stopped_exit_code(code)) is not None:
@@ -93,8 +93,13 @@ def main(args):
                 print(f"== {stage['name']}: stopped; run the same command again to continue", flush=True)
                 raise SystemExit(exit_code)
             if code != 0:
-                raise UserError(f"stage {stage['name']} failed (exit {code}); see {log_path}. Fix it and "
-                                f"run the same command again: completed stages are skipped")
+                # the stage's own one-line error, if it gave one (under torchrun it is buried in torchrun's report)
+                with open(log_path) as output:
+                    output.seek(output_start)
+                    reason = next((line.strip().removeprefix("primechat: error: ") for line in output
+                                   if line.startswith("primechat: error: ")), f"exit {code}")
+                raise UserError(f"stage {stage['name']} failed: {reason}. Fix it and run the same command again: "
+                                f"completed stages are skipped (output in {log_path})")
             done.append(stage["name"])
             record(stage["name"], elapsed)
             print(f"== {stage['name']}: done in {elapsed:.0f}s")

@@ -62,7 +62,8 @@ def test_failed_stage_stops_the_run_with_one_line(home, cli, tmp_path):
     preset.write_text("stages:\n  - name: base\n    run: train base --dataset nowhere --depth 1\n")
     result = cli.run("speedrun", "--preset", preset)
     assert result.code == 2
-    assert result.err.strip().splitlines()[-1].startswith("primechat: error: stage base failed (exit 2)")
+    assert result.err.strip().splitlines()[-1].startswith("primechat: error: stage base failed: ")
+    assert "no tokenizer" in result.err.strip().splitlines()[-1]  # the stage's own reason, not only its exit code
     assert not (home / "speedrun" / "broken.json").exists()
 
 
@@ -77,6 +78,10 @@ def test_distributed_stages_run_under_torchrun(home, cli, tmp_path):
     meta = json.loads((home / "base_checkpoints" / "d1" / "meta_000004.json").read_text())
     assert meta["world_size"] == 2
     assert cli("speedrun", "--preset", preset, "--nproc", "0").code == 2
+    # a bad flag in a distributed stage: the rank's one-line reason comes through torchrun's report
+    preset.write_text(preset.read_text().replace("--num-iterations 4", "--num-iterations 8 --depth 0"))
+    failed = cli.run("speedrun", "--preset", preset, "--nproc", "2", "--restart", timeout=300)
+    assert failed.code == 2 and "stage base failed: --depth 0" in failed.err.strip().splitlines()[-1]
 
 
 def test_unknown_preset_is_a_user_error(home, cli):
