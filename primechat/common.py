@@ -68,9 +68,9 @@ def progress(iterable=None, **kwargs):
     return tqdm(iterable, disable=not show, dynamic_ncols=True, **kwargs)
 
 
-def run_child(command: list[str], log, echo: bool = False, env: dict | None = None) -> int:
-    """Run a `primechat` subprocess to its end, its output appended to the open text file `log` (and echoed when
-    `echo`); returns its exit code. SIGTERM is passed on and Ctrl-C reaches the child by itself; either way it saves
+def run_child(command: list[str], log, on_line=None, env: dict | None = None) -> int:
+    """Run a `primechat` subprocess to its end, its output appended to the open text file `log` (and each line handed
+    to `on_line`, e.g. sys.stdout.write); returns its exit code. SIGTERM is passed on and Ctrl-C reaches the child by itself; either way it saves
     a checkpoint and exits, and we keep relaying until it has: leaving early would kill it mid-save."""
     import signal
     import subprocess
@@ -79,8 +79,8 @@ def run_child(command: list[str], log, echo: bool = False, env: dict | None = No
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:
             for line in proc.stdout:
-                if echo:
-                    sys.stdout.write(line)
+                if on_line:
+                    on_line(line)
                 log.write(line)
                 log.flush()
         finally:

@@ -86,7 +86,7 @@ def main(args):
             print(f"== {stage['name']}: {shlex.join(command[1:])}", flush=True)
             log.write(f"== {stage['name']}: {shlex.join(command)}\n")
             started, output_start = datetime.datetime.now(), log.tell()
-            code = run_child(command, log, echo=True)
+            code = run_child(command, log, on_line=sys.stdout.write)
             elapsed = (datetime.datetime.now() - started).total_seconds()
             if (exit_code := stopped_exit_code(code)) is not None:
                 record(stage["name"], elapsed)

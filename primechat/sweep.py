@@ -23,12 +23,14 @@ import csv
 import json
 import math
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from primechat.common import UserError, atomic_path, home_dir, run_child, stopped_exit_code, tokenizer_dir
+from primechat.common import (UserError, atomic_path, home_dir, progress, run_child, stopped_exit_code,
+                              tokenizer_dir)
 from primechat.data.shards import list_shards
 from primechat.tokenizer import char_count, check_vocab_size
 
@@ -126,13 +128,13 @@ def plan_points(args, points: list[Point], vocab_sizes: dict) -> None:
         point.planned_flops = plan.flops_per_token * plan.target_tokens
 
 
-def run_logged(command: list[str], env: dict, log_path: Path) -> None:
+def run_logged(command: list[str], env: dict, log_path: Path, on_line=None) -> None:
     """Run one `primechat …` subprocess (common.run_child: stops cleanly), its output into log_path."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "a") as log:
         log.write(f"$ {' '.join(command)}\n")
         log.flush()
-        code = run_child(command, log, env=env)
+        code = run_child(command, log, on_line=on_line, env=env)
     if (exit_code := stopped_exit_code(code)) is not None:
         print("stopped; run the same command again to continue", flush=True)
         raise SystemExit(exit_code)
@@ -302,8 +304,14 @@ def main(args):
                           env, home / "tokenizer.log")
             print(f"point {i}/{len(points)}: {point.label} …", flush=True)
             t0 = time.time()
-            run_logged([sys.executable, "-m", "primechat.cli", "train", "base", *point.argv], env,
-                      sweep_dir / "logs" / f"{home.name}-{point.tag}.log")
+            with progress(desc=point.tag, unit="step") as bar:
+                def follow_steps(line: str):  # train base's step lines drive this point's bar
+                    if m := re.match(r"step (\d+)/(\d+)", line):
+                        bar.total, bar.n = int(m.group(2)), int(m.group(1))
+                        bar.refresh()
+
+                run_logged([sys.executable, "-m", "primechat.cli", "train", "base", *point.argv], env,
+                           sweep_dir / "logs" / f"{home.name}-{point.tag}.log", on_line=follow_steps)
             meta = final_meta(folder)
             if meta is None:
                 raise UserError(f"point {point.label} ended without its final checkpoint in {folder}")
