@@ -24,9 +24,14 @@ from primechat.cli import COMMANDS
 from primechat.common import CONFIGS_DIR, UserError, atomic_path, home_dir, run_child, stopped_exit_code
 
 
+def shipped_presets() -> list[str]:
+    """The presets in configs/ (the folder also holds chat mixtures, which have no stages)."""
+    return sorted(f.stem for f in CONFIGS_DIR.glob("*.yaml") if "stages" in yaml.safe_load(f.read_text()))
+
+
 def add_arguments(p):
-    presets = sorted(f.stem for f in CONFIGS_DIR.glob("*.yaml") if "stages" in yaml.safe_load(f.read_text()))
-    p.add_argument("--preset", default="demo", help=f"one of {', '.join(presets)}, or a path to a preset YAML")
+    p.add_argument("--preset", default="demo", help=f"one of {', '.join(shipped_presets())}, or a path to a preset "
+                   "YAML")
     p.add_argument("--restart", action="store_true", help="forget which stages completed and run them all again")
     p.add_argument("--nproc", type=int, default=None, help="processes for the stages marked distributed (default: "
                    "every CUDA GPU found, else 1)")
@@ -35,7 +40,7 @@ def add_arguments(p):
 def load_preset(name: str) -> tuple[str, dict]:
     path = Path(name) if name.endswith((".yaml", ".yml")) else CONFIGS_DIR / f"{name}.yaml"
     if not path.exists():
-        known = ", ".join(sorted(f.stem for f in CONFIGS_DIR.glob("*.yaml")))
+        known = ", ".join(shipped_presets())
         raise UserError(f"no preset {name!r}: use one of {known}, or a path to a .yaml file")
     preset = yaml.safe_load(path.read_text())
     if not isinstance(preset, dict) or not preset.get("stages"):
@@ -46,7 +51,7 @@ def load_preset(name: str) -> tuple[str, dict]:
 def stage_command(stage: dict, num_procs: int) -> list[str]:
     words = shlex.split(stage["run"])
     if stage.get("distributed") and num_procs > 1:
-        help_text, module = COMMANDS[words[0]][1][words[1]]
+        _, module = COMMANDS[words[0]][1][words[1]]
         return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={num_procs}",
                 "-m", module, *words[2:]]
     return [sys.executable, "-m", "primechat.cli", *words]

@@ -86,7 +86,8 @@ def test_distributed_stages_run_under_torchrun(home, cli, tmp_path):
 
 def test_unknown_preset_is_a_user_error(home, cli):
     result = cli("speedrun", "--preset", "no-such-preset")
-    assert result.code == 2 and "no preset 'no-such-preset'" in result.err and "demo" in result.err
+    assert result.code == 2 and "no preset 'no-such-preset'" in result.err and "demo, gpt2" in result.err
+    assert "demo-chat" not in result.err  # a chat mixture, not a preset
 
 
 def test_resumed_training_equals_uninterrupted(home, cli, tmp_path):
