@@ -200,7 +200,7 @@ class Engine:
         rng = torch.Generator(device=device).manual_seed(seed)
 
         prefill = KVCache(model.config, 1, len(tokens), dtype, device)
-        logits = model(torch.tensor([tokens], dtype=torch.long, device=device), kv_cache=prefill, last_only=True)[:, -1, :]
+        logits = model(torch.tensor([tokens], dtype=torch.long, device=device), kv_cache=prefill, at=-1)[:, -1, :]
         # max_tokens can be a whole RoPE table: start the decode cache smaller and let it grow if a reply runs long
         cache = prefill.expand(num_samples, len(tokens) + min(max_tokens, 1024))
         logits = logits.expand(num_samples, -1)  # every row samples its own first token

@@ -222,10 +222,11 @@ class GPT(nn.Module):
             return self.compute_dtype
         return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
 
-    def forward(self, idx, targets=None, loss_reduction="mean", kv_cache=None, last_only=False):
+    def forward(self, idx, targets=None, loss_reduction="mean", kv_cache=None, at=None):
         """Logits (B, T, vocab) or, with targets (-1 = ignore), the cross-entropy loss. With a kv_cache, idx continues
-        the sequences held in it. last_only: logits of the last position only, (B, 1, vocab), all that sampling after
-        a prefill needs (a long prompt's full logits would be T × vocab floats)."""
+        the sequences held in it. at: logits of one position per row only, (B, 1, vocab): an int for every row (-1
+        after a prefill, all sampling needs) or a (B,) tensor (each right-padded prompt's end, for multiple choice).
+        A long prompt's full logits would be T × vocab floats."""
         c = self.config
         B, T = idx.shape
         dtype = self.activation_dtype(idx.device)
@@ -255,8 +256,9 @@ class GPT(nn.Module):
             kv_cache.pos += T
         if c.backout:
             x = x - self.backout_lambda.to(dtype) * x_mid
-        if last_only:
-            x = x[:, -1:]
+        if at is not None:
+            rows = torch.arange(B, device=x.device)
+            x = x[rows, torch.as_tensor(at, device=x.device).expand(B) % T].unsqueeze(1)
         logits = self.lm_head(norm(x))[..., :c.vocab_size].float()
         logits = c.softcap * torch.tanh(logits / c.softcap)
         if targets is None:

@@ -70,7 +70,9 @@ def test_kv_cache_matches_full_recompute(windows, chunks):
     idx = torch.randint(0, VOCAB, (2, 40), generator=torch.Generator().manual_seed(1))
     full = model(idx)
     assert torch.allclose(cached_logits(model, idx, chunks), full, atol=1e-5, rtol=1e-4)
-    assert torch.allclose(model(idx, last_only=True), full[:, -1:], atol=1e-5, rtol=1e-4)
+    assert torch.allclose(model(idx, at=-1), full[:, -1:], atol=1e-5, rtol=1e-4)
+    ends = torch.tensor([39, 17])  # one position per row, as for right-padded multiple-choice prompts
+    assert torch.allclose(model(idx, at=ends)[:, 0], full[[0, 1], [39, 17]], atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("switch", ["smear", "value_embeds", "backout", "skip_lambdas"])
@@ -168,7 +170,7 @@ class ScriptedModel(torch.nn.Module):
     def activation_dtype(self, device):
         return torch.float32
 
-    def forward(self, idx, kv_cache=None, last_only=False):
+    def forward(self, idx, kv_cache=None, at=None):
         if self.calls:
             self.fed.append(idx[:, -1].tolist())
         kv_cache.pos += idx.size(1)

@@ -71,10 +71,12 @@ class LetterModel(nn.Module):
         self.elsewhere = torch.zeros(self.vocab)
         self.elsewhere[tokenizer.encode(token_elsewhere)[0]] = 100.0
 
-    def forward(self, idx):
+    def forward(self, idx, at):
+        """As GPT.forward(idx, at=positions): the logits at one position per row, (B, 1, vocab)."""
         assert idx.size(1) <= self.config.sequence_len, "the prompt was not cropped to the context"
         at_answer = (idx == self.assistant_start)[..., None]
-        return torch.where(at_answer, self.answer, self.elsewhere)
+        logits = torch.where(at_answer, self.answer, self.elsewhere)
+        return logits[torch.arange(idx.size(0)), at].unsqueeze(1)
 
 
 ANSWERS = [1, 1, 0, 1, 2, 3, 1, 0, 1, 2, 1]  # six B of eleven

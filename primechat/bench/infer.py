@@ -68,7 +68,7 @@ def measure(model, ids: list[int], batch_sizes: list[int], decode_tokens: int, d
 
     def prefill():
         cache = KVCache(model.config, 1, len(ids), dtype, device)
-        logits = model(prompt, kv_cache=cache, last_only=True)[:, -1, :]
+        logits = model(prompt, kv_cache=cache, at=-1)[:, -1, :]
         return cache, logits
 
     prefill()  # warm-up

@@ -97,10 +97,11 @@ def evaluate_categorical(model, tokenizer, task, batch_size: int = 8, max_proble
         ids = torch.full((len(prompts), max(map(len, prompts))), tokenizer.bos_id, dtype=torch.long)
         for row, prompt in enumerate(prompts):  # right-padded: each row's last prompt position is its own
             ids[row, :len(prompt)] = torch.tensor(prompt)
-        logits = model(ids.to(device))
-        for row, (prompt, conversation) in enumerate(zip(prompts, conversations)):
+        ends = torch.tensor([len(prompt) - 1 for prompt in prompts])
+        logits = model(ids.to(device), at=ends)[:, 0]  # only where each prompt ends: B × vocab, not B × T × vocab
+        for row, conversation in enumerate(conversations):
             letters = conversation["letters"]
-            scores = logits[row, len(prompt) - 1, letter_ids(tokenizer, letters, task.name)]
+            scores = logits[row, letter_ids(tokenizer, letters, task.name)]
             correct += letters[scores.argmax().item()] == conversation["answer"]
     correct, total = sum_over_ranks([correct, len(indices)], device, world)
     return correct / max(total, 1)
