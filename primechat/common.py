@@ -98,6 +98,11 @@ def stopped_exit_code(code: int) -> int | None:
     return None
 
 
+def physical_ram() -> int:
+    """Bytes of RAM in this machine (POSIX)."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
 def human_bytes(n: float) -> str:
     for unit in ("B", "KB", "MB", "GB", "TB"):
         if abs(n) < 1000 or unit == "TB":

@@ -13,12 +13,11 @@ source is printed with it. Nothing here touches a GPU.
 
 import argparse
 import math
-import os
 from dataclasses import dataclass
 
 import torch
 
-from primechat.common import GPU_HOURLY_PRICE, PEAK_BF16_FLOPS, UserError, gpu_hourly_price
+from primechat.common import GPU_HOURLY_PRICE, PEAK_BF16_FLOPS, UserError, gpu_hourly_price, physical_ram
 from primechat.interop.nanochat import LAYOUTS
 from primechat.model import GPT, GPTConfig
 from primechat.optim import build_optimizer
@@ -222,10 +221,6 @@ def largest_device_batch(memory: Memory, device_batch: int) -> int:
     while batch < MAX_DEVICE_BATCH and (batch * 2 or 1) <= rows:
         batch = batch * 2 or 1
     return batch
-
-
-def physical_ram() -> int:
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def throughput(gpu: GPU | None, count: int, mfu: float | None) -> tuple[float | None, float, str]:

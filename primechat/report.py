@@ -22,7 +22,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from primechat.common import UserError, atomic_path, gpu_hourly_price, home_dir, is_master
+from primechat.common import UserError, atomic_path, gpu_hourly_price, home_dir, is_master, physical_ram
 
 # The pipeline's sections in the order they are written; others follow, alphabetically.
 SECTION_ORDER = ["tokenizer-training", "tokenizer-evaluation", "base-model-training", "base-model-loss",
@@ -113,7 +113,7 @@ def hardware_lines() -> list[str]:
     """Includes `- gpus: N× name` and `- gpu count: N`, which `generate` reads back to price the run."""
     import torch
     try:
-        ram = f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 1e9:.1f} GB"
+        ram = f"{physical_ram() / 1e9:.1f} GB"
     except (ValueError, OSError, AttributeError):
         ram = "unknown"
     lines = [f"- platform: {platform.platform()}", f"- CPUs: {_physical_cpus()} physical, {os.cpu_count()} logical",

@@ -73,6 +73,7 @@ class Point:
     batch: int
     argv: list[str] = field(default_factory=list)  # its `train base` flags
     planned_flops: float = 0.0
+    scaling_params: int = 0
 
     @property
     def tag(self) -> str:
@@ -107,7 +108,7 @@ def plan_points(args, points: list[Point], vocab_sizes: dict) -> None:
     """Fill each point's argv and FLOPs with train base's own planning, which also rejects bad settings now."""
     import torch
 
-    from primechat.model import GPT, config_for_depth
+    from primechat.model import GPT
     from primechat.train import base
 
     parser = _TrainBaseFlags(prog="primechat train base")
@@ -119,13 +120,13 @@ def plan_points(args, points: list[Point], vocab_sizes: dict) -> None:
                       "--sample-every=-1", *args.train_flags, f"--model-tag={point.tag}", "--resume"]
         run = parser.parse_args(point.argv)
         with torch.device("meta"):
-            model = GPT(config_for_depth(run.depth, vocab_sizes[point.vocab], run.max_seq_len, run.aspect_ratio,
-                                         run.head_dim, run.window_pattern))
+            model = GPT(base.model_config(run, vocab_sizes[point.vocab]))
         try:
             plan = base.make_plan(run, model, world=1)
         except UserError as e:
             raise UserError(f"point {point.label}: {e}") from None
         point.planned_flops = plan.flops_per_token * plan.target_tokens
+        point.scaling_params = model.num_params()["scaling"]
 
 
 def run_logged(command: list[str], env: dict, log_path: Path, on_line=None) -> None:
@@ -170,15 +171,9 @@ def final_meta(folder: Path) -> dict | None:
 
 
 def result_row(point: Point, meta: dict) -> dict:
-    import torch
-
-    from primechat.model import GPT, GPTConfig
-
-    with torch.device("meta"):
-        params = GPT(GPTConfig(**meta["model_config"])).num_params()["scaling"]
     plan = meta["plan"]
     return {"vocab": meta["model_config"]["vocab_size"], "depth": point.depth, "ratio": point.ratio,
-            "total_batch": plan["total_batch"], "params": params, "tokens": plan["target_tokens"],
+            "total_batch": plan["total_batch"], "params": point.scaling_params, "tokens": plan["target_tokens"],
             "steps": meta["num_iterations"], "flops": plan["flops_per_token"] * plan["target_tokens"],
             "training_time_s": round(meta["loop_state"]["training_time"], 1), "val_bpb": meta["val_bpb"],
             "min_val_bpb": meta["loop_state"]["min_val_bpb"], "tag": point.tag}

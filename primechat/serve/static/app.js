@@ -755,15 +755,21 @@
     generate();
   }
 
-  /** nanochat: clicking a question puts its text back in the input and removes it and everything after it. */
-  function editMessage(msg) {
-    if (state.generating) return;
+  /** Removes msg and everything after it from the conversation; false while generating or if msg is not there. */
+  function cutFrom(msg) {
+    if (state.generating) return false;
     const conv = state.current;
     const index = conv.messages.indexOf(msg);
-    if (index < 0) return;
+    if (index < 0) return false;
     conv.messages.splice(index);
     touch(conv);
     renderAll();
+    return true;
+  }
+
+  /** nanochat: clicking a question puts its text back in the input and removes it and everything after it. */
+  function editMessage(msg) {
+    if (!cutFrom(msg)) return;
     const input = $("input");
     input.value = msg.content;
     autoresize();
@@ -773,14 +779,7 @@
 
   /** nanochat: clicking an answer removes it and everything after it, and asks for a new one. */
   function regenerate(msg) {
-    if (state.generating) return;
-    const conv = state.current;
-    const index = conv.messages.indexOf(msg);
-    if (index < 0) return;
-    conv.messages.splice(index);
-    touch(conv);
-    renderAll();
-    generate();
+    if (cutFrom(msg)) generate();
   }
 
   function consoleMessage(text) {
