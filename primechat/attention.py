@@ -1,10 +1,17 @@
 """Causal attention with an optional sliding window, on whatever the device offers.
 
 Inputs are (B, T, H, D) like FlashAttention's; a query at position i sees keys j with i - window <= j <= i.
-- Full causal windows use PyTorch's SDPA (flash / memory-efficient kernels on GPUs).
-- Sliding windows on CUDA use FlexAttention with a block mask, so blocks outside the window are skipped rather
-  than computed and masked (a dense masked SDPA would spend the full T² on every short-window layer).
-- Elsewhere (CPU, MPS) sliding windows use SDPA with an explicit boolean mask: correct, not fast.
+Training picks one implementation with `use_backend` (train base's --attention):
+- fa3: FlashAttention-3, which nanochat trains with (reference B8). It is not on PyPI as a wheel for every torch and
+  CUDA, so like nanochat we fetch a prebuilt kernel from the Hugging Face Hub at run time with the `kernels`
+  package (`pip install 'primechat[gpu]'`): kernels-community/flash-attn3, built and signed by Hugging Face. It skips
+  the blocks outside a sliding window by itself. bf16/fp16 on CUDA only.
+- flex: PyTorch's FlexAttention with a block mask, so blocks outside a window are skipped rather than computed and
+  masked; full-context layers use SDPA (flash kernels). The fallback on GPUs where FA3 cannot be had (no network,
+  no kernel build for this torch or GPU). FlexAttention has no backward on CPU.
+- sdpa: SDPA everywhere, sliding windows with an explicit boolean mask: correct, not fast (a dense mask spends the
+  full T² on every short-window layer). What CPU and MPS use.
+"auto" takes the first of these that works on the device.
 
 `cached_attention` is the inference variant: T new queries at absolute positions pos..pos+T-1 against every key
 held in a KV cache (the prefix, then the new ones). Keys older than the earliest query's window are sliced off
@@ -15,6 +22,56 @@ from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+from primechat.common import UserError, print0
+
+BACKENDS = ("auto", "fa3", "flex", "sdpa")
+FA3_KERNEL = "kernels-community/flash-attn3"
+_backend = None  # None until use_backend: FlexAttention for windows on CUDA, SDPA masks elsewhere
+_fa3 = None  # the FlashAttention-3 module once loaded
+_fused_flex_attention = None  # FlexAttention compiled on its own, for models that are not compiled
+
+
+def load_fa3():
+    """FlashAttention-3 from the Hub through `kernels`; raises RuntimeError saying why it cannot be had."""
+    global _fa3
+    if _fa3 is None:
+        try:
+            from kernels import get_kernel
+        except ImportError:
+            raise RuntimeError("the kernels package is not installed (pip install 'primechat[gpu]')") from None
+        try:
+            _fa3 = get_kernel(FA3_KERNEL, version=1)
+        except Exception as e:  # no network, no build for this torch/CUDA/GPU, …: all mean "use the fallback"
+            raise RuntimeError(f"{FA3_KERNEL} did not load: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+    return _fa3
+
+
+def use_backend(choice: str, device: torch.device, dtype: torch.dtype) -> str:
+    """Select the training attention of this process (one of BACKENDS) and return the one in use. When "auto"
+    cannot have FlashAttention-3 on a CUDA GPU, it says why before falling back."""
+    global _backend
+    if choice not in BACKENDS:
+        raise UserError(f"--attention {choice} is not one of {', '.join(BACKENDS)}")
+    if choice in ("auto", "fa3") and device.type == "cuda":
+        try:
+            if dtype not in (torch.bfloat16, torch.float16):
+                raise RuntimeError(f"it needs bf16 or fp16, not {str(dtype).removeprefix('torch.')}")
+            load_fa3()
+            _backend = "fa3"
+            return _backend
+        except RuntimeError as e:
+            if choice == "fa3":
+                raise UserError(f"--attention fa3: {e}; use --attention auto to fall back") from None
+            print0(f"FlashAttention-3 is unavailable ({e}): using FlexAttention")
+    elif choice == "fa3":
+        raise UserError(f"--attention fa3 needs a CUDA GPU, not {device.type}: use --attention auto")
+    if choice == "flex" and device.type != "cuda":
+        raise UserError("--attention flex trains on CUDA GPUs only (FlexAttention has no CPU backward): "
+                        "use --attention auto")
+    _backend = "flex" if device.type == "cuda" and choice != "sdpa" else "sdpa"
+    return _backend
 
 
 @lru_cache(maxsize=32)
@@ -24,25 +81,42 @@ def _window_mask(T: int, window: int, device: torch.device) -> torch.Tensor:
     return (j <= i) & (j >= i - window)
 
 
-@lru_cache(maxsize=32)
 def _window_block_mask(T: int, window: int, device: torch.device):
-    from torch.nn.attention.flex_attention import create_block_mask
-
     def sliding_causal(b, h, q_idx, kv_idx):
         return (kv_idx <= q_idx) & (kv_idx >= q_idx - window)
 
     return create_block_mask(sliding_causal, B=None, H=None, Q_LEN=T, KV_LEN=T, device=device)
 
 
+_cached_window_block_mask = lru_cache(maxsize=32)(_window_block_mask)
+
+
+def _flex_attention(q, k, v, window: int, gqa: bool):
+    """Eager FlexAttention materialises the whole T × T score matrix; compiled, it is one fused kernel that skips
+    the blocks the mask leaves out. Inside a compiled model, dynamo fuses it and traces the block mask into the graph
+    (a few microseconds per step); outside, the mask is built once per shape and FlexAttention compiled on its own.
+    CPUs have no backward for it and run it eagerly (tests)."""
+    global _fused_flex_attention
+    if torch.compiler.is_compiling():
+        return flex_attention(q, k, v, block_mask=_window_block_mask(q.size(2), window, q.device), enable_gqa=gqa)
+    if q.is_cuda and _fused_flex_attention is None:
+        _fused_flex_attention = torch.compile(flex_attention, dynamic=False)
+    flex = _fused_flex_attention if q.is_cuda else flex_attention
+    return flex(q, k, v, block_mask=_cached_window_block_mask(q.size(2), window, q.device), enable_gqa=gqa)
+
+
 def attention(q, k, v, window: int):
     T = q.size(1)
+    full = window >= T - 1
+    if _backend == "fa3":
+        y = _fa3.flash_attn_func(q, k, v, causal=True, window_size=(-1 if full else window, 0))
+        return y[0] if isinstance(y, tuple) else y  # some builds also return the softmax log-sum-exp
     gqa = q.size(2) != k.size(2)
     q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, D)
-    if window >= T - 1:
+    if full:
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
-    elif q.is_cuda:
-        from torch.nn.attention.flex_attention import flex_attention
-        y = flex_attention(q, k, v, block_mask=_window_block_mask(T, window, q.device), enable_gqa=gqa)
+    elif _backend == "flex" or (_backend is None and q.is_cuda):
+        y = _flex_attention(q, k, v, window, gqa)
     else:
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=_window_mask(T, window, q.device), enable_gqa=gqa)
     return y.transpose(1, 2)

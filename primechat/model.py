@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from primechat.attention import attention, cached_attention
 from primechat.common import UserError
+from primechat.fp8 import fp8_linear
 
 
 @dataclass
@@ -92,9 +93,12 @@ def norm(x):
 
 
 class Linear(nn.Linear):
-    """fp32 master weight, cast to the activation dtype at use."""
+    """fp32 master weight, cast to the activation dtype at use; fp8 matmuls in training once enable_fp8 marks it."""
+    fp8 = False
 
     def forward(self, x):
+        if self.fp8 and torch.is_grad_enabled():
+            return fp8_linear(x, self.weight)
         return F.linear(x, self.weight.to(x.dtype))
 
 

@@ -10,7 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from primechat.attention import attention
+import primechat.attention as attention_module
+from primechat.attention import attention, load_fa3, use_backend
 from primechat.common import UserError
 from primechat.model import GPT, GPTConfig, config_for_depth
 
@@ -228,8 +229,35 @@ def reference_attention(q, k, v, window):
     return torch.einsum("bhij,bjhd->bihd", scores.softmax(dim=-1), v).to(q.dtype)
 
 
+class FlashAttention3StandIn:
+    """FlashAttention-3's documented contract in plain math, standing in for the kernel the Hub serves to GPUs:
+    q, k, v as (B, T, H, D), causal=True, window_size=(left, right) with -1 for unlimited, and (out, lse) back."""
+
+    def __init__(self):
+        self.window_sizes = []
+
+    def flash_attn_func(self, q, k, v, causal=False, window_size=(-1, -1)):
+        assert causal and window_size[1] == 0
+        self.window_sizes.append(window_size)
+        left = window_size[0] if window_size[0] >= 0 else q.size(1)
+        return reference_attention(q, k, v, left), None
+
+
+@pytest.fixture(params=["sdpa", "flex", "fa3"])
+def backend(request, monkeypatch):
+    """Each training attention implementation; FlexAttention runs here without gradients (it has no CPU backward)."""
+    monkeypatch.setattr(attention_module, "_backend", request.param)
+    if request.param == "fa3":
+        monkeypatch.setattr(attention_module, "_fa3", FlashAttention3StandIn())
+    return request.param
+
+
+EAGER_FLEX = "ignore:flex_attention called without torch.compile"  # on purpose here: CPUs have no fused kernel
+
+
+@pytest.mark.filterwarnings(EAGER_FLEX)
 @pytest.mark.parametrize("n_kv_head", [4, 2, 1], ids=["mha", "gqa", "mqa"])
-def test_sliding_window_attention_matches_explicit_mask(n_kv_head):
+def test_sliding_window_attention_matches_explicit_mask(n_kv_head, backend):
     B, T, H, D = 2, 40, 4, 8
     g = torch.Generator().manual_seed(n_kv_head)
     q = torch.randn(B, T, H, D, generator=g)
@@ -242,6 +270,64 @@ def test_sliding_window_attention_matches_explicit_mask(n_kv_head):
         torch.testing.assert_close(attention(q, k, v, window), expected, atol=1e-5, rtol=1e-5)
     for window in (T - 1, T, 10 * T):
         torch.testing.assert_close(attention(q, k, v, window), causal, atol=1e-5, rtol=1e-5)
+    if backend == "fa3":  # short windows go to the kernel as windows, full ones as plain causal attention
+        assert attention_module._fa3.window_sizes == [(w, 0) for w in (0, 1, 5, 16, T - 2)] + [(-1, 0)] * 3
+
+
+@pytest.mark.filterwarnings(EAGER_FLEX)
+def test_model_forward_is_the_same_with_every_backend(backend):
+    model = build(tiny_config(sequence_len=256, window_pattern="SSL", n_layer=3))
+    x = tokens(2, 256, seed=3)
+    with torch.no_grad():
+        out = model(x)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(attention_module, "_backend", "sdpa")
+        with torch.no_grad():
+            torch.testing.assert_close(out, model(x), atol=1e-4, rtol=1e-4)
+
+
+def test_flex_attention_compiles_into_one_graph(monkeypatch):
+    """How GPUs train with FlexAttention: inside torch.compile, block masks and all, with no graph break."""
+    model = build(tiny_config(sequence_len=256, window_pattern="SSL", n_layer=3))
+    x = tokens(2, 256, seed=3)
+    with torch.no_grad():
+        monkeypatch.setattr(attention_module, "_backend", "sdpa")
+        expected = model(x)
+        monkeypatch.setattr(attention_module, "_backend", "flex")
+        compiled = torch.compile(model, fullgraph=True, dynamic=False)
+        torch.testing.assert_close(compiled(x), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_backend_choice(monkeypatch, capsys):
+    monkeypatch.setattr(attention_module, "_backend", None)
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert use_backend("auto", cpu, torch.float32) == "sdpa"
+    for choice, fragment in (("fa3", "needs a CUDA GPU"), ("flex", "CUDA GPUs only")):
+        with pytest.raises(UserError, match=fragment):
+            use_backend(choice, cpu, torch.float32)
+
+    # On a GPU: FlashAttention-3 when the kernel loads (bf16), else FlexAttention, saying why.
+    monkeypatch.setattr(attention_module, "load_fa3", FlashAttention3StandIn)
+    assert use_backend("auto", cuda, torch.bfloat16) == "fa3"
+    assert use_backend("auto", cuda, torch.float32) == "flex"
+    assert "needs bf16 or fp16" in capsys.readouterr().out
+    assert use_backend("sdpa", cuda, torch.bfloat16) == "sdpa"
+
+    def offline():
+        raise RuntimeError("kernels-community/flash-attn3 did not load: no network")
+    monkeypatch.setattr(attention_module, "load_fa3", offline)
+    assert use_backend("auto", cuda, torch.bfloat16) == "flex"
+    assert "FlashAttention-3 is unavailable (kernels-community/flash-attn3 did not load: no network)" in \
+        capsys.readouterr().out
+    with pytest.raises(UserError, match="--attention fa3: .*no network; use --attention auto"):
+        use_backend("fa3", cuda, torch.bfloat16)
+
+
+def test_fa3_that_cannot_load_is_a_reason_not_a_crash(home, monkeypatch):
+    """Here (no GPU, no Hub) the kernel cannot load, whether or not the kernels package is installed."""
+    monkeypatch.setattr(attention_module, "_fa3", None)
+    with pytest.raises(RuntimeError, match="kernels package is not installed|flash-attn3 did not load"):
+        load_fa3()
 
 
 def test_forward_is_independent_of_the_batch():

@@ -350,8 +350,32 @@ def test_torchrun_two_processes_match_one_process_with_two_streams(corpus, tmp_p
         torch.testing.assert_close(got[name], expected[name], atol=1e-5, rtol=0, msg=name)
 
 
+def test_fp8_training_learns_like_the_exact_matmuls(run_a, corpus, tmp_path):
+    """--fp8 on the CPU (torch._scaled_mm, what H100s run on fp8 tensor cores): same schedule as run A."""
+    home = make_home(corpus, tmp_path / "home")
+    result = ok(train(home, "--num-iterations", 12, "--fp8"))
+    assert "fp8 matmuls" in result.stdout and "12 matrices" in result.stdout  # d2: 6 per block
+    fp8_bpb = [r["val_bpb"] for r in metrics(home) if "val_bpb" in r]
+    exact_bpb = [r["val_bpb"] for r in metrics(run_a[0]) if "val_bpb" in r]
+    assert fp8_bpb[-1] < fp8_bpb[0] - 0.1  # it learns
+    assert fp8_bpb[-1] != exact_bpb[-1] and abs(fp8_bpb[-1] - exact_bpb[-1]) < 0.05  # about as well, not identically
+    state = load_model(home, 12)  # the checkpoint is an ordinary one
+    assert {k: v.dtype for k, v in state.items()} == {k: v.dtype for k, v in load_model(run_a[0], 12).items()}
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Bad input: exit code 2, one line, nothing damaged.
+
+@pytest.mark.parametrize("flags,fragment", [
+    (["--attention", "fa3"], "--attention fa3 needs a CUDA GPU"),
+    (["--attention", "flex"], "--attention flex trains on CUDA GPUs only"),
+    (["--fp8", "--max-seq-len", 127, "--total-batch-size", 508], "multiple of 16"),
+], ids=["fa3-on-cpu", "flex-on-cpu", "fp8-odd-shape"])
+def test_speed_flags_the_device_cannot_honour(corpus, home, flags, fragment):
+    make_home(corpus, home)
+    assert_user_error(train(home, "--num-iterations", 2, *flags), fragment)
+    assert not (home / "base_checkpoints").exists()
+
 
 def test_missing_tokenizer(corpus, home):
     make_home(corpus, home, tokenizer=False)

@@ -1,7 +1,7 @@
 """`primechat bench train --depth D`: training throughput (tok/s), MFU and peak memory of the real training step.
 
-Random tokens stand in for data (the loader is not what is measured), the model, optimizer, dtype and torch.compile
-are exactly those of `primechat train base`. The first --warmup steps (compilation, allocator warm-up) are not
+Random tokens stand in for data (the loader is not what is measured), the model, optimizer, dtype, attention,
+fp8 and torch.compile are exactly those of `primechat train base`. The first --warmup steps (compilation, allocator warm-up) are not
 timed. MFU is against the device's dense bf16 peak (common.PEAK_BF16_FLOPS), as nanochat reports it.
 """
 
@@ -10,8 +10,10 @@ import time
 import torch
 
 from primechat.common import compute_dtype, compute_init, peak_flops
+from primechat.fp8 import check_device as check_fp8_device, enable_fp8
 from primechat.model import GPT, config_for_depth
 from primechat.optim import build_optimizer
+from primechat.train.loop import add_speed_arguments, training_model
 
 
 def add_arguments(p):
@@ -22,7 +24,8 @@ def add_arguments(p):
     p.add_argument("--device-batch-size", type=int, default=32, help="rows per step")
     p.add_argument("--steps", type=int, default=10, help="timed steps")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
-    p.add_argument("--compile", choices=["auto", "on", "off"], default="auto", help="torch.compile (auto: on CUDA)")
+    p.add_argument("--fp8", action="store_true", help="fp8 matmuls, as train base --fp8")
+    add_speed_arguments(p)
     p.add_argument("--device-type", default="", help="cuda|cpu|mps (default: autodetect)")
 
 
@@ -35,8 +38,10 @@ def main(args):
     model.init_weights()
     model.compute_dtype = compute_dtype(device.type)
     optimizer = build_optimizer(model)
-    use_compile = args.compile == "on" or (args.compile == "auto" and device.type == "cuda")
-    train_model = torch.compile(model, dynamic=False) if use_compile else model
+    if args.fp8:
+        check_fp8_device(device, args.device_batch_size * args.max_seq_len)
+        enable_fp8(model)
+    train_model, attention = training_model(model, args, device)
     tokens = torch.randint(0, args.vocab_size, (args.device_batch_size, args.max_seq_len + 1), device=device)
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
 
@@ -62,8 +67,10 @@ def main(args):
     memory = f"{torch.cuda.max_memory_allocated() / 2 ** 30:.1f} GiB" if device.type == "cuda" else "-"
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
     dtype = str(model.compute_dtype).removeprefix("torch.")
-    print("| device | depth | params | batch × seq | dtype | compile | step ms | tok/s | TFLOP/s | MFU | peak memory |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| device | depth | params | batch × seq | dtype | attention | compile | step ms | tok/s | TFLOP/s | MFU | "
+          "peak memory |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     print(f"| {name} | {args.depth} | {model.num_params()['total'] / 1e6:.1f}M | {args.device_batch_size} × "
-          f"{args.max_seq_len} | {dtype} | {'yes' if use_compile else 'no'} | {dt * 1000:.0f} | {tok_per_sec:,.0f} | "
+          f"{args.max_seq_len} | {dtype}{' + fp8' if args.fp8 else ''} | {attention} | "
+          f"{'yes' if train_model is not model else 'no'} | {dt * 1000:.0f} | {tok_per_sec:,.0f} | "
           f"{achieved / 1e12:.3f} | {mfu} | {memory} |")

@@ -22,12 +22,14 @@ from primechat.common import UserError, compute_cleanup, compute_dtype, compute_
 from primechat.data.loader import DataParallelLoader, PretrainLoader
 from primechat.data.shards import DEFAULT_DATASET, list_shards
 from primechat.eval.loss import evaluate_bpb
+from primechat.fp8 import check_device as check_fp8_device, enable_fp8
 from primechat.model import GPT, GPTConfig, config_for_depth
 from primechat.optim import build_optimizer
 from primechat.plots import plot_training_curves
 from primechat.tokenizer import load_tokenizer
 from primechat.train import checkpoint
-from primechat.train.loop import RunLog, StopRequest, out_of_memory, refuse_float16, say
+from primechat.train.loop import (RunLog, StopRequest, add_speed_arguments, out_of_memory, refuse_float16, say,
+                                  training_model)
 
 SAMPLE_PROMPTS = ["The capital of France is", "The chemical symbol of gold is",
                   "If yesterday was Friday, then tomorrow will be", "The opposite of hot is",
@@ -69,7 +71,8 @@ def add_arguments(p):
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint of this tag (or "
                    "start if it has none)")
     p.add_argument("--resume-from-step", type=int, default=-1, help="continue from this saved step")
-    p.add_argument("--compile", choices=["auto", "on", "off"], default="auto", help="torch.compile (auto: on CUDA)")
+    p.add_argument("--fp8", action="store_true", help="fp8 matmuls for the transformer's matrices (H100/H200)")
+    add_speed_arguments(p)
     p.add_argument("--wandb", default=None, metavar="PROJECT", help="also log to this Weights & Biases project")
 
 
@@ -147,7 +150,7 @@ def muon_momentum(step: int, args, num_steps: int) -> float:
     return min(ramp, 0.97 - 0.07 * into_warmdown)
 
 
-def print_plan(model: GPT, plan: Plan, args, world: int, device):
+def print_plan(model: GPT, plan: Plan, args, world: int, device, speed_rows: list):
     counts = model.num_params()
     rows = [(f"params: {name}", f"{n:,}") for name, n in counts.items()]
     rows += [("FLOPs per token", f"{plan.flops_per_token:.4e}"),
@@ -158,7 +161,7 @@ def print_plan(model: GPT, plan: Plan, args, world: int, device):
              ("device batch × seq len × processes", f"{args.device_batch_size} × {args.max_seq_len} × {world}"),
              ("gradient accumulation", plan.grad_accum),
              ("LR batch scale / Muon weight decay", f"{plan.batch_lr_scale:.3f} / {plan.weight_decay:.4f}"),
-             ("device / dtype", f"{device} / {str(model.compute_dtype).removeprefix('torch.')}")]
+             ("device / dtype", f"{device} / {str(model.compute_dtype).removeprefix('torch.')}")] + speed_rows
     width = max(len(k) for k, _ in rows)
     print0("\n".join(f"  {k:<{width}}  {v}" for k, v in rows))
 
@@ -209,9 +212,12 @@ def main(args):
         loader_state = checkpoint.load_rank_state(folder, step, "loader", rank)
         loop.update(meta["loop_state"])
 
-    print_plan(model, plan, args, world, device)
-    use_compile = args.compile == "on" or (args.compile == "auto" and device.type == "cuda")
-    train_model = torch.compile(model, dynamic=False) if use_compile else model
+    speed_rows = []
+    if args.fp8:
+        check_fp8_device(device, args.device_batch_size * args.max_seq_len)
+        speed_rows.append(("fp8 matmuls", f"{enable_fp8(model)} matrices (tensorwise scaling)"))
+    train_model, attention = training_model(model, args, device)
+    print_plan(model, plan, args, world, device, speed_rows + [("attention", attention)])
     train_loader = DataParallelLoader(tokenizer, train_paths, args.device_batch_size, args.max_seq_len, rank, world,
                                       args.data_streams or world, device, state=loader_state)
     val_batches = None

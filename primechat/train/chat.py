@@ -31,7 +31,8 @@ from primechat.plots import plot_training_curves
 from primechat.tasks.mixture import load_mixture
 from primechat.train import checkpoint
 from primechat.train.base import B_REF
-from primechat.train.loop import RunLog, StopRequest, out_of_memory, refuse_float16, say
+from primechat.train.loop import (RunLog, StopRequest, add_speed_arguments, out_of_memory, refuse_float16, say,
+                                  training_model)
 
 # Per stage: the stage it starts from, its mixture, schedule and evaluation cadence. For SFT from a base model (no
 # mid-training) nanochat's 2026 recipe starts higher and decays over half the run: SFT_FROM_BASE.
@@ -89,7 +90,7 @@ def add_arguments(p, stage: str):
     p.add_argument("--resume", action="store_true", help="continue from this stage's latest checkpoint (or start "
                    "if it has none)")
     p.add_argument("--resume-from-step", type=int, default=-1, help="continue from this saved step")
-    p.add_argument("--compile", choices=["auto", "on", "off"], default="auto", help="torch.compile (auto: on CUDA)")
+    add_speed_arguments(p)
     p.add_argument("--wandb", default=None, metavar="PROJECT", help="also log to this Weights & Biases project")
     p.set_defaults(stage=stage)
 
@@ -230,11 +231,11 @@ def main(args):
             ("gradient accumulation", settings["grad_accum"]),
             ("LR × init_lr_frac / warmdown", f"{settings['init_lr_frac']} / last {settings['warmdown_ratio']:.0%}"),
             ("device / dtype", f"{device} / {str(model.compute_dtype).removeprefix('torch.')}")]
+    train_model, attention = training_model(model, args, device)
+    rows.append(("attention", attention))
     width = max(len(k) for k, _ in rows)
     print0("\n".join(f"  {k:<{width}}  {v}" for k, v in rows))
 
-    use_compile = args.compile == "on" or (args.compile == "auto" and device.type == "cuda")
-    train_model = torch.compile(model, dynamic=False) if use_compile else model
     token_bytes = torch.tensor(tokenizer.token_byte_lengths(), dtype=torch.int64, device=device)
     flops_per_token, peak = model.estimate_flops(), peak_flops(device)
     val_batches = None

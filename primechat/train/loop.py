@@ -6,6 +6,7 @@
   reads as one run, mirrored to Weights & Biases when the user asked for it (--wandb PROJECT).
 - say: a console line from rank 0, printed above the progress bar.
 - refuse_float16, out_of_memory: the errors every loop gives for fp16 (no gradient scaler yet) and for OOM.
+- add_speed_arguments, training_model: --attention and --compile, the same in every trainer and in bench train.
 """
 
 import json
@@ -15,6 +16,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+from primechat.attention import BACKENDS, use_backend
 from primechat.common import UserError, atomic_path, is_master, print0
 
 
@@ -79,3 +81,16 @@ def refuse_float16(dtype: torch.dtype):
 def out_of_memory(device_batch_size: int) -> UserError:
     return UserError(f"out of GPU memory at --device-batch-size {device_batch_size}: lower it (e.g. "
                      f"{max(1, device_batch_size // 2)}); gradient accumulation keeps the result the same")
+
+
+def add_speed_arguments(p):
+    p.add_argument("--attention", choices=BACKENDS, default="auto", help="attention implementation (auto: "
+                   "FlashAttention-3 on CUDA when it loads, else FlexAttention; SDPA on CPU/MPS)")
+    p.add_argument("--compile", choices=["auto", "on", "off"], default="auto", help="torch.compile (auto: on CUDA)")
+
+
+def training_model(model, args, device) -> tuple[torch.nn.Module, str]:
+    """The module to train (torch.compile'd where --compile says) and the attention backend it uses."""
+    attention = use_backend(args.attention, device, model.activation_dtype(device))
+    use_compile = args.compile == "on" or (args.compile == "auto" and device.type == "cuda")
+    return (torch.compile(model, dynamic=False) if use_compile else model), attention
