@@ -8,9 +8,9 @@ Training picks one implementation with `use_backend` (train base's --attention):
   the blocks outside a sliding window by itself. bf16/fp16 on CUDA only.
 - flex: PyTorch's FlexAttention with a block mask, so blocks outside a window are skipped rather than computed and
   masked; full-context layers use SDPA (flash kernels). The fallback on GPUs where FA3 cannot be had (no network,
-  no kernel build for this torch or GPU). FlexAttention has no backward on CPU.
+  no kernel build for this torch or GPU), for compiled models only. FlexAttention has no backward on CPU.
 - sdpa: SDPA everywhere, sliding windows with an explicit boolean mask: correct, not fast (a dense mask spends the
-  full T² on every short-window layer). What CPU and MPS use.
+  full T² on every short-window layer). What CPU and MPS use, and evaluation and serving (any length, no compiling).
 "auto" takes the first of these that works on the device.
 
 `cached_attention` is the inference variant: T new queries at absolute positions pos..pos+T-1 against every key
@@ -28,9 +28,8 @@ from primechat.common import UserError, print0
 
 BACKENDS = ("auto", "fa3", "flex", "sdpa")
 FA3_KERNEL = "kernels-community/flash-attn3"
-_backend = None  # None until use_backend: FlexAttention for windows on CUDA, SDPA masks elsewhere
+_backend = "sdpa"  # until a trainer calls use_backend; evaluation and serving keep it (any length, no compiling)
 _fa3 = None  # the FlashAttention-3 module once loaded
-_fused_flex_attention = None  # FlexAttention compiled on its own, for models that are not compiled
 
 
 def load_fa3():
@@ -48,29 +47,31 @@ def load_fa3():
     return _fa3
 
 
-def use_backend(choice: str, device: torch.device, dtype: torch.dtype) -> str:
-    """Select the training attention of this process (one of BACKENDS) and return the one in use. When "auto"
-    cannot have FlashAttention-3 on a CUDA GPU, it says why before falling back."""
+def use_backend(choice: str, device: torch.device, dtype: torch.dtype, compiled: bool) -> str:
+    """Select the training attention of this process (one of BACKENDS) and return the one in use. "auto" says why
+    when a CUDA GPU cannot have FlashAttention-3. FlexAttention is only fast inside torch.compile (eager, it
+    materialises the whole T × T score matrix), so it needs a compiled model."""
     global _backend
     if choice not in BACKENDS:
         raise UserError(f"--attention {choice} is not one of {', '.join(BACKENDS)}")
+    if choice in ("fa3", "flex") and device.type != "cuda":
+        raise UserError(f"--attention {choice} needs a CUDA GPU, not {device.type}: use --attention auto")
+    if choice == "flex" and not compiled:
+        raise UserError("--attention flex is only fast inside torch.compile: drop --compile off, or use "
+                        "--attention sdpa")
+    _backend = "sdpa" if choice == "auto" else choice
     if choice in ("auto", "fa3") and device.type == "cuda":
         try:
             if dtype not in (torch.bfloat16, torch.float16):
                 raise RuntimeError(f"it needs bf16 or fp16, not {str(dtype).removeprefix('torch.')}")
             load_fa3()
-            _backend = "fa3"
-            return _backend
         except RuntimeError as e:
             if choice == "fa3":
                 raise UserError(f"--attention fa3: {e}; use --attention auto to fall back") from None
-            print0(f"FlashAttention-3 is unavailable ({e}): using FlexAttention")
-    elif choice == "fa3":
-        raise UserError(f"--attention fa3 needs a CUDA GPU, not {device.type}: use --attention auto")
-    if choice == "flex" and device.type != "cuda":
-        raise UserError("--attention flex trains on CUDA GPUs only (FlexAttention has no CPU backward): "
-                        "use --attention auto")
-    _backend = "flex" if device.type == "cuda" and choice != "sdpa" else "sdpa"
+            _backend = "flex" if compiled else "sdpa"
+            print0(f"FlashAttention-3 is unavailable ({e}): using {_backend}")
+        else:
+            _backend = "fa3"
     return _backend
 
 
@@ -92,17 +93,12 @@ _cached_window_block_mask = lru_cache(maxsize=32)(_window_block_mask)
 
 
 def _flex_attention(q, k, v, window: int, gqa: bool):
-    """Eager FlexAttention materialises the whole T × T score matrix; compiled, it is one fused kernel that skips
-    the blocks the mask leaves out. Inside a compiled model, dynamo fuses it and traces the block mask into the graph
-    (a few microseconds per step); outside, the mask is built once per shape and FlexAttention compiled on its own.
-    CPUs have no backward for it and run it eagerly (tests)."""
-    global _fused_flex_attention
+    """Inside a compiled model, dynamo fuses FlexAttention into one kernel that skips the blocks the mask leaves
+    out, and traces the block mask into the graph (a few microseconds per step; dynamo ignores caches). Outside,
+    this runs eagerly with a cached mask: only CPU tests do that (FlexAttention has no CPU backward)."""
     if torch.compiler.is_compiling():
         return flex_attention(q, k, v, block_mask=_window_block_mask(q.size(2), window, q.device), enable_gqa=gqa)
-    if q.is_cuda and _fused_flex_attention is None:
-        _fused_flex_attention = torch.compile(flex_attention, dynamic=False)
-    flex = _fused_flex_attention if q.is_cuda else flex_attention
-    return flex(q, k, v, block_mask=_cached_window_block_mask(q.size(2), window, q.device), enable_gqa=gqa)
+    return flex_attention(q, k, v, block_mask=_cached_window_block_mask(q.size(2), window, q.device), enable_gqa=gqa)
 
 
 def attention(q, k, v, window: int):
@@ -115,7 +111,7 @@ def attention(q, k, v, window: int):
     q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, D)
     if full:
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
-    elif _backend == "flex" or (_backend is None and q.is_cuda):
+    elif _backend == "flex":
         y = _flex_attention(q, k, v, window, gqa)
     else:
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=_window_mask(T, window, q.device), enable_gqa=gqa)

@@ -299,28 +299,35 @@ def test_flex_attention_compiles_into_one_graph(monkeypatch):
 
 
 def test_backend_choice(monkeypatch, capsys):
-    monkeypatch.setattr(attention_module, "_backend", None)
+    monkeypatch.setattr(attention_module, "_backend", "sdpa")
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert use_backend("auto", cpu, torch.float32) == "sdpa"
-    for choice, fragment in (("fa3", "needs a CUDA GPU"), ("flex", "CUDA GPUs only")):
-        with pytest.raises(UserError, match=fragment):
-            use_backend(choice, cpu, torch.float32)
+    assert use_backend("auto", cpu, torch.float32, compiled=False) == "sdpa"
+    assert use_backend("auto", cpu, torch.float32, compiled=True) == "sdpa"
+    for choice in ("fa3", "flex"):
+        with pytest.raises(UserError, match=f"--attention {choice} needs a CUDA GPU"):
+            use_backend(choice, cpu, torch.float32, compiled=True)
 
-    # On a GPU: FlashAttention-3 when the kernel loads (bf16), else FlexAttention, saying why.
+    # On a GPU: FlashAttention-3 when the kernel loads (bf16); else FlexAttention in a compiled model, saying why;
+    # FlexAttention never without torch.compile, where it would materialise the whole score matrix.
     monkeypatch.setattr(attention_module, "load_fa3", FlashAttention3StandIn)
-    assert use_backend("auto", cuda, torch.bfloat16) == "fa3"
-    assert use_backend("auto", cuda, torch.float32) == "flex"
-    assert "needs bf16 or fp16" in capsys.readouterr().out
-    assert use_backend("sdpa", cuda, torch.bfloat16) == "sdpa"
+    assert use_backend("auto", cuda, torch.bfloat16, compiled=True) == "fa3"
+    assert use_backend("auto", cuda, torch.bfloat16, compiled=False) == "fa3"
+    assert use_backend("auto", cuda, torch.float32, compiled=True) == "flex"
+    assert "needs bf16 or fp16, not float32): using flex" in capsys.readouterr().out
+    assert use_backend("sdpa", cuda, torch.bfloat16, compiled=True) == "sdpa"
+    assert use_backend("flex", cuda, torch.bfloat16, compiled=True) == "flex"
+    with pytest.raises(UserError, match="only fast inside torch.compile"):
+        use_backend("flex", cuda, torch.bfloat16, compiled=False)
 
     def offline():
         raise RuntimeError("kernels-community/flash-attn3 did not load: no network")
     monkeypatch.setattr(attention_module, "load_fa3", offline)
-    assert use_backend("auto", cuda, torch.bfloat16) == "flex"
+    assert use_backend("auto", cuda, torch.bfloat16, compiled=True) == "flex"
+    assert use_backend("auto", cuda, torch.bfloat16, compiled=False) == "sdpa"
     assert "FlashAttention-3 is unavailable (kernels-community/flash-attn3 did not load: no network)" in \
         capsys.readouterr().out
     with pytest.raises(UserError, match="--attention fa3: .*no network; use --attention auto"):
-        use_backend("fa3", cuda, torch.bfloat16)
+        use_backend("fa3", cuda, torch.bfloat16, compiled=True)
 
 
 def test_fa3_that_cannot_load_is_a_reason_not_a_crash(home, monkeypatch):

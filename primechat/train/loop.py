@@ -91,6 +91,6 @@ def add_speed_arguments(p):
 
 def training_model(model, args, device) -> tuple[torch.nn.Module, str]:
     """The module to train (torch.compile'd where --compile says) and the attention backend it uses."""
-    attention = use_backend(args.attention, device, model.activation_dtype(device))
     use_compile = args.compile == "on" or (args.compile == "auto" and device.type == "cuda")
+    attention = use_backend(args.attention, device, model.activation_dtype(device), use_compile)
     return (torch.compile(model, dynamic=False) if use_compile else model), attention
