@@ -83,22 +83,11 @@ def _window_mask(T: int, window: int, device: torch.device) -> torch.Tensor:
 
 
 def _window_block_mask(T: int, window: int, device: torch.device):
+    """Built inside the compiled graph, which costs a few microseconds per step (dynamo would ignore a cache)."""
     def sliding_causal(b, h, q_idx, kv_idx):
         return (kv_idx <= q_idx) & (kv_idx >= q_idx - window)
 
     return create_block_mask(sliding_causal, B=None, H=None, Q_LEN=T, KV_LEN=T, device=device)
-
-
-_cached_window_block_mask = lru_cache(maxsize=32)(_window_block_mask)
-
-
-def _flex_attention(q, k, v, window: int, gqa: bool):
-    """Inside a compiled model, dynamo fuses FlexAttention into one kernel that skips the blocks the mask leaves
-    out, and traces the block mask into the graph (a few microseconds per step; dynamo ignores caches). Outside,
-    this runs eagerly with a cached mask: only CPU tests do that (FlexAttention has no CPU backward)."""
-    if torch.compiler.is_compiling():
-        return flex_attention(q, k, v, block_mask=_window_block_mask(q.size(2), window, q.device), enable_gqa=gqa)
-    return flex_attention(q, k, v, block_mask=_cached_window_block_mask(q.size(2), window, q.device), enable_gqa=gqa)
 
 
 def attention(q, k, v, window: int):
@@ -111,8 +100,8 @@ def attention(q, k, v, window: int):
     q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, D)
     if full:
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
-    elif _backend == "flex":
-        y = _flex_attention(q, k, v, window, gqa)
+    elif _backend == "flex":  # one fused kernel that skips the blocks outside the window, under torch.compile
+        y = flex_attention(q, k, v, block_mask=_window_block_mask(T, window, q.device), enable_gqa=gqa)
     else:
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=_window_mask(T, window, q.device), enable_gqa=gqa)
     return y.transpose(1, 2)
