@@ -286,8 +286,7 @@ def char_count(value: str) -> int:
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--dataset", default=shards.DEFAULT_DATASET,
-                        help="dataset whose training shards to learn from (OWNER/NAME or NAME under base_data/)")
+    shards.add_dataset_argument(parser, "dataset whose training shards to learn from (OWNER/NAME or NAME under base_data/)")
     parser.add_argument("--vocab-size", type=int, default=32768,
                         help="final vocabulary size, the 9 special tokens included")
     parser.add_argument("--max-chars", type=char_count, default=2_000_000_000,
@@ -298,6 +297,7 @@ def add_arguments(parser) -> None:
 
 def main(args) -> None:
     check_vocab_size(args.vocab_size)
+    args.dataset = shards.pick_dataset(args.dataset)
     text = TrainingText(args.dataset, args.max_chars, args.doc_cap)
     print(f"training a {args.vocab_size:,}-token vocabulary on up to {args.max_chars:,} characters of "
           f"{len(text.paths)} training shard(s) of {args.dataset}", flush=True)

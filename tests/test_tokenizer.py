@@ -240,6 +240,18 @@ def test_train_command_saves_a_tokenizer_and_reports(home, capsys):
         assert line in section
 
 
+def test_without_dataset_flag_the_only_dataset_present_is_used(home, capsys):
+    """A user who downloaded or added one corpus (not nanochat's default) means that one, and is told so."""
+    write_dataset(home, "mine")
+    assert run_cli("tokenizer", "train", "--vocab-size", "300", "--max-chars", "2e3") == 0
+    out = capsys.readouterr().out
+    assert "dataset: mine (the only one in" in out and "training shard(s) of mine" in out
+    write_dataset(home, "other")  # two candidates: no guessing, the default is asked for and the error lists both
+    assert run_cli("tokenizer", "train", "--vocab-size", "300") == 2
+    err = capsys.readouterr().err
+    assert "'climbmix-400b-shuffle' needs at least 2 shards" in err and "datasets present: mine, other" in err
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--vocab-size", "264"], "--vocab-size 264 is too small"),
     (["--vocab-size", "100000"], "lower --vocab-size"),

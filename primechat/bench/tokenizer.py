@@ -48,8 +48,7 @@ def best_seconds(fn) -> tuple[float, object]:
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--dataset", default=shards.DEFAULT_DATASET,
-                        help="dataset to train on (training shards) and to encode (validation shard)")
+    shards.add_dataset_argument(parser, "dataset to train on (training shards) and to encode (validation shard)")
     parser.add_argument("--max-chars", type=char_count, default=100_000_000,
                         help="train on about this many characters (1e8 accepted); fewer if the dataset is smaller")
     parser.add_argument("--vocab-size", type=int, default=32768,
@@ -58,6 +57,7 @@ def add_arguments(parser) -> None:
 
 def main(args) -> None:
     check_vocab_size(args.vocab_size)
+    args.dataset = shards.pick_dataset(args.dataset)
     stream = TrainingText(args.dataset, args.max_chars, doc_cap=None)
     texts = list(stream)  # read once, up front, so that neither trainer's time includes reading parquet
     print(f"training text: {stream.chars:,} characters, {stream.docs:,} documents of {args.dataset}", flush=True)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from primechat.common import UserError, atomic_path, dataset_dir
+from primechat.common import UserError, atomic_path, base_data_dir, dataset_dir, print0
 
 DEFAULT_DATASET = "karpathy/climbmix-400b-shuffle"  # nanochat's current pretraining corpus
 ROW_GROUP_SIZE = 1024
@@ -50,12 +50,34 @@ def write_manifest(folder: Path, **fields) -> None:
         tmp.write_text(json.dumps(manifest, indent=2) + "\n")
 
 
+def local_datasets() -> list[str]:
+    """Names of the datasets under base_data/ that hold shards."""
+    return sorted(p.name for p in base_data_dir().glob("*/") if any(p.glob("shard_*.parquet")))
+
+
+def add_dataset_argument(parser, help: str) -> None:
+    parser.add_argument("--dataset", default=None,
+                        help=f"{help} (default: {DEFAULT_DATASET.split('/')[-1]}, or the only dataset present)")
+
+
+def pick_dataset(name: str | None) -> str:
+    """--dataset's value; without one nanochat's corpus, unless it is absent and exactly one other dataset is there
+    (a user who downloaded or added only that one means it), which is then named on the console."""
+    if name:
+        return name
+    present = local_datasets()
+    if len(present) == 1 and present[0] != DEFAULT_DATASET.split("/")[-1]:
+        print0(f"dataset: {present[0]} (the only one in {base_data_dir()}; choose another with --dataset)")
+        return present[0]
+    return DEFAULT_DATASET
+
+
 def list_shards(dataset: str) -> tuple[list[Path], Path]:
     """(train shards, validation shard) of a local dataset, or a UserError saying how to get some."""
     folder = dataset_dir(dataset)
     shards = sorted(folder.glob("shard_*.parquet"))
     if len(shards) < 2:
-        have = sorted(p.name for p in folder.parent.glob("*/") if any(p.glob("shard_*.parquet")))
+        have = local_datasets()
         hint = f" (datasets present: {', '.join(have)}; pick one with --dataset)" if have else ""
         raise UserError(f"dataset {folder.name!r} needs at least 2 shards (train + val) in {folder}, found "
                         f"{len(shards)}: run `primechat data download -n 8`, `primechat data demo` or "

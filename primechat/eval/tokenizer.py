@@ -152,12 +152,12 @@ def compression_table(texts: dict[str, str], ours, baselines: list[tuple[str, ob
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--dataset", default=shards.DEFAULT_DATASET,
-                        help="dataset whose first training and validation row groups give the train and val rows")
+    shards.add_dataset_argument(parser, "dataset whose first training and validation row groups give the train and val rows")
 
 
 def main(args) -> None:
     tokenizer = load_tokenizer()
+    args.dataset = shards.pick_dataset(args.dataset)
     texts = eval_texts(args.dataset)
     available, notes = [], []
     for label, name in BASELINES:

@@ -20,7 +20,7 @@ import torch.distributed as dist
 from primechat import report
 from primechat.common import UserError, compute_cleanup, compute_dtype, compute_init, peak_flops, print0, progress
 from primechat.data.loader import DataParallelLoader, PretrainLoader
-from primechat.data.shards import DEFAULT_DATASET, list_shards
+from primechat.data.shards import add_dataset_argument, list_shards, pick_dataset
 from primechat.eval.loss import evaluate_bpb
 from primechat.fp8 import check_device as check_fp8_device, enable_fp8
 from primechat.model import GPT, GPTConfig, config_for_depth
@@ -44,7 +44,7 @@ def add_arguments(p):
     p.add_argument("--head-dim", type=int, default=128, help="attention head size")
     p.add_argument("--max-seq-len", type=int, default=2048, help="context length in tokens")
     p.add_argument("--window-pattern", default="SSSL", help="per-layer attention windows: S = quarter, L = full")
-    p.add_argument("--dataset", default=DEFAULT_DATASET, help="pretraining dataset under base_data/")
+    add_dataset_argument(p, "pretraining dataset under base_data/")
     p.add_argument("--data-streams", type=int, default=0, help="independent data streams (0: one per process); "
                    "runs with equal streams and total batch see the same data whatever the process count")
     p.add_argument("--device-type", default="", help="cuda|cpu|mps (default: autodetect)")
@@ -180,6 +180,7 @@ def validation_batches(tokenizer, val_path, args, rank: int, world: int) -> list
 def main(args):
     device, rank, world = compute_init(args.device_type)
     master = rank == 0
+    args.dataset = pick_dataset(args.dataset)
     user_config = {k: v for k, v in vars(args).items() if not callable(v)}
     tokenizer = load_tokenizer()
     train_paths, val_path = list_shards(args.dataset)
