@@ -295,8 +295,8 @@ def main(args):
         smooth = loop["smooth_loss"] / (1 - beta ** step)
         tok_per_sec = plan.total_batch / dt
         mfu = plan.flops_per_token * tok_per_sec / (peak * world) * 100 if peak else None
-        steps_timed = max(1, step - 10)
-        eta = loop["training_time"] / steps_timed * (num_steps - step)
+        seconds_per_step = loop["training_time"] / (step - 10) if step > 10 else dt  # untimed steps: the last one
+        eta = seconds_per_step * (num_steps - step)
         bar.update(1)
         mfu_text = f"{mfu:.1f}%" if mfu is not None else "-"
         say(f"step {step:05d}/{num_steps} ({100 * step / num_steps:.1f}%) | loss {smooth:.4f} | lrm {lrm:.2f} | "

@@ -320,7 +320,7 @@ def main(args):
         done = min(run_progress(), 1.0)
         tok_per_sec = settings["total_batch_size"] / dt
         mfu = flops_per_token * tok_per_sec / (peak * world) * 100 if peak else None
-        eta = loop["training_time"] * (1 - done) / done if done > 0 and loop["training_time"] > 0 else 0.0
+        eta = (loop["training_time"] or dt) * (1 - done) / done if done > 0 else 0.0  # step 1 is untimed: its dt
         bar.update(round(100 * done) - bar.n)
         say(f"step {step:05d} ({100 * done:.1f}%) | loss {smooth:.4f} | lrm {lrm:.2f} | dt {dt * 1000:.0f}ms | "
             f"tok/s {tok_per_sec:,.0f} | mfu {f'{mfu:.1f}%' if mfu is not None else '-'} | "
