@@ -10,7 +10,7 @@ import importlib
 import os
 import sys
 
-from primechat.common import UserError
+from primechat.common import UserError, quiet_hub_progress
 
 # command -> (help, module) or (help, {subcommand: (help, module)})
 COMMANDS = {
@@ -108,6 +108,7 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
 
 def run_guarded(fn, args) -> int:
     """Run a stage; a UserError becomes one line on stderr and exit code 2, Ctrl-C exits 130 without a traceback."""
+    quiet_hub_progress()
     try:
         fn(args)
     except UserError as e:

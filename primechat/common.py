@@ -62,10 +62,23 @@ def atomic_path(path: str | os.PathLike):
         raise
 
 
+def show_progress() -> bool:
+    """Progress bars on a terminal, or anywhere with PRIMECHAT_PROGRESS=1; in logs they are lines of escape codes."""
+    return sys.stderr.isatty() or os.environ.get("PRIMECHAT_PROGRESS") == "1"
+
+
 def progress(iterable=None, **kwargs):
-    """A tqdm bar (rate and ETA) on stderr; quiet when stderr is not a terminal unless PRIMECHAT_PROGRESS=1."""
-    show = sys.stderr.isatty() or os.environ.get("PRIMECHAT_PROGRESS") == "1"
-    return tqdm(iterable, disable=not show, dynamic_ncols=True, **kwargs)
+    """A tqdm bar (rate and ETA) on stderr, from the first process only (under torchrun all share one terminal)."""
+    return tqdm(iterable, disable=not (show_progress() and is_master()), dynamic_ncols=True, **kwargs)
+
+
+def quiet_hub_progress():
+    """huggingface_hub's download bars follow the same rule as ours."""
+    if not show_progress():
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # read when huggingface_hub is imported
+        if "huggingface_hub" in sys.modules:
+            from huggingface_hub.utils import disable_progress_bars
+            disable_progress_bars()
 
 
 def run_child(command: list[str], log, on_line=None, env: dict | None = None) -> int:

@@ -145,6 +145,7 @@ def test_killed_download_never_shows_a_partial_shard_and_a_rerun_completes(fake_
     (["--dataset", "me/corpus", "--revision", "v9"], ["'v9'", "--revision"]),
     (["--dataset", "me/corpus", "-n", "-2"], ["-n -2"]),
     (["--dataset", "me/corpus", "--workers", "0"], ["--workers 0"]),
+    (["--dataset", "corpus"], ["--dataset corpus", "OWNER/NAME"]),
 ])
 def test_download_errors_are_one_line(fake_hub, cli, home, args, fragments):
     fake_hub.add_shard_dataset("me/corpus", num_shards=2)
@@ -158,6 +159,8 @@ def test_download_refuses_to_mix_two_repos_in_one_folder(fake_hub, cli, home):
     fake_hub.add_shard_dataset("you/corpus", num_shards=2, seed=1)
     assert download(cli, "-n", "1").code == 0
     assert_one_line_error(cli("data", "download", "--dataset", "you/corpus"), "me/corpus", "you/corpus")
+    # the short name other commands accept: download asks for OWNER/NAME and names what the folder holds
+    assert_one_line_error(cli("data", "download", "--dataset", "corpus"), "OWNER/NAME", "me/corpus is already in")
 
 
 def test_download_offline_says_so(fake_hub, cli, home, monkeypatch):
@@ -296,3 +299,4 @@ def test_demo_will_not_touch_another_dataset(tmp_path, home, cli):
     files, _ = write_inputs(tmp_path)
     assert cli("data", "add", *files, "--name", "pydocs").code == 0
     assert_one_line_error(cli("data", "demo"), "another dataset")
+

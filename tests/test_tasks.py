@@ -464,6 +464,7 @@ def test_preview_shows_rows_tokens_shares_and_masked_examples(mixture_file, tok,
     assert out.count("--- train example") == 2 and out.count("--- val example") == 2
     assert "<|assistant_start|>|" in out and "<|assistant_end|>" in out
     assert "\x1b[92m" in result.out and "\x1b[91m" in result.out  # trained tokens green, the rest red
+    assert "Fetching" not in result.err and "\r" not in result.err  # no download bars off a terminal
 
     only_val = cli("data", "mixture", mixture_file, "--tokenizer", tmp_path / "tok", "--section", "val",
                    "--examples", "0")

@@ -98,6 +98,9 @@ def download_shard(api: HfApi, repo: str, revision: str, name: str, folder: Path
 def download(repo: str, num_shards: int, workers: int, revision: str) -> None:
     folder = dataset_dir(repo)
     previous = read_manifest(folder).get("repo")
+    if "/" not in repo.strip("/"):
+        held = f" ({previous} is already in {folder})" if previous else ""
+        raise UserError(f"--dataset {repo}: downloads take the Hub's OWNER/NAME, e.g. {DEFAULT_DATASET}{held}")
     if previous and previous != repo:
         raise UserError(f"{folder} holds shards of {previous}, not {repo}: delete that folder, or move it aside")
     api = HfApi()

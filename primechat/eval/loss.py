@@ -10,6 +10,8 @@ import math
 import torch
 import torch.distributed as dist
 
+from primechat.common import progress
+
 
 @torch.no_grad()
 def evaluate_bpb(model, batches, steps: int, token_bytes: torch.Tensor) -> float:
@@ -17,7 +19,7 @@ def evaluate_bpb(model, batches, steps: int, token_bytes: torch.Tensor) -> float
     device = token_bytes.device
     total_nats = torch.zeros((), dtype=torch.float64, device=device)
     total_bytes = torch.zeros((), dtype=torch.int64, device=device)
-    for _ in range(steps):
+    for _ in progress(range(steps), desc="validation", unit="batch", leave=False):
         inputs, targets = next(batches)
         loss = model(inputs, targets, loss_reduction="none").view(-1)
         flat = targets.reshape(-1)
