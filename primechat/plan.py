@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
-from primechat.common import GPU_HOURLY_PRICE, PEAK_BF16_FLOPS, UserError, gpu_hourly_price, physical_ram
+from primechat.common import (GPU_HOURLY_PRICE, PEAK_BF16_FLOPS, UserError, gpu_hourly_price, human_bytes,
+                              physical_ram)
 from primechat.interop.nanochat import LAYOUTS
 from primechat.model import GPT, GPTConfig
 from primechat.optim import build_optimizer
@@ -364,9 +365,9 @@ def print_figures(f: Figures):
 
     print_rows("data (nanochat's shards: ~4.8 chars/token, ~250M chars and ~100 MB per shard)", [
         ("training shards", f"{f.shards:,} + 1 validation shard: primechat data download -n {f.shards}"),
-        ("text read", f"~{f.tokens / (1 - CROPPED) / 1e9:.1f}B tokens, of which best-fit packing crops ~{CROPPED:.0%} "
+        ("text read", f"~{f.tokens / (1 - CROPPED):,.0f} tokens, of which best-fit packing crops ~{CROPPED:.0%} "
                       f"(nanochat's figure at seq len 2048)"),
-        ("disk", f"~{f.disk_bytes / 1e9:.1f} GB")])
+        ("disk", f"~{human_bytes(f.disk_bytes)}")])
 
     m, on_cpu = f.memory, f.hardware == "CPU"
     share = f"1/{f.count} share" if f.count > 1 else "whole"

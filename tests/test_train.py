@@ -250,6 +250,15 @@ def assert_same_training(home: Path, reference: Path, step: int):
             assert rel < 1e-3, f"{name}: relative difference {rel:.2e}"
 
 
+def test_resume_with_a_longer_horizon_says_the_schedule_changes(run_a, corpus, tmp_path):
+    home = make_home(corpus, tmp_path / "home")
+    shutil.copytree(ckpt(run_a[0]), ckpt(home))
+    result = ok(train(home, "--num-iterations", 14, "--resume"))
+    assert "the saved run had 12 steps, this one 14: the learning-rate schedule changes from step 12 on" in \
+        result.stdout
+    assert [r["step"] for r in metrics(home) if "loss" in r][-2:] == [13, 14]
+
+
 def test_gradient_accumulation_gives_the_same_result(run_a, corpus, tmp_path):
     """--device-batch-size 2 (4 micro-batches) trains on the same rows as 4 (2 micro-batches)."""
     home_a, _ = run_a
@@ -401,7 +410,8 @@ def test_total_batch_not_divisible(corpus, home):
 @pytest.mark.parametrize("flags,fragment", [
     (["--num-iterations", 12], "--resume"),  # a new run into a tag that has checkpoints
     (["--num-iterations", 12, "--depth", 1, "--model-tag", "d2", "--resume"], "model config"),  # another model
-], ids=["existing-tag", "depth-mismatch"])
+    (["--num-iterations", 8, "--resume"], "the checkpoint is at step 12, past this run's 8 steps"),
+], ids=["existing-tag", "depth-mismatch", "horizon-before-checkpoint"])
 def test_existing_checkpoints_are_left_alone(run_a, corpus, home, flags, fragment):
     make_home(corpus, home)
     shutil.copytree(ckpt(run_a[0]), ckpt(home), copy_function=shutil.copy2)

@@ -168,8 +168,8 @@ def main(args) -> None:
         else:
             available.append((label, enc))
     table = compression_table(texts, tokenizer, available)
-    notes.append(f"Ours: vocabulary {tokenizer.vocab_size:,}; train/val rows from dataset {args.dataset}. "
-                 "vs X = (X tokens - ours) / X tokens: positive means ours needs fewer tokens.")
+    notes.append(f"Ours: vocabulary {tokenizer.vocab_size:,}; train/val rows from dataset {args.dataset}."
+                 + (" vs X = (X tokens - ours) / X tokens: positive means ours needs fewer tokens." if available else ""))
     text = table + "\n\n" + "\n".join(f"- {note}" for note in notes)
     report.log_section("Tokenizer evaluation", text)
     print(text)

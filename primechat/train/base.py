@@ -28,8 +28,8 @@ from primechat.optim import build_optimizer
 from primechat.plots import plot_training_curves
 from primechat.tokenizer import load_tokenizer
 from primechat.train import checkpoint
-from primechat.train.loop import (RunLog, StopRequest, add_speed_arguments, out_of_memory, refuse_float16, say,
-                                  training_model)
+from primechat.train.loop import (RunLog, StopRequest, add_speed_arguments, check_horizon, out_of_memory,
+                                  refuse_float16, say, training_model)
 
 SAMPLE_PROMPTS = ["The capital of France is", "The chemical symbol of gold is",
                   "If yesterday was Friday, then tomorrow will be", "The opposite of hot is",
@@ -212,6 +212,7 @@ def main(args):
         meta = checkpoint.resume_training(folder, step, config.to_dict(), model, optimizer, rank, device)
         loader_state = checkpoint.load_rank_state(folder, step, "loader", rank)
         loop.update(meta["loop_state"])
+        check_horizon(step, plan.num_steps, meta["num_iterations"])
 
     speed_rows = []
     if args.fp8:

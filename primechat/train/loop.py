@@ -7,6 +7,7 @@
 - say: a console line from rank 0, printed above the progress bar.
 - refuse_float16, out_of_memory: the errors every loop gives for fp16 (no gradient scaler yet) and for OOM.
 - add_speed_arguments, training_model: --attention and --compile, the same in every trainer and in bench train.
+- check_horizon: a resumed run may change its number of steps, but not end before the step it resumes from.
 """
 
 import json
@@ -76,6 +77,15 @@ def refuse_float16(dtype: torch.dtype):
     if dtype == torch.float16:
         raise UserError("float16 training needs a gradient scaler, which primechat does not have yet: set "
                         "PRIMECHAT_DTYPE=bfloat16 (GPUs since Ampere) or float32")
+
+
+def check_horizon(resumed_at: int, num_steps: int, saved_num_steps: int):
+    if resumed_at > num_steps:
+        raise UserError(f"the checkpoint is at step {resumed_at}, past this run's {num_steps} steps: raise "
+                        f"--num-iterations (the saved run had {saved_num_steps})")
+    if num_steps != saved_num_steps:
+        print0(f"note: the saved run had {saved_num_steps:,} steps, this one {num_steps:,}: the learning-rate "
+               f"schedule changes from step {resumed_at} on")
 
 
 def out_of_memory(device_batch_size: int) -> UserError:

@@ -31,7 +31,7 @@ from primechat.tasks.gsm8k import GSM8K
 from primechat.tasks.spelling import SpellingBee
 from primechat.tasks.words import load_words
 from primechat.train import checkpoint
-from primechat.train.loop import RunLog, StopRequest, out_of_memory, refuse_float16, say
+from primechat.train.loop import RunLog, StopRequest, check_horizon, out_of_memory, refuse_float16, say
 
 # task -> split -> the problems (a generated task draws other examples for test than for train)
 RL_TASKS = {
@@ -141,6 +141,7 @@ def main(args):
         step = resumed_at
         meta = checkpoint.resume_training(folder, step, source_meta["model_config"], model, optimizer, rank, device)
         loop.update(meta["loop_state"])
+        check_horizon(step, num_steps, meta.get("num_iterations", num_steps))  # older RL checkpoints lack it
     print0(f"RL on {args.task}: {len(train_task):,} problems, {num_steps} steps × {args.examples_per_step} problems "
            f"× {args.num_samples} samples, from {args.source} {source_tag} step {source_meta['step']} on {device}")
 
@@ -158,7 +159,7 @@ def main(args):
     def save(step):
         meta = {"step": step, "model_config": source_meta["model_config"], "user_config": user_config,
                 "source": {"stage": args.source, "tag": source_tag, "step": source_meta["step"]},
-                "world_size": world, "pass_at_k": loop["pass_at_k"], "loop_state": loop}
+                "world_size": world, "num_iterations": num_steps, "pass_at_k": loop["pass_at_k"], "loop_state": loop}
         checkpoint.save_checkpoint(folder, step, model.state_dict(), meta, optimizer.state_dict(), rank=rank)
 
     while True:
