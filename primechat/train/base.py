@@ -232,6 +232,10 @@ def main(args):
     bar = progress(total=plan.num_steps, initial=step, desc="train", unit="step")
     num_steps = plan.num_steps
 
+    def draw_curve():  # at every evaluation and save, so the picture beside a checkpoint is up to date
+        if master:
+            plot_training_curves(metrics_path, folder / "loss_curve.png", title=f"base {tag}")
+
     def save(step):
         meta = {"step": step, "val_bpb": loop["val_bpb"], "model_config": config.to_dict(), "user_config": user_config,
                 "device_batch_size": args.device_batch_size, "max_seq_len": args.max_seq_len,
@@ -239,6 +243,7 @@ def main(args):
                 "plan": asdict(plan), "loop_state": loop}
         checkpoint.save_checkpoint(folder, step, model.state_dict(), meta, optimizer.state_dict(),
                                    train_loader.state_dict(), rank)
+        draw_curve()
 
     while True:
         last = step == num_steps
@@ -252,8 +257,7 @@ def main(args):
             loop["val_bpb"], loop["min_val_bpb"] = val_bpb, min(loop["min_val_bpb"], val_bpb)
             say(f"step {step:05d} | validation bpb {val_bpb:.4f}")
             log({"step": step, "val_bpb": val_bpb})
-            if master:
-                plot_training_curves(metrics_path, folder / "loss_curve.png", title=f"base {tag}")
+            draw_curve()
         if fresh and master and (last or (args.sample_every > 0 and step % args.sample_every == 0 and step > 0)):
             for prompt in SAMPLE_PROMPTS:
                 ids = tokenizer.encode(prompt, prepend=tokenizer.bos_id)

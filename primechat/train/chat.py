@@ -253,6 +253,10 @@ def main(args):
             return step / args.num_iterations
         return loop["progress"] / args.num_epochs
 
+    def draw_curve():  # at every evaluation and save, so the picture beside a checkpoint is up to date
+        if master:
+            plot_training_curves(metrics_path, folder / "loss_curve.png", title=f"{stage} {source_tag}")
+
     def save(step):
         meta = {"step": step, "val_bpb": loop["val_bpb"], "model_config": source_meta["model_config"],
                 "user_config": {**user_config, **settings}, "source": {"stage": args.source, "tag": source_tag,
@@ -262,6 +266,7 @@ def main(args):
                 "world_size": world, "metrics": loop["metrics"], "loop_state": loop}
         checkpoint.save_checkpoint(folder, step, model.state_dict(), meta, optimizer.state_dict(),
                                    train_loader.state_dict(), rank)
+        draw_curve()
 
     while True:
         last = run_progress() >= 1.0
@@ -273,8 +278,7 @@ def main(args):
             loop["val_bpb"], loop["min_val_bpb"] = val_bpb, min(loop["min_val_bpb"], val_bpb)
             say(f"step {step:05d} | validation bpb {val_bpb:.4f}")
             log({"step": step, "val_bpb": val_bpb})
-            if master:
-                plot_training_curves(metrics_path, folder / "loss_curve.png", title=f"{stage} {source_tag}")
+            draw_curve()
         if fresh and metric_names and (last or (args.metrics_every > 0 and step % args.metrics_every == 0)):
             loop["metrics"] = measure_tasks(model, tokenizer, metric_names, args, rank, world)
             say(f"step {step:05d} | " + " | ".join(f"{k} {v:.4f}" for k, v in loop["metrics"].items()))
