@@ -326,7 +326,8 @@ def main(args):
         mfu = flops_per_token * tok_per_sec / (peak * world) * 100 if peak else None
         eta = (loop["training_time"] or dt) * (1 - done) / done if done > 0 else 0.0  # step 1 is untimed: its dt
         bar.update(round(100 * done) - bar.n)
-        say(f"step {step:05d} ({100 * done:.1f}%) | loss {smooth:.4f} | lrm {lrm:.2f} | dt {dt * 1000:.0f}ms | "
+        total = f"/{args.num_iterations}" if args.num_iterations > 0 else ""  # else epochs: steps known at the end
+        say(f"step {step:05d}{total} ({100 * done:.1f}%) | loss {smooth:.4f} | lrm {lrm:.2f} | dt {dt * 1000:.0f}ms | "
             f"tok/s {tok_per_sec:,.0f} | mfu {f'{mfu:.1f}%' if mfu is not None else '-'} | "
             f"time {loop['training_time'] / 60:.1f}m | eta {eta / 60:.1f}m")
         log({"step": step, "loss": smooth, "raw_loss": loss_value, "lrm": lrm, "dt": dt, "tok_per_sec": tok_per_sec,
