@@ -5,6 +5,9 @@ a disconnecting client freeing its worker, requests waiting in line."""
 
 import asyncio
 import json
+import re
+import socket
+import subprocess
 import threading
 import time
 
@@ -130,6 +133,29 @@ def test_models_flag_restricts_and_model_flag_sets_default(env):
         assert [m["id"] for m in c.get("/v1/models").json()["data"]] == ["base/d2/5", "sft/d2/5"]
         r = c.post("/v1/chat/completions", json={"model": "sft", "messages": HELLO})  # sft -> sft/d2/10: not served
         assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
+
+
+def test_serve_command_answers_on_the_port_it_prints(cli):
+    proc = cli.popen("serve", "--device-type", "cpu", "--port", "0", stdout=subprocess.PIPE,
+                     stderr=subprocess.STDOUT, text=True)
+    try:
+        url = re.search(r"http://127\.0\.0\.1:\d+/", proc.stdout.readline()).group(0)  # port 0: the one it got
+        reply = httpx.post(url + "v1/chat/completions", timeout=60,
+                           json={"model": "sft/d2/5", "messages": HELLO, "max_tokens": 3, "temperature": 0})
+        assert reply.status_code == 200 and reply.json()["usage"]["completion_tokens"] == 3
+    finally:
+        proc.terminate()
+        output = proc.communicate(timeout=30)[0]
+    assert "Finished server process" in output  # SIGTERM: a graceful stop (uvicorn then re-raises the signal)
+
+
+def test_busy_port_is_a_one_line_user_error_before_anything_starts(home, cli):
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        result = cli("serve", "--device-type", "cpu", "--port", str(port))
+    assert result.code == 2 and result.out == ""  # no banner announcing a server that is not there
+    assert result.err.strip() == f"primechat: error: port {port} on 127.0.0.1 is already in use (another server?): " \
+                                 f"pick another with --port"
 
 
 def test_no_checkpoints_is_a_one_line_user_error(home, cli):

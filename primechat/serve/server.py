@@ -10,7 +10,9 @@ told to retry (503). Any OpenAI client works:
     client.chat.completions.create(model="sft", messages=[{"role": "user", "content": "Hi!"}])
 """
 
+import errno
 import os
+import socket
 import threading
 import time
 
@@ -91,6 +93,17 @@ class ServerThread:
         self.thread.join(timeout=10)
 
 
+def listening_socket(host: str, port: int) -> socket.socket:
+    """Bound before anything else, so a busy port is one line at once rather than uvicorn's error after the banner."""
+    try:
+        return socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
+    except OSError as e:
+        if e.errno == errno.EADDRINUSE:
+            raise UserError(f"port {port} on {host} is already in use (another server?): pick another with "
+                            f"--port") from None
+        raise UserError(f"cannot listen on {host}:{port} ({e.strerror or e}): check --host and --port") from None
+
+
 def main(args) -> None:
     import uvicorn
 
@@ -98,16 +111,19 @@ def main(args) -> None:
     from primechat.serve.api import create_app
 
     settings = settings_from_args(args)
+    sock = listening_socket(args.host, args.port)
     compute_init(settings.device_type)  # checks the device, sets TF32 matmuls on CUDA
     app = create_app(settings)
     default = app.state.catalog.default()
     count = len(app.state.catalog.models())
     shown = "localhost" if args.host in ("0.0.0.0", "::") else args.host
-    print(f"primechat serve: http://{shown}:{args.port}/  (OpenAI API: http://{shown}:{args.port}/v1)")
+    port = sock.getsockname()[1]  # --port 0: the free port the system gave
+    print(f"primechat serve: http://{shown}:{port}/  (OpenAI API: http://{shown}:{port}/v1)")
     print(f"{count} model{'s' if count != 1 else ''}, default {default.id if default else '-'} · "
           f"{settings.num_workers} worker{'s' if settings.num_workers != 1 else ''} on {settings.device_type}"
           f"{' · API key required' if settings.api_key else ''}", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info", timeout_graceful_shutdown=5)
+    config = uvicorn.Config(app, log_level="info", timeout_graceful_shutdown=5)
+    uvicorn.Server(config).run(sockets=[sock])
 
 
 if __name__ == "__main__":
