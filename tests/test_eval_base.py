@@ -84,6 +84,16 @@ def test_bpb_hand_computed():
     assert bpb == pytest.approx(12 / 10)
 
 
+def test_bpb_evaluation_is_abandoned_when_asked():
+    """A stop signal during a long evaluation: the loop stops at the next batch and there is no number."""
+    token_bytes = torch.tensor([1, 2, 3, 0])
+    targets = torch.tensor([[0, 1, 2, 3]])
+    batches = iter([(targets, targets)] * 10)
+    asked = []
+    assert evaluate_bpb(Uniform(), batches, 10, token_bytes, abandon=lambda: asked.append(1) or len(asked) > 3) is None
+    assert len(asked) == 4 and len(list(batches)) == 7  # three batches evaluated, the rest never read
+
+
 def test_eval_base_end_to_end(model_home, fake_hub, cli, tmp_path):
     url = fake_hub.add_static("eval_bundle.zip", bundle_zip(tmp_path))
     r = cli("eval", "base", "--bundle-url", url, "--split-tokens", "512", "--device-batch-size", "2")

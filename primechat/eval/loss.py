@@ -14,12 +14,18 @@ from primechat.common import progress
 
 
 @torch.no_grad()
-def evaluate_bpb(model, batches, steps: int, token_bytes: torch.Tensor) -> float:
-    """batches yields (inputs, targets); token_bytes[id] = UTF-8 byte length of token id (0 for specials)."""
+def evaluate_bpb(model, batches, steps: int, token_bytes: torch.Tensor, abandon=lambda: False) -> float | None:
+    """batches yields (inputs, targets); token_bytes[id] = UTF-8 byte length of token id (0 for specials).
+    abandon() is asked before each batch (a stop signal arrived: a long CPU evaluation should not hold up the save);
+    when it says yes on any rank, every rank returns None."""
     device = token_bytes.device
     total_nats = torch.zeros((), dtype=torch.float64, device=device)
     total_bytes = torch.zeros((), dtype=torch.int64, device=device)
+    abandoned = torch.zeros((), dtype=torch.int64, device=device)
     for _ in progress(range(steps), desc="validation", unit="batch", leave=False):
+        if abandon():
+            abandoned.fill_(1)
+            break
         inputs, targets = next(batches)
         loss = model(inputs, targets, loss_reduction="none").view(-1)
         flat = targets.reshape(-1)
@@ -27,9 +33,12 @@ def evaluate_bpb(model, batches, steps: int, token_bytes: torch.Tensor) -> float
         counted = nbytes > 0
         total_nats += loss[counted].double().sum()
         total_bytes += nbytes[counted].sum()
-    if dist.is_available() and dist.is_initialized():
+    if dist.is_available() and dist.is_initialized():  # the same collectives on every rank, abandoned or not
         dist.all_reduce(total_nats)
         dist.all_reduce(total_bytes)
+        dist.all_reduce(abandoned, op=dist.ReduceOp.MAX)
+    if abandoned.item():
+        return None
     if total_bytes.item() == 0:
         return float("inf")
     return total_nats.item() / (math.log(2) * total_bytes.item())

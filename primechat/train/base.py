@@ -28,8 +28,8 @@ from primechat.optim import build_optimizer
 from primechat.plots import plot_training_curves
 from primechat.tokenizer import load_tokenizer
 from primechat.train import checkpoint
-from primechat.train.loop import (RunLog, StopRequest, add_speed_arguments, check_horizon, out_of_memory,
-                                  refuse_float16, say, training_model)
+from primechat.train.loop import (RunLog, StopRequest, add_speed_arguments, check_horizon, note_validation,
+                                  out_of_memory, refuse_float16, say, training_model)
 
 SAMPLE_PROMPTS = ["The capital of France is", "The chemical symbol of gold is",
                   "If yesterday was Friday, then tomorrow will be", "The opposite of hot is",
@@ -253,11 +253,9 @@ def main(args):
                 val_batches = validation_batches(tokenizer, val_path, args, rank, world)
             with torch.no_grad():
                 val_bpb = evaluate_bpb(train_model, (tuple(t.to(device) for t in b) for b in val_batches),
-                                       len(val_batches), token_bytes)
-            loop["val_bpb"], loop["min_val_bpb"] = val_bpb, min(loop["min_val_bpb"], val_bpb)
-            say(f"step {step:05d} | validation bpb {val_bpb:.4f}")
-            log({"step": step, "val_bpb": val_bpb})
-            draw_curve()
+                                       len(val_batches), token_bytes, abandon=stop.pending)
+            if note_validation(step, val_bpb, loop, log):
+                draw_curve()
         if fresh and master and (last or (args.sample_every > 0 and step % args.sample_every == 0 and step > 0)):
             for prompt in SAMPLE_PROMPTS:
                 ids = tokenizer.encode(prompt, prepend=tokenizer.bos_id)

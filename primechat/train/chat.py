@@ -31,8 +31,8 @@ from primechat.plots import plot_training_curves
 from primechat.tasks.mixture import load_mixture
 from primechat.train import checkpoint
 from primechat.train.base import B_REF
-from primechat.train.loop import (RunLog, StopRequest, add_speed_arguments, out_of_memory, refuse_float16, say,
-                                  training_model)
+from primechat.train.loop import (RunLog, StopRequest, add_speed_arguments, note_validation, out_of_memory,
+                                  refuse_float16, say, training_model)
 
 # Per stage: the stage it starts from, its mixture, schedule and evaluation cadence. For SFT from a base model (no
 # mid-training) nanochat's 2026 recipe starts higher and decays over half the run: SFT_FROM_BASE.
@@ -274,11 +274,9 @@ def main(args):
         if fresh and (last or (args.eval_every > 0 and step % args.eval_every == 0)):
             if val_batches is None:
                 val_batches = validation_batches(tokenizer, val_set, settings, args.eval_tokens, rank, world, device)
-            val_bpb = evaluate_bpb(train_model, iter(val_batches), len(val_batches), token_bytes)
-            loop["val_bpb"], loop["min_val_bpb"] = val_bpb, min(loop["min_val_bpb"], val_bpb)
-            say(f"step {step:05d} | validation bpb {val_bpb:.4f}")
-            log({"step": step, "val_bpb": val_bpb})
-            draw_curve()
+            val_bpb = evaluate_bpb(train_model, iter(val_batches), len(val_batches), token_bytes, abandon=stop.pending)
+            if note_validation(step, val_bpb, loop, log):
+                draw_curve()
         if fresh and metric_names and (last or (args.metrics_every > 0 and step % args.metrics_every == 0)):
             loop["metrics"] = measure_tasks(model, tokenizer, metric_names, args, rank, world)
             say(f"step {step:05d} | " + " | ".join(f"{k} {v:.4f}" for k, v in loop["metrics"].items()))

@@ -4,7 +4,7 @@
   --resume then continues exactly.
 - RunLog: metrics.jsonl beside the checkpoints (rank 0 only), cut back to the resumed step so a resumed run's log
   reads as one run, mirrored to Weights & Biases when the user asked for it (--wandb PROJECT).
-- say: a console line from rank 0, printed above the progress bar.
+- say: a console line from rank 0, printed above the progress bar; note_validation: a validation result recorded.
 - refuse_float16, out_of_memory: the errors every loop gives for fp16 (no gradient scaler yet) and for OOM.
 - add_speed_arguments, training_model: --attention and --compile, the same in every trainer and in bench train.
 - check_horizon: a resumed run may change its number of steps, but not end before the step it resumes from.
@@ -33,6 +33,10 @@ class StopRequest:
         self.signum = signum
         signal.signal(signal.SIGINT, signal.default_int_handler)
         print0(f"\n{signal.Signals(signum).name}: saving a checkpoint after this step, then stopping")
+
+    def pending(self) -> bool:
+        """A signal arrived in this process (no synchronisation: for loops that must not wait for the step's end)."""
+        return self.signum > 0
 
     def requested(self, device) -> bool:
         flag = torch.tensor(float(self.signum > 0), device=device)
@@ -71,6 +75,17 @@ class RunLog:
 def say(line: str):
     if is_master():
         tqdm.write(line)
+
+
+def note_validation(step: int, val_bpb: float | None, loop: dict, log: RunLog) -> bool:
+    """A validation's result into the loop state, the console and the metrics log; False if a stop abandoned it."""
+    if val_bpb is None:
+        say(f"step {step:05d} | validation abandoned: stopping")
+        return False
+    loop["val_bpb"], loop["min_val_bpb"] = val_bpb, min(loop["min_val_bpb"], val_bpb)
+    say(f"step {step:05d} | validation bpb {val_bpb:.4f}")
+    log({"step": step, "val_bpb": val_bpb})
+    return True
 
 
 def refuse_float16(dtype: torch.dtype):
