@@ -37,8 +37,8 @@ EVALS = ("core", "bpb", "sample")
 def add_arguments(p):
     p.add_argument("--eval", default=None, help="comma-separated subset of core,bpb,sample (default: all three; "
                    "core with --hf-model)")
-    p.add_argument("--max-per-task", type=int, default=-1, help="CORE examples per task (-1: all); a quick look, not "
-                   "a comparable score")
+    p.add_argument("--max-per-task", type=int, default=-1, help="CORE examples per task (-1: all; at least 11, "
+                   "since the 10-shot tasks draw their shots from the rest); a quick look, not a comparable score")
     p.add_argument("--model-tag", default=None, help="base checkpoint folder (default: the deepest d<N>)")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
     p.add_argument("--device-batch-size", type=int, default=32, help="rows per forward pass for bpb")
