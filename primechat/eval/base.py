@@ -25,7 +25,7 @@ import torch
 
 from primechat import report
 from primechat.common import UserError, compute_cleanup, compute_init, home_dir, is_master, print0
-from primechat.data.shards import DEFAULT_DATASET, list_shards
+from primechat.data.shards import list_shards, pick_dataset
 from primechat.eval import core
 from primechat.eval.loss import evaluate_bpb
 from primechat.train.base import SAMPLE_PROMPTS, validation_batches
@@ -123,7 +123,7 @@ def run_bpb(model, tokenizer, meta, device, args, rank: int, world: int) -> dict
     """bpb on the first --split-tokens of the validation shard and of the first training shard, each packed like
     training's validation (one stream, rank r taking batches r, r+N, …), so the figures do not depend on the
     number of processes."""
-    dataset = meta.get("user_config", {}).get("dataset", DEFAULT_DATASET)
+    dataset = pick_dataset(meta.get("user_config", {}).get("dataset"))  # imported models may not say
     train_paths, val_path = list_shards(dataset)
     B, T = args.device_batch_size, model.config.sequence_len
     token_bytes = torch.tensor(tokenizer.token_byte_lengths(), dtype=torch.int64, device=device)
