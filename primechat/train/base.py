@@ -7,7 +7,8 @@ weight decay (× sqrt(B/2^19) × D_ref/D, D_ref being a d12 model's budget). Any
 The loop: gradient accumulation to the total batch, MuonAdamW (which also synchronises gradients across ranks),
 validation bits per byte every --eval-every steps, greedy samples every --sample-every, metrics appended to
 metrics.jsonl and a loss-curve PNG beside the checkpoints, checkpoints every --save-every steps and at the end.
-SIGTERM or Ctrl-C finish the current step, save, and exit; `--resume` continues exactly where a run stopped.
+SIGTERM or Ctrl-C finish the current step (or cut a running validation short), save, and exit; `--resume` continues
+exactly where a run stopped.
 """
 
 import math
