@@ -286,7 +286,8 @@ def char_count(value: str) -> int:
 
 
 def add_arguments(parser) -> None:
-    shards.add_dataset_argument(parser, "dataset whose training shards to learn from (OWNER/NAME or NAME under base_data/)")
+    shards.add_dataset_argument(parser, "dataset whose training shards to learn from (OWNER/NAME or NAME under "
+                                        "base_data/)")
     parser.add_argument("--vocab-size", type=int, default=32768,
                         help="final vocabulary size, the 9 special tokens included")
     parser.add_argument("--max-chars", type=char_count, default=2_000_000_000,

@@ -1,8 +1,10 @@
 """`primechat bench train --depth D`: training throughput (tok/s), MFU and peak memory of the real training step.
 
 Random tokens stand in for data (the loader is not what is measured), the model, optimizer, dtype, attention,
-fp8 and torch.compile are exactly those of `primechat train base`. The first --warmup steps (compilation, allocator warm-up) are not
-timed. MFU is against the device's dense bf16 peak (common.PEAK_BF16_FLOPS), as nanochat reports it.
+fp8 and torch.compile are exactly those of `primechat train base`. The first --warmup steps (compilation, allocator
+warm-up) are not timed. MFU is against the device's dense bf16 peak (common.PEAK_BF16_FLOPS), as nanochat reports
+it. Every run trains on the same random batch from the same seed, so the last loss is a cross-check between attention
+backends, fp8 and compile: they should agree to a few hundredths.
 """
 
 import time
@@ -57,8 +59,7 @@ def main(args):
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
-    for _ in range(args.steps):
-        step()
+    losses = [step() for _ in range(args.steps)]
     dt = (time.perf_counter() - t0) / args.steps
     tok_per_sec = args.device_batch_size * args.max_seq_len / dt
     achieved = model.estimate_flops() * tok_per_sec
@@ -68,9 +69,9 @@ def main(args):
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
     dtype = str(model.compute_dtype).removeprefix("torch.")
     print("| device | depth | params | batch × seq | dtype | attention | compile | step ms | tok/s | TFLOP/s | MFU | "
-          "peak memory |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "peak memory | last loss |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     print(f"| {name} | {args.depth} | {model.num_params()['total'] / 1e6:.1f}M | {args.device_batch_size} × "
           f"{args.max_seq_len} | {dtype}{' + fp8' if args.fp8 else ''} | {attention} | "
           f"{'yes' if train_model is not model else 'no'} | {dt * 1000:.0f} | {tok_per_sec:,.0f} | "
-          f"{achieved / 1e12:.3f} | {mfu} | {memory} |")
+          f"{achieved / 1e12:.3f} | {mfu} | {memory} | {losses[-1]:.4f} |")

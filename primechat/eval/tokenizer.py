@@ -152,7 +152,8 @@ def compression_table(texts: dict[str, str], ours, baselines: list[tuple[str, ob
 
 
 def add_arguments(parser) -> None:
-    shards.add_dataset_argument(parser, "dataset whose first training and validation row groups give the train and val rows")
+    shards.add_dataset_argument(parser, "dataset whose first training and validation row groups give the train and "
+                                        "val rows")
 
 
 def main(args) -> None:
@@ -168,8 +169,8 @@ def main(args) -> None:
         else:
             available.append((label, enc))
     table = compression_table(texts, tokenizer, available)
-    notes.append(f"Ours: vocabulary {tokenizer.vocab_size:,}; train/val rows from dataset {args.dataset}."
-                 + (" vs X = (X tokens - ours) / X tokens: positive means ours needs fewer tokens." if available else ""))
+    explained = " vs X = (X tokens - ours) / X tokens: positive means ours needs fewer tokens." if available else ""
+    notes.append(f"Ours: vocabulary {tokenizer.vocab_size:,}; train/val rows from dataset {args.dataset}.{explained}")
     text = table + "\n\n" + "\n".join(f"- {note}" for note in notes)
     report.log_section("Tokenizer evaluation", text)
     print(text)
