@@ -275,7 +275,8 @@ def test_sliding_window_attention_matches_explicit_mask(n_kv_head, backend):
 
 
 @pytest.mark.filterwarnings(EAGER_FLEX)
-def test_model_forward_is_the_same_with_every_backend(backend):
+@pytest.mark.parametrize("backend", ["flex", "fa3"], indirect=True)
+def test_model_forward_matches_sdpa_with_the_other_backends(backend):
     model = build(tiny_config(sequence_len=256, window_pattern="SSL", n_layer=3))
     x = tokens(2, 256, seed=3)
     with torch.no_grad():
