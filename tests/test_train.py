@@ -259,6 +259,13 @@ def test_resume_with_a_longer_horizon_says_the_schedule_changes(run_a, corpus, t
     assert [r["step"] for r in metrics(home) if "loss" in r][-2:] == [13, 14]
 
 
+def test_a_warmup_longer_than_the_run_before_warmdown_is_pointed_out(run_a, corpus, tmp_path):
+    assert "note: --warmup-steps" not in run_a[1].stdout  # 2 warmup steps, warmdown from step 4 of 12
+    home = make_home(corpus, tmp_path / "home")
+    result = ok(train(home, "--num-iterations", 4, "--warmup-steps", 3, "--eval-every", -1))
+    assert "note: --warmup-steps 3 runs past the warmdown's start (step 1 of 4)" in result.stdout
+
+
 def test_gradient_accumulation_gives_the_same_result(run_a, corpus, tmp_path):
     """--device-batch-size 2 (4 micro-batches) trains on the same rows as 4 (2 micro-batches)."""
     home_a, _ = run_a

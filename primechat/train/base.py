@@ -196,6 +196,11 @@ def main(args):
     model.compute_dtype = compute_dtype(device.type)
     refuse_float16(model.compute_dtype)
     plan = make_plan(args, model, world)
+    warmdown_start = plan.num_steps - round(args.warmdown_ratio * plan.num_steps)
+    if args.warmup_steps > warmdown_start:  # a short run: lr_multiplier jumps from the ramp to the warmdown
+        print0(f"note: --warmup-steps {args.warmup_steps} runs past the warmdown's start (step {warmdown_start} of "
+               f"{plan.num_steps}), so the learning rate drops abruptly at step {args.warmup_steps}: lower "
+               f"--warmup-steps or --warmdown-ratio")
     streams_per_rank = (args.data_streams or world) // world
     if streams_per_rank and plan.grad_accum % streams_per_rank:
         raise UserError(f"gradient accumulation ({plan.grad_accum}) must be a multiple of the data streams per "
