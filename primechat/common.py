@@ -81,12 +81,15 @@ def quiet_hub_progress():
             disable_progress_bars()
 
 
-def run_child(command: list[str], log, on_line=None, env: dict | None = None) -> int:
+def run_child(command: list[str], log, on_line=None, env: dict | None = None) -> tuple[int, str | None]:
     """Run a `primechat` subprocess to its end, its output appended to the open text file `log` (and each line handed
-    to `on_line`, e.g. sys.stdout.write); returns its exit code. SIGTERM is passed on and Ctrl-C reaches the child by itself; either way it saves
-    a checkpoint and exits, and we keep relaying until it has: leaving early would kill it mid-save."""
+    to `on_line`, e.g. sys.stdout.write). Returns its exit code and its own one-line reason if it gave one (a
+    "primechat: error: " line, which under torchrun is buried in torchrun's failure report). SIGTERM is passed on and
+    Ctrl-C reaches the child by itself; either way it saves a checkpoint and exits, and we keep relaying until it
+    has: leaving early would kill it mid-save."""
     import signal
     import subprocess
+    error = None
     with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
         signal.signal(signal.SIGTERM, lambda signum, frame: proc.send_signal(signal.SIGTERM))
         signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -94,12 +97,20 @@ def run_child(command: list[str], log, on_line=None, env: dict | None = None) ->
             for line in proc.stdout:
                 if on_line:
                     on_line(line)
+                if error is None and line.startswith("primechat: error: "):
+                    error = line.strip().removeprefix("primechat: error: ")
                 log.write(line)
                 log.flush()
         finally:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.default_int_handler)
-    return proc.returncode
+    return proc.returncode, error
+
+
+def shipped_configs(key: str) -> dict[str, Path]:
+    """The YAML files in configs/ that have `key` at the top ("stages": speedrun presets, "train": chat mixtures)."""
+    import yaml
+    return {p.stem: p for p in sorted(CONFIGS_DIR.glob("*.yaml")) if key in yaml.safe_load(p.read_text())}
 
 
 def stopped_exit_code(code: int) -> int | None:

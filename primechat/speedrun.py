@@ -21,12 +21,13 @@ import yaml
 
 from primechat import report
 from primechat.cli import COMMANDS
-from primechat.common import CONFIGS_DIR, UserError, atomic_path, home_dir, run_child, stopped_exit_code
+from primechat.common import (CONFIGS_DIR, UserError, atomic_path, home_dir, run_child, shipped_configs,
+                              stopped_exit_code)
 
 
 def shipped_presets() -> list[str]:
     """The presets in configs/ (the folder also holds chat mixtures, which have no stages)."""
-    return sorted(f.stem for f in CONFIGS_DIR.glob("*.yaml") if "stages" in yaml.safe_load(f.read_text()))
+    return list(shipped_configs("stages"))
 
 
 def add_arguments(p):
@@ -90,21 +91,16 @@ def main(args):
             command = stage_command(stage, num_procs)
             print(f"== {stage['name']}: {shlex.join(command[1:])}", flush=True)
             log.write(f"== {stage['name']}: {shlex.join(command)}\n")
-            started, output_start = datetime.datetime.now(), log.tell()
-            code = run_child(command, log, on_line=sys.stdout.write)
+            started = datetime.datetime.now()
+            code, error = run_child(command, log, on_line=sys.stdout.write)
             elapsed = (datetime.datetime.now() - started).total_seconds()
             if (exit_code := stopped_exit_code(code)) is not None:
                 record(stage["name"], elapsed)
                 print(f"== {stage['name']}: stopped; run the same command again to continue", flush=True)
                 raise SystemExit(exit_code)
             if code != 0:
-                # the stage's own one-line error, if it gave one (under torchrun it is buried in torchrun's report)
-                with open(log_path) as output:
-                    output.seek(output_start)
-                    reason = next((line.strip().removeprefix("primechat: error: ") for line in output
-                                   if line.startswith("primechat: error: ")), f"exit {code}")
-                raise UserError(f"stage {stage['name']} failed: {reason}. Fix it and run the same command again: "
-                                f"completed stages are skipped (output in {log_path})")
+                raise UserError(f"stage {stage['name']} failed: {error or f'exit {code}'}. Fix it and run the same "
+                                f"command again: completed stages are skipped (output in {log_path})")
             done.append(stage["name"])
             record(stage["name"], elapsed)
             print(f"== {stage['name']}: done in {elapsed:.0f}s")

@@ -135,15 +135,15 @@ def run_logged(command: list[str], env: dict, log_path: Path, on_line=None) -> N
     with open(log_path, "a") as log:
         log.write(f"$ {' '.join(command)}\n")
         log.flush()
-        code = run_child(command, log, on_line=on_line, env=env)
+        code, error = run_child(command, log, on_line=on_line, env=env)
     if (exit_code := stopped_exit_code(code)) is not None:
         print("stopped; run the same command again to continue", flush=True)
         raise SystemExit(exit_code)
     if code != 0:
         tail = "".join(log_path.read_text().splitlines(keepends=True)[-8:])
         print(tail, file=sys.stderr, end="")
-        raise UserError(f"`primechat {' '.join(command[3:5])}` failed (exit {code}); the full output is in "
-                        f"{log_path}. Fix it and run the same command again: finished points are kept")
+        raise UserError(f"`primechat {' '.join(command[3:5])}` failed ({error or f'exit {code}'}); the full output "
+                        f"is in {log_path}. Fix it and run the same command again: finished points are kept")
 
 
 def vocab_home(sweep_dir: Path, vocab: int | None) -> Path:

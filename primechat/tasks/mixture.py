@@ -32,7 +32,7 @@ from pathlib import Path
 
 import yaml
 
-from primechat.common import CONFIGS_DIR, UserError
+from primechat.common import UserError, shipped_configs
 from primechat.tasks.arc import ARC
 from primechat.tasks.arithmetic import Arithmetic
 from primechat.tasks.chat import ChatTask, check_columns
@@ -85,8 +85,8 @@ def resolve(name: str) -> Path:
     path = Path(name).expanduser()
     if path.is_file():
         return path
-    shipped = {p.stem: p for p in CONFIGS_DIR.glob("*.yaml") if "train" in yaml.safe_load(p.read_text())}
-    if name in shipped:  # configs/ also holds the speedrun presets, which are not mixtures
+    shipped = shipped_configs("train")  # configs/ also holds the speedrun presets, which are not mixtures
+    if name in shipped:
         return shipped[name]
     names = ", ".join(sorted(shipped))
     raise UserError(f"mixture {name} not found: give a YAML file, or one of the shipped mixtures ({names})")
