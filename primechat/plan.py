@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
-from primechat.common import (GPU_HOURLY_PRICE, PEAK_BF16_FLOPS, UserError, gpu_hourly_price, human_bytes,
-                              physical_ram)
+from primechat.common import (GPU_HOURLY_PRICE, PEAK_BF16_FLOPS, UserError, aligned_rows, gpu_hourly_price,
+                              human_bytes, physical_ram)
 from primechat.interop.nanochat import LAYOUTS
 from primechat.model import GPT, GPTConfig
 from primechat.optim import build_optimizer
@@ -343,9 +343,8 @@ def money(value: float | None) -> str:
 
 
 def print_rows(title: str, rows: list[tuple[str, str]]):
-    width = max(len(k) for k, _ in rows)
     print(title)
-    print("\n".join(f"  {k:<{width}}  {v}" for k, v in rows))
+    print(aligned_rows(rows))
 
 
 def print_figures(f: Figures):

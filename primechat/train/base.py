@@ -19,7 +19,8 @@ import torch
 import torch.distributed as dist
 
 from primechat import report
-from primechat.common import UserError, compute_cleanup, compute_dtype, compute_init, peak_flops, print0, progress
+from primechat.common import (UserError, aligned_rows, compute_cleanup, compute_dtype, compute_init, peak_flops, print0,
+                              progress)
 from primechat.data.loader import DataParallelLoader, PretrainLoader
 from primechat.data.shards import add_dataset_argument, list_shards, pick_dataset
 from primechat.eval.loss import evaluate_bpb
@@ -163,8 +164,7 @@ def print_plan(model: GPT, plan: Plan, args, world: int, device, speed_rows: lis
              ("gradient accumulation", plan.grad_accum),
              ("LR batch scale / Muon weight decay", f"{plan.batch_lr_scale:.3f} / {plan.weight_decay:.4f}"),
              ("device / dtype", f"{device} / {str(model.compute_dtype).removeprefix('torch.')}")] + speed_rows
-    width = max(len(k) for k, _ in rows)
-    print0("\n".join(f"  {k:<{width}}  {v}" for k, v in rows))
+    print0(aligned_rows(rows))
 
 
 def validation_batches(tokenizer, val_path, args, rank: int, world: int) -> list:

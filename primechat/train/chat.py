@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 
 from primechat import report
-from primechat.common import UserError, compute_cleanup, compute_init, peak_flops, print0, progress
+from primechat.common import UserError, aligned_rows, compute_cleanup, compute_init, peak_flops, print0, progress
 from primechat.data.chat_loader import ChatLoader
 from primechat.eval import chat as chat_eval
 from primechat.eval.loss import evaluate_bpb
@@ -233,8 +233,7 @@ def main(args):
             ("device / dtype", f"{device} / {str(model.compute_dtype).removeprefix('torch.')}")]
     train_model, attention = training_model(model, args, device)
     rows.append(("attention", attention))
-    width = max(len(k) for k, _ in rows)
-    print0("\n".join(f"  {k:<{width}}  {v}" for k, v in rows))
+    print0(aligned_rows(rows))
 
     token_bytes = torch.tensor(tokenizer.token_byte_lengths(), dtype=torch.int64, device=device)
     flops_per_token, peak = model.estimate_flops(), peak_flops(device)
