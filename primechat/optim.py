@@ -6,8 +6,8 @@ With torch.distributed initialised, gradients are synchronised inside `step` (no
   gradients by reduce-scatter, keeps their momentum, updates them and all-gathers the results.
 - AdamW: a large parameter whose first dim divides by N is reduce-scattered along dim 0 and each rank updates (and
   keeps moments for) its slice before an all-gather; small ones are all-reduced and updated everywhere.
-So optimizer state is split across ranks and saved per rank. Gloo (CPU) has no reduce-scatter: there it is an
-all-reduce followed by taking one's slice, which gives the same numbers.
+So optimizer state is split across ranks and saved per rank. NCCL (GPUs) and gloo (CPU) run the same collectives,
+so the 2-process CPU test checks the very path a GPU node takes.
 
 The Muon step (nanochat 2026, reference B5): Nesterov momentum → row equilibration (MuonEq) → Polar Express
 orthogonalisation → rescale to Frobenius norm sqrt(min(m, n)) (Muon+) → NorMuon's factored second-moment
@@ -77,20 +77,17 @@ def _world():
     return 0, 1
 
 
-def _reduce_scatter_avg(full: torch.Tensor, rank: int, world: int) -> torch.Tensor:
+def _reduce_scatter_avg(full: torch.Tensor, world: int) -> torch.Tensor:
     """This rank's 1/world slice (along dim 0) of the cross-rank average of `full`."""
-    if dist.get_backend() == "nccl":
-        out = torch.empty_like(full[: full.size(0) // world])
-        dist.reduce_scatter_tensor(out, full, op=dist.ReduceOp.AVG)
-        return out
-    dist.all_reduce(full)  # gloo has neither reduce-scatter nor AVG
-    return full.chunk(world)[rank] / world
+    out = full.new_empty(full.size(0) // world, *full.shape[1:])
+    dist.reduce_scatter_single(out, full, op=dist.ReduceOp.AVG)
+    return out
 
 
 def _all_gather(part: torch.Tensor, world: int) -> torch.Tensor:
-    parts = [torch.empty_like(part) for _ in range(world)]
-    dist.all_gather(parts, part)
-    return torch.cat(parts)
+    out = part.new_empty(part.size(0) * world, *part.shape[1:])
+    dist.all_gather_single(out, part)
+    return out
 
 
 class MuonAdamW(torch.optim.Optimizer):
@@ -121,7 +118,7 @@ class MuonAdamW(torch.optim.Optimizer):
         if world > 1:  # pad to a whole number of chunks, then each rank receives the averaged grads it owns
             pad = chunk * world - K
             grads = torch.cat([grads, grads.new_zeros(pad, *grads.shape[1:])]) if pad else grads
-            grads = _reduce_scatter_avg(grads, rank, world)
+            grads = _reduce_scatter_avg(grads, world)
         owned = slice(rank * chunk, min((rank + 1) * chunk, K))
         mine = torch.stack([p.data for p in params[owned]]) if owned.start < K else grads[:0]
         if len(mine):
@@ -140,11 +137,10 @@ class MuonAdamW(torch.optim.Optimizer):
         if not sharded:
             if world > 1:
                 grad = grad.clone()
-                dist.all_reduce(grad)
-                grad /= world
+                dist.all_reduce(grad, op=dist.ReduceOp.AVG)
             adamw_update(p.data, grad, state, **hyper)
             return
-        grad = _reduce_scatter_avg(grad.clone() if dist.get_backend() != "nccl" else grad, rank, world)
+        grad = _reduce_scatter_avg(grad, world)
         part = p.data.chunk(world)[rank].clone()
         adamw_update(part, grad, state, **hyper)
         p.copy_(_all_gather(part, world))
