@@ -133,6 +133,10 @@ def aligned_rows(rows: list[tuple[str, object]]) -> str:
     return "\n".join(f"  {label:<{width}}  {value}" for label, value in rows)
 
 
+def hours_text(hours: float) -> str:
+    return f"{hours * 60:.1f} min" if hours < 1 else f"{int(hours)}h{round(hours % 1 * 60):02d}m ({hours:.1f} h)"
+
+
 def human_bytes(n: float) -> str:
     for unit in ("B", "KB", "MB", "GB", "TB"):
         if abs(n) < 1000 or unit == "TB":
@@ -248,3 +252,34 @@ def peak_flops(device) -> float | None:
 
 def peak_bandwidth(device) -> float | None:
     return _datasheet(device, PEAK_BANDWIDTH)
+
+
+# Model FLOPs utilisation: MEASURED figures only, each with its source. primechat has measured no GPU yet
+# (docs/benchmarks.md, "Training (GPU)"), so the one entry is nanochat's; other GPUs borrow it, and say so.
+MEASURED_MFU = {"H100": (0.50, "nanochat's published figure (d32 at ~1.574 s/step, MFU ~50%), "
+                               "not measured by primechat")}
+# A CPU has no datasheet peak to take a share of: this is the achieved rate primechat measured (fp32, no compile).
+CPU_RATE = (0.059e12, "primechat's measured 0.059 TFLOP/s (docs/benchmarks.md: 2-core CPU, d4, fp32); "
+                      "other CPUs differ")
+
+
+def measured_mfu(gpu_name: str) -> tuple[float, str]:
+    """The MFU to expect on this GPU and where the figure comes from: its measured one, else H100's."""
+    for key, (mfu, source) in MEASURED_MFU.items():
+        if key in gpu_name:
+            return mfu, source
+    mfu, h100_source = MEASURED_MFU["H100"]
+    return mfu, f"no measured figure for {gpu_name}: assumed equal to H100's, {h100_source}"
+
+
+def device_rate(device, world: int) -> tuple[float | None, str]:
+    """The FLOP/s that `world` devices like this live one should reach together (None: unknown), and its source;
+    train base turns it into the expected time of its start-up table."""
+    if device.type == "cpu":
+        return CPU_RATE
+    import torch
+    peak = peak_flops(device)
+    if peak is None:
+        return None, f"no datasheet peak for this {device.type} device"
+    mfu, source = measured_mfu(torch.cuda.get_device_name(device))
+    return mfu * peak * world, f"MFU {mfu:.0%}: {source}"

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
-from primechat.common import (GPU_HOURLY_PRICE, PEAK_BF16_FLOPS, UserError, aligned_rows, gpu_hourly_price,
-                              human_bytes, physical_ram)
+from primechat.common import (CPU_RATE, GPU_HOURLY_PRICE, MEASURED_MFU, PEAK_BF16_FLOPS, UserError, aligned_rows,
+                              gpu_hourly_price, hours_text, human_bytes, measured_mfu, physical_ram)
 from primechat.interop.nanochat import LAYOUTS
 from primechat.model import GPT, GPTConfig
 from primechat.optim import build_optimizer
@@ -40,14 +40,6 @@ GPUS = [GPU("H100", 79.19, "H100"), GPU("H200", 139.8, "H200"), GPU("B200", 178.
         GPU("A100-80GB", 79.15, "A100"), GPU("A100-40GB", 39.39, "A100"), GPU("L40S", 44.4, "L40S"),
         GPU("L4", 22.0, "L4"), GPU("A10G", 22.0, "A10G"), GPU("RTX4090", 23.6, "RTX 4090"),
         GPU("RTX3090", 23.7, "RTX 3090")]
-
-# Model FLOPs utilisation: MEASURED figures only, each with its source. primechat has measured no GPU yet
-# (docs/benchmarks.md, "Training (GPU)"), so the one entry is nanochat's; other GPUs borrow it, and say so.
-MEASURED_MFU = {"H100": (0.50, "nanochat's published figure (d32 at ~1.574 s/step, MFU ~50%), "
-                               "not measured by primechat")}
-# A CPU has no datasheet peak to take a share of: this is the achieved rate primechat measured (fp32, no compile).
-CPU_RATE = (0.059e12, "primechat's measured 0.059 TFLOP/s (docs/benchmarks.md: 2-core CPU, d4, fp32); "
-                      "other CPUs differ")
 
 # The whole pipeline: nanochat's Oct 2025 d20 speedrun took 3h51m on 8×H100 (its report card), of which base training
 # was 11,219,763,200 tokens at 3.4918e9 FLOPs/token: ~2.75 h at the H100 MFU above, so ~1.1 h went to everything else
@@ -233,11 +225,8 @@ def throughput(gpu: GPU | None, count: int, mfu: float | None) -> tuple[float | 
     peak = dict(PEAK_BF16_FLOPS)[gpu.datasheet]
     if mfu is not None:
         source = "--mfu"
-    elif gpu.datasheet in MEASURED_MFU:
-        mfu, source = MEASURED_MFU[gpu.datasheet]
     else:
-        mfu, h100_source = MEASURED_MFU["H100"]
-        source = f"no measured figure for {gpu.name}: assumed equal to H100's, {h100_source}"
+        mfu, source = measured_mfu(gpu.datasheet)
     if not 0 < mfu <= 1:
         raise UserError(f"--mfu {mfu} must be a fraction in (0, 1], e.g. 0.45")
     return mfu, mfu * peak * count, source
@@ -332,10 +321,6 @@ def budget_search(args) -> tuple[Figures, list[Figures]]:
         raise UserError(f"${args.budget:,.0f} buys no run on {cheapest.hardware}: the cheapest, d{cheapest.depth}, "
                         f"costs ${cheapest.pipeline_cost:,.2f} for the whole pipeline (estimate)")
     return affordable[-1], tried
-
-
-def hours_text(hours: float) -> str:
-    return f"{hours * 60:.1f} min" if hours < 1 else f"{int(hours)}h{round(hours % 1 * 60):02d}m ({hours:.1f} h)"
 
 
 def money(value: float | None) -> str:

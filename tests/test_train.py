@@ -5,6 +5,7 @@ Covers: what a run leaves behind (metrics, checkpoint, curve, report), bit-for-b
 streams, and bad input (exit code 2, one line, nothing damaged).
 """
 
+import argparse
 import hashlib
 import json
 import os
@@ -275,6 +276,26 @@ def test_gradient_accumulation_gives_the_same_result(run_a, corpus, tmp_path):
     assert meta["plan"]["grad_accum"] == 4
     assert_same_training(home, home_a, 12)
 
+
+
+def test_the_start_up_table_expects_the_time_of_training_and_of_each_validation(run_a):
+    _, result = run_a
+    rows = {line.strip().split("  ")[0]: line for line in result.stdout.splitlines() if line.startswith("  ")}
+    assert "TFLOP/s" in rows["expected time"]
+    assert "4 × 2,048 tokens" in rows["of which validation"]  # steps 0, 5, 10 and the last, 12
+    assert "CPU" in rows["speed comes from"]
+
+
+def test_expected_time_counts_the_validations_left_and_says_when_they_dominate():
+    from primechat.train.base import Plan, expected_time
+    plan = Plan(total_batch=1000, grad_accum=1, num_steps=100, batch_lr_scale=1.0, weight_decay=0.0,
+                target_tokens=100_000, flops_per_token=1e6)
+    cpu = torch.device("cpu")
+    light = dict(expected_time(plan, argparse.Namespace(eval_every=25, eval_tokens=1000), 0, cpu, 1))
+    assert "5 × 1,000 tokens" in light["  of which validation"] and "--eval-tokens" not in light["  of which validation"]
+    heavy = dict(expected_time(plan, argparse.Namespace(eval_every=25, eval_tokens=100_000), 60, cpu, 1))
+    assert "2 × 100,000 tokens" in heavy["  of which validation"]  # steps 75 and 100 are left
+    assert "lower --eval-tokens" in heavy["  of which validation"] and "expected time from step 60" in heavy
 
 # ---------------------------------------------------------------------------------------------------------------------
 # SIGTERM: save where it stopped, resume to the same end result.

@@ -19,8 +19,8 @@ import torch
 import torch.distributed as dist
 
 from primechat import report
-from primechat.common import (UserError, aligned_rows, compute_cleanup, compute_dtype, compute_init, peak_flops, print0,
-                              progress)
+from primechat.common import (UserError, aligned_rows, compute_cleanup, compute_dtype, compute_init, device_rate,
+                              hours_text, peak_flops, print0, progress)
 from primechat.data.loader import DataParallelLoader, PretrainLoader
 from primechat.data.shards import add_dataset_argument, list_shards, pick_dataset
 from primechat.eval.loss import evaluate_bpb
@@ -152,7 +152,24 @@ def muon_momentum(step: int, args, num_steps: int) -> float:
     return min(ramp, 0.97 - 0.07 * into_warmdown)
 
 
-def print_plan(model: GPT, plan: Plan, args, world: int, device, speed_rows: list):
+def expected_time(plan: Plan, args, step: int, device, world: int) -> list[tuple[str, str]]:
+    """Start-up table rows: training plus validation time from `step` to the end, at the speed the planner expects
+    of this device."""
+    rate, source = device_rate(device, world)
+    label = "expected time" + (f" from step {step}" if step else "")
+    if rate is None:
+        return [(label, f"unknown ({source}): the step lines give an ETA")]
+    evaluations = len({s for s in range(step, plan.num_steps + 1)
+                       if s == plan.num_steps or (args.eval_every > 0 and s % args.eval_every == 0)})
+    train_s = (plan.num_steps - step) * plan.total_batch * plan.flops_per_token / rate
+    val_s = evaluations * args.eval_tokens * plan.flops_per_token / 3 / rate  # forward only: a third of the FLOPs
+    hint = "; lower --eval-tokens or raise --eval-every to spend less" if val_s > train_s / 4 else ""
+    return [(label, f"{hours_text((train_s + val_s) / 3600)} at {rate / 1e12:,.3f} TFLOP/s"),
+            ("  of which validation", f"{hours_text(val_s / 3600)}: {evaluations} × {args.eval_tokens:,} tokens{hint}"),
+            ("  speed comes from", source)]
+
+
+def print_plan(model: GPT, plan: Plan, args, world: int, device, step: int, speed_rows: list):
     counts = model.num_params()
     rows = [(f"params: {name}", f"{n:,}") for name, n in counts.items()]
     rows += [("FLOPs per token", f"{plan.flops_per_token:.4e}"),
@@ -164,6 +181,7 @@ def print_plan(model: GPT, plan: Plan, args, world: int, device, speed_rows: lis
              ("gradient accumulation", plan.grad_accum),
              ("LR batch scale / Muon weight decay", f"{plan.batch_lr_scale:.3f} / {plan.weight_decay:.4f}"),
              ("device / dtype", f"{device} / {str(model.compute_dtype).removeprefix('torch.')}")] + speed_rows
+    rows += expected_time(plan, args, step, device, world)
     print0(aligned_rows(rows))
 
 
@@ -225,7 +243,7 @@ def main(args):
         check_fp8_device(device, args.device_batch_size * args.max_seq_len)
         speed_rows.append(("fp8 matmuls", f"{enable_fp8(model)} matrices (tensorwise scaling)"))
     train_model, attention = training_model(model, args, device)
-    print_plan(model, plan, args, world, device, speed_rows + [("attention", attention)])
+    print_plan(model, plan, args, world, device, step, speed_rows + [("attention", attention)])
     train_loader = DataParallelLoader(tokenizer, train_paths, args.device_batch_size, args.max_seq_len, rank, world,
                                       args.data_streams or world, device, state=loader_state)
     val_batches = None
