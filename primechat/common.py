@@ -190,8 +190,12 @@ def compute_init(device_type: str = ""):
     import torch
     import torch.distributed as dist
     device_type = device_type or autodetect_device()
+    if device_type not in ("cuda", "mps", "cpu"):
+        raise UserError(f"--device-type {device_type!r} is not a device: use cuda, mps or cpu (or leave it out)")
     if device_type == "cuda" and not torch.cuda.is_available():
         raise UserError("--device-type cuda asked for, but this torch sees no CUDA GPU: drop the flag to use the CPU")
+    if device_type == "mps" and not torch.backends.mps.is_available():
+        raise UserError("--device-type mps asked for, but this machine has no Apple GPU: drop the flag to use the CPU")
     torch.manual_seed(42)
     ddp, rank, local_rank, world = dist_info()
     if device_type == "cuda":

@@ -407,7 +407,9 @@ def test_fp8_training_learns_like_the_exact_matmuls(run_a, corpus, tmp_path):
     (["--attention", "fa3"], "--attention fa3 needs a CUDA GPU"),
     (["--attention", "flex"], "--attention flex needs a CUDA GPU"),
     (["--fp8", "--max-seq-len", 127, "--total-batch-size", 508], "multiple of 16"),
-], ids=["fa3-on-cpu", "flex-on-cpu", "fp8-odd-shape"])
+    (["--device-type", "gpu"], "use cuda, mps or cpu"),
+    (["--device-type", "mps"], "no Apple GPU"),
+], ids=["fa3-on-cpu", "flex-on-cpu", "fp8-odd-shape", "unknown-device", "mps-missing"])
 def test_speed_flags_the_device_cannot_honour(corpus, home, flags, fragment):
     make_home(corpus, home)
     assert_user_error(train(home, "--num-iterations", 2, *flags), fragment)
