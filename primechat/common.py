@@ -86,13 +86,18 @@ def run_child(command: list[str], log, on_line=None, env: dict | None = None) ->
     to `on_line`, e.g. sys.stdout.write). Returns its exit code and its own one-line reason if it gave one (a
     "primechat: error: " line, which under torchrun is buried in torchrun's failure report). SIGTERM is passed on and
     Ctrl-C reaches the child by itself; either way it saves a checkpoint and exits, and we keep relaying until it
-    has: leaving early would kill it mid-save."""
+    has: leaving early would kill it mid-save. A child that fails after a stop was asked for counts as stopped by it
+    (exit 128 + signal): torchrun exits 1 once its workers have saved and stopped."""
     import signal
     import subprocess
-    error = None
+    error, stops = None, []
     with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
-        signal.signal(signal.SIGTERM, lambda signum, frame: proc.send_signal(signal.SIGTERM))
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        def on_stop(signum, frame):
+            stops.append(signum)
+            if signum == signal.SIGTERM:
+                proc.send_signal(signum)
+        signal.signal(signal.SIGTERM, on_stop)
+        signal.signal(signal.SIGINT, on_stop)
         try:
             for line in proc.stdout:
                 if on_line:
@@ -104,6 +109,8 @@ def run_child(command: list[str], log, on_line=None, env: dict | None = None) ->
         finally:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.default_int_handler)
+    if stops and proc.returncode not in (0, 128 + stops[0]):
+        return 128 + stops[0], error
     return proc.returncode, error
 
 

@@ -53,8 +53,9 @@ def stage_command(stage: dict, num_procs: int) -> list[str]:
     words = shlex.split(stage["run"])
     if stage.get("distributed") and num_procs > 1:
         _, module = COMMANDS[words[0]][1][words[1]]
+        # on a stop torchrun gives its workers 30 s to save before killing them; a d32 checkpoint may need longer
         return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={num_procs}",
-                "-m", module, *words[2:]]
+                "--shutdown-timeout=600", "-m", module, *words[2:]]
     return [sys.executable, "-m", "primechat.cli", *words]
 
 

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import time
 
+import pytest
 import torch
 
 PRESET = """
@@ -29,9 +30,15 @@ def write_preset(tmp_path, steps):
     return path
 
 
-def test_stop_then_rerun_continues_to_the_end(home, cli, tmp_path):
+@pytest.mark.parametrize("nproc", [1, 2], ids=["one-process", "torchrun"])
+def test_stop_then_rerun_continues_to_the_end(home, cli, tmp_path, nproc):
+    """Under torchrun too: its workers save and stop, and the speedrun reports a stop (torchrun itself exits 1)."""
     preset = write_preset(tmp_path, steps=400)
-    proc = cli.popen("speedrun", "--preset", preset, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if nproc > 1:
+        text = preset.read_text().replace("--total-batch-size 128", "--total-batch-size 256")
+        preset.write_text(text.replace("  - name: base\n", "  - name: base\n    distributed: true\n"))
+    proc = cli.popen("speedrun", "--preset", preset, "--nproc", str(nproc), stdout=subprocess.PIPE,
+                     stderr=subprocess.STDOUT, text=True)
     metrics = home / "base_checkpoints" / "d1" / "metrics.jsonl"
     deadline = time.time() + 120
     while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 5):  # training has started
@@ -48,7 +55,7 @@ def test_stop_then_rerun_continues_to_the_end(home, cli, tmp_path):
     stopped_at = json.loads(saved[-1].read_text())["step"]
     assert 0 < stopped_at < 400
 
-    done = cli.run("speedrun", "--preset", preset, timeout=300)
+    done = cli.run("speedrun", "--preset", preset, "--nproc", str(nproc), timeout=300)
     assert done.code == 0, done.out + done.err
     assert "data: already complete, skipped" in done.out and "tokenizer: already complete, skipped" in done.out
     assert f"resuming {home / 'base_checkpoints' / 'd1'} from step {stopped_at}" in done.out
@@ -74,7 +81,7 @@ def test_distributed_stages_run_under_torchrun(home, cli, tmp_path):
     preset.write_text(text.replace("  - name: base\n", "  - name: base\n    distributed: true\n"))
     result = cli.run("speedrun", "--preset", preset, "--nproc", "2", timeout=300)
     assert result.code == 0, result.out + result.err
-    assert "torch.distributed.run --standalone --nproc_per_node=2 -m primechat.train.base" in result.out
+    assert "torch.distributed.run --standalone --nproc_per_node=2 --shutdown-timeout=600 -m primechat.train.base" in result.out
     meta = json.loads((home / "base_checkpoints" / "d1" / "meta_000004.json").read_text())
     assert meta["world_size"] == 2
     assert cli("speedrun", "--preset", preset, "--nproc", "0").code == 2
