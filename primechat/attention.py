@@ -8,7 +8,9 @@ Training picks one implementation with `use_backend` (train base's --attention):
   the blocks outside a sliding window by itself. bf16/fp16 on CUDA only.
 - flex: PyTorch's FlexAttention with a block mask, so blocks outside a window are skipped rather than computed and
   masked; full-context layers use SDPA (flash kernels). The fallback on GPUs where FA3 cannot be had (no network,
-  no kernel build for this torch or GPU), for compiled models only. FlexAttention has no backward on CPU.
+  no kernel build for this torch or GPU), for compiled models only: the same process's uncompiled forwards (task
+  accuracies during mid/SFT) take SDPA, as eager FlexAttention would build the whole score matrix. FlexAttention
+  has no backward on CPU.
 - sdpa: SDPA everywhere, sliding windows with an explicit boolean mask: correct, not fast (a dense mask spends the
   full T² on every short-window layer). What CPU and MPS use, and evaluation and serving (any length, no compiling).
 "auto" takes the first of these that works on the device.
@@ -22,6 +24,7 @@ from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
+from torch.compiler import is_compiling
 from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
 from primechat.common import UserError, print0
@@ -100,7 +103,7 @@ def attention(q, k, v, window: int):
     q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, D)
     if full:
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
-    elif _backend == "flex":  # one fused kernel that skips the blocks outside the window, under torch.compile
+    elif _backend == "flex" and is_compiling():  # one fused kernel that skips the blocks outside the window
         y = flex_attention(q, k, v, block_mask=_window_block_mask(T, window, q.device), enable_gqa=gqa)
     else:
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=_window_mask(T, window, q.device), enable_gqa=gqa)

@@ -5,6 +5,7 @@ copied from the code under test.
 """
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -247,6 +248,8 @@ class FlashAttention3StandIn:
 def backend(request, monkeypatch):
     """Each training attention implementation; FlexAttention runs here without gradients (it has no CPU backward)."""
     monkeypatch.setattr(attention_module, "_backend", request.param)
+    if request.param == "flex":  # eager here: CPUs have no FlexAttention kernel to compile, nor a backward
+        monkeypatch.setattr(attention_module, "is_compiling", lambda: True)
     if request.param == "fa3":
         monkeypatch.setattr(attention_module, "_fa3", FlashAttention3StandIn())
     return request.param
@@ -288,15 +291,26 @@ def test_model_forward_matches_sdpa_with_the_other_backends(backend):
 
 
 def test_flex_attention_compiles_into_one_graph(monkeypatch):
-    """How GPUs train with FlexAttention: inside torch.compile, block masks and all, with no graph break."""
+    """How GPUs train with FlexAttention: inside torch.compile, block masks and all, with no graph break; the same
+    model run eagerly (task accuracies during mid/SFT) takes SDPA instead of an eager FlexAttention."""
     model = build(tiny_config(sequence_len=256, window_pattern="SSL", n_layer=3))
     x = tokens(2, 256, seed=3)
+    graphs = []
+
+    def recording_inductor(graph, example_inputs):
+        graphs.append(graph.code)
+        return torch._inductor.compile(graph, example_inputs)
+
     with torch.no_grad():
         monkeypatch.setattr(attention_module, "_backend", "sdpa")
         expected = model(x)
         monkeypatch.setattr(attention_module, "_backend", "flex")
-        compiled = torch.compile(model, fullgraph=True, dynamic=False)
+        compiled = torch.compile(model, fullgraph=True, dynamic=False, backend=recording_inductor)
         torch.testing.assert_close(compiled(x), expected, atol=1e-4, rtol=1e-4)
+        assert len(graphs) == 1 and graphs[0].count("higher_order.flex_attention(") == 2  # the two short-window layers
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # "flex_attention called without torch.compile"
+            torch.testing.assert_close(model(x), expected, atol=0, rtol=0)
 
 
 def test_backend_choice(monkeypatch, capsys):
