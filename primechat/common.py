@@ -207,7 +207,8 @@ def compute_init(device_type: str = ""):
     ddp, rank, local_rank, world = dist_info()
     if device_type == "cuda":
         torch.backends.cuda.matmul.fp32_precision = "tf32"
-        device = torch.device("cuda", local_rank)
+        # launchers that show each process only its own GPU (SLURM) number it 0 whatever the local rank
+        device = torch.device("cuda", local_rank % torch.cuda.device_count())
         torch.cuda.set_device(device)
     else:
         device = torch.device(device_type)

@@ -108,6 +108,11 @@ def apply_rotary(x, cos, sin):
     return torch.cat([x1 * cos + x2 * sin, x2 * cos - x1 * sin], dim=-1)
 
 
+# The value-embedding and smear gates read only the first channels of their input (nanochat 2026, reference B4):
+# enough to decide how much to let through, at a negligible cost in parameters.
+VE_GATE_CHANNELS, SMEAR_GATE_CHANNELS = 12, 24
+
+
 class Attention(nn.Module):
     def __init__(self, config: GPTConfig, layer: int):
         super().__init__()
@@ -117,7 +122,7 @@ class Attention(nn.Module):
         d, kv = config.n_embd, config.n_kv_head * config.head_dim
         self.c_q, self.c_k, self.c_v = Linear(d, d, bias=False), Linear(d, kv, bias=False), Linear(d, kv, bias=False)
         self.c_proj = Linear(d, d, bias=False)
-        self.ve_gate = Linear(12, config.n_kv_head, bias=False) if config.has_value_embed(layer) else None
+        self.ve_gate = Linear(VE_GATE_CHANNELS, config.n_kv_head, bias=False) if config.has_value_embed(layer) else None
 
     def forward(self, x, ve, cos, sin, window, kv_cache=None):
         B, T, _ = x.shape
@@ -125,7 +130,7 @@ class Attention(nn.Module):
         k = self.c_k(x).view(B, T, self.n_kv_head, self.head_dim)
         v = self.c_v(x).view(B, T, self.n_kv_head, self.head_dim)
         if ve is not None:  # value embedding: a per-token vector added to v, gated per kv head by the input
-            gate = 3 * torch.sigmoid(self.ve_gate(x[..., :12])).unsqueeze(-1)
+            gate = 3 * torch.sigmoid(self.ve_gate(x[..., :VE_GATE_CHANNELS])).unsqueeze(-1)  # in (0, 3)
             v = v + gate * ve.view(B, T, self.n_kv_head, self.head_dim)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         q, k = norm(q) * self.qk_scale, norm(k) * self.qk_scale
@@ -175,7 +180,7 @@ class GPT(nn.Module):
             self.resid_lambdas = nn.Parameter(torch.ones(L))
             self.x0_lambdas = nn.Parameter(torch.zeros(L))
         if config.smear:
-            self.smear_gate = Linear(24, 1, bias=False)
+            self.smear_gate = Linear(SMEAR_GATE_CHANNELS, 1, bias=False)
             self.smear_lambda = nn.Parameter(torch.zeros(1))
         if config.backout:
             self.backout_lambda = nn.Parameter(torch.zeros(1))
@@ -187,8 +192,12 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def init_weights(self):
-        """Initialise all weights (nanochat's 2026 recipe) and the RoPE tables; call after construction or to_empty."""
+        """Initialise all weights (nanochat's 2026 recipe) and the RoPE tables; call after construction or to_empty.
+        Models are built on the meta device and to_empty leaves garbage, so a weight added to the model must get its
+        init here: one that does not is caught at the end."""
         c = self.config
+        for p in self.parameters():
+            p.fill_(float("nan"))
         L, d = c.n_layer, c.n_embd
         bound = math.sqrt(3) / math.sqrt(d)  # uniform with std 1/sqrt(d)
         nn.init.normal_(self.transformer.wte.weight, std=0.8)
@@ -213,6 +222,16 @@ class GPT(nn.Module):
         if c.backout:
             self.backout_lambda.fill_(0.2)
         self.cos, self.sin = self._rotary_tables(10 * c.sequence_len, self.lm_head.weight.device)
+        missed = [name for name, p in self.named_parameters() if p.isnan().any()]
+        assert not missed, f"init_weights does not initialise {missed}: add their init to GPT.init_weights"
+
+    def prepare_for_inference(self):
+        """Eval mode, weights in the compute dtype: inference needs no fp32 master copy, so cast once, not at every
+        matmul."""
+        if self.compute_dtype not in (None, torch.float32):
+            for p in self.parameters():
+                p.data = p.data.to(self.compute_dtype)
+        return self.eval()
 
     def _rotary_tables(self, length, device):
         hd = self.config.head_dim
@@ -239,10 +258,10 @@ class GPT(nn.Module):
         x = norm(self.transformer.wte(idx).to(dtype))
         if c.smear:  # mix a gated share of the previous token's embedding into each position
             if pos == 0:
-                gate = torch.sigmoid(self.smear_gate(x[:, 1:, :24]))
+                gate = torch.sigmoid(self.smear_gate(x[:, 1:, :SMEAR_GATE_CHANNELS]))
                 smeared = torch.cat([x[:, :1], x[:, 1:] + self.smear_lambda.to(dtype) * gate * x[:, :-1]], dim=1)
             else:  # the first new token's predecessor was in an earlier call: the cache kept its embedding
-                gate = torch.sigmoid(self.smear_gate(x[..., :24]))
+                gate = torch.sigmoid(self.smear_gate(x[..., :SMEAR_GATE_CHANNELS]))
                 prev = torch.cat([kv_cache.prev_embed, x[:, :-1]], dim=1)
                 smeared = x + self.smear_lambda.to(dtype) * gate * prev
             if kv_cache is not None:

@@ -417,3 +417,23 @@ def test_bad_depth_dial_raises_user_error():
         config_for_depth(0, VOCAB)
     with pytest.raises(UserError):
         config_for_depth(2, VOCAB, aspect_ratio=0)
+
+
+def test_a_weight_init_weights_does_not_know_is_refused_not_left_as_garbage():
+    """Models are built on the meta device and materialised with to_empty: a weight added to the model without an
+    init of its own would train from whatever memory held."""
+    model = GPT(tiny_config())
+    model.transformer.h[0].mlp.c_gate = torch.nn.Linear(64, 256, bias=False)  # e.g. a SwiGLU gate
+    with pytest.raises(AssertionError, match=r"h\.0\.mlp\.c_gate\.weight"):
+        model.init_weights()
+
+
+def test_inference_weights_are_cast_once_to_the_compute_dtype():
+    model = build(tiny_config())
+    x = tokens(1, 16, seed=1)
+    model.compute_dtype = torch.bfloat16
+    with torch.no_grad():
+        master = model(x)  # fp32 master weights, cast at every matmul
+        model.prepare_for_inference()
+        assert not model.training and {p.dtype for p in model.parameters()} == {torch.bfloat16}
+        torch.testing.assert_close(model(x), master, atol=0, rtol=0)  # the same numbers, without the casts

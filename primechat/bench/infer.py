@@ -37,7 +37,7 @@ def build_model(args, device):
         model = GPT(config)
         model.init_weights()
     model.compute_dtype = compute_dtype(device.type)
-    model.eval()
+    model.prepare_for_inference()  # as a loaded checkpoint is: bf16 weights on GPUs, which byte_counts assumes
     ids = torch.randint(0, config.vocab_size, (args.prompt_tokens,), generator=torch.Generator().manual_seed(0))
     return model, ids.tolist(), f"random d{args.depth}"
 

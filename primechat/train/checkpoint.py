@@ -145,8 +145,4 @@ def load_model(stage: str, tag: str | None = None, step: int | None = None, devi
     model.compute_dtype = compute_dtype(device.type)
     if train:
         return model, tokenizer, meta
-    if model.compute_dtype != torch.float32:  # inference needs no fp32 master weights: cast once, not every matmul
-        for p in model.parameters():
-            p.data = p.data.to(model.compute_dtype)
-    model.eval()
-    return model, tokenizer, meta
+    return model.prepare_for_inference(), tokenizer, meta
