@@ -449,3 +449,32 @@ def test_existing_checkpoints_are_left_alone(run_a, corpus, home, flags, fragmen
     assert_user_error(train(home, *flags), fragment)
     assert snapshot(ckpt(home)) == before
     assert not (home / "base_checkpoints" / "d1").exists()
+
+
+def _resume_point_worker(rank, world, init_file, homes, results):
+    import torch.distributed as dist
+    from primechat.common import UserError
+    from primechat.train.checkpoint import resume_point
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        resume_point(Path(homes[rank]), True, -1, "from scratch")
+        results.put((rank, "resumed"))
+    except UserError as e:
+        results.put((rank, str(e)))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ranks_that_see_different_checkpoints_refuse_together(tmp_path):
+    """Nodes without a shared home: one rank would resume while another started afresh, and their collectives would
+    never match. Every rank says why instead."""
+    import torch.multiprocessing as mp
+    homes = [tmp_path / "node0", tmp_path / "node1"]
+    for home in homes:
+        home.mkdir()
+    (homes[0] / "meta_000010.json").write_text("{}")  # only node 0 holds the saved step
+    results = mp.get_context("spawn").SimpleQueue()
+    mp.spawn(_resume_point_worker, args=(2, str(tmp_path / "rendezvous"), [str(h) for h in homes], results),
+             nprocs=2, join=True)
+    answers = dict(results.get() for _ in range(2))
+    assert all("filesystem that every node shares" in answers[r] for r in (0, 1)), answers

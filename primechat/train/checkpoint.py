@@ -66,7 +66,14 @@ def resolve_step(folder: Path, step: int | None) -> int:
 def resume_point(folder: Path, resume: bool, resume_from_step: int, fresh_start: str) -> int | None:
     """The saved step a training run continues from: --resume-from-step S, else the latest with --resume. None
     starts a new run, which must not write over an existing one (fresh_start says where it starts from)."""
-    has_steps = folder.exists() and bool(saved_steps(folder))
+    steps = saved_steps(folder) if folder.exists() else []
+    if dist.is_available() and dist.is_initialized():  # all ranks must continue from one step, or none
+        seen = [None] * dist.get_world_size()
+        dist.all_gather_object(seen, steps)
+        if any(other != steps for other in seen):
+            raise UserError(f"the processes see different checkpoints in {folder}: a run on several nodes needs "
+                            f"PRIMECHAT_HOME on a filesystem that every node shares")
+    has_steps = bool(steps)
     if resume_from_step >= 0 or (resume and has_steps):
         return resolve_step(folder, resume_from_step if resume_from_step >= 0 else None)
     if resume:
