@@ -5,9 +5,9 @@ by repeatedly placing the longest buffered document that still fits, and when no
 cropped to fill the row exactly (its tail is dropped). No padding, no attention across a row's start, and far fewer
 tokens cropped away than cutting a stream at fixed offsets (nanochat B3).
 
-Rank r of N reads row groups r, r+N, r+2N, … of every shard, so ranks see disjoint data. The state (position of
-the next unread document + the buffer's contents) is saved with each checkpoint, so a resumed run sees exactly the
-batches an uninterrupted one would have.
+Data stream s of S reads row groups s, s+S, s+2S, … of every shard, so streams see disjoint data; DataParallelLoader
+gives each process its streams. The state (position of the next unread document + the buffer's contents) is saved
+with each checkpoint, so a resumed run sees exactly the batches an uninterrupted one would have.
 """
 
 import bisect
@@ -19,15 +19,15 @@ from primechat.common import UserError
 
 
 class PretrainLoader:
-    def __init__(self, tokenizer, paths, batch_size, seq_len, rank=0, world=1, device="cpu", buffer_size=1000,
-                 state=None):
+    def __init__(self, tokenizer, paths, batch_size, seq_len, stream=0, num_streams=1, device="cpu",
+                 buffer_size=1000, state=None):
         self.tokenizer, self.paths = tokenizer, paths
         self.B, self.T = batch_size, seq_len
-        self.rank, self.world, self.device = rank, world, torch.device(device)
+        self.stream, self.num_streams, self.device = stream, num_streams, torch.device(device)
         self.buffer_size = buffer_size
         self.buffer = []  # (length, arrival number, tokens) sorted by length
         self.arrivals = 0
-        self.epoch, self.shard, self.row_group, self.doc = 1, 0, rank, 0  # the next document to read
+        self.epoch, self.shard, self.row_group, self.doc = 1, 0, stream, 0  # the next document to read
         self.pending = []  # tokenized documents of the current row group from self.doc on
         if state:
             self.load_state_dict(state)
@@ -39,22 +39,23 @@ class PretrainLoader:
             if self.shard >= len(self.paths):  # end of the split: start the next epoch
                 empty_passes = empty_passes + 1 if self.arrivals == 0 else 0
                 if empty_passes > 1:
-                    raise UserError(f"{len(self.paths)} shard(s) hold too few row groups for rank {self.rank} of "
-                                    f"{self.world}: add data or use fewer GPUs")
-                self.epoch, self.shard, self.row_group, self.doc = self.epoch + 1, 0, self.rank, 0
+                    raise UserError(f"{len(self.paths)} shard(s) hold too few row groups for data stream "
+                                    f"{self.stream} of {self.num_streams}: add data, or use fewer GPUs or "
+                                    f"--data-streams")
+                self.epoch, self.shard, self.row_group, self.doc = self.epoch + 1, 0, self.stream, 0
                 continue
             pf = pq.ParquetFile(self.paths[self.shard])
             if self.row_group >= pf.num_row_groups:
-                self.shard, self.row_group, self.doc = self.shard + 1, self.rank, 0
+                self.shard, self.row_group, self.doc = self.shard + 1, self.stream, 0
                 continue
             texts = pf.read_row_group(self.row_group, columns=["text"]).column("text").to_pylist()
             self.pending = self.tokenizer.encode(texts[self.doc:], prepend=self.tokenizer.bos_id)
             if not self.pending:
-                self.row_group, self.doc = self.row_group + self.world, 0
+                self.row_group, self.doc = self.row_group + self.num_streams, 0
         tokens = self.pending.pop(0)
         self.doc += 1
         if not self.pending:
-            self.row_group, self.doc = self.row_group + self.world, 0
+            self.row_group, self.doc = self.row_group + self.num_streams, 0
         return tokens
 
     def _fill_buffer(self):
@@ -91,16 +92,23 @@ class PretrainLoader:
             yield self.next_batch()
 
     # ---- exact resume -------------------------------------------------------------------------------------------
-    def state_dict(self) -> dict:
-        # pending documents are re-read from (row_group, doc) on load, so only the buffer is stored
-        return {"epoch": self.epoch, "shard": self.shard, "row_group": self.row_group, "doc": self.doc,
-                "arrivals": self.arrivals, "buffer": [(n, a, list(t)) for n, a, t in self.buffer],
-                "rank": self.rank, "world": self.world}
+    def position(self) -> tuple:
+        """Where the stream stands, taken in microseconds: buffered token lists are replaced, never modified, so a
+        shallow copy of the buffer keeps them. Pending documents are re-read from (row_group, doc) on load."""
+        return self.epoch, self.shard, self.row_group, self.doc, self.arrivals, list(self.buffer)
+
+    def state_dict(self, position: tuple | None = None) -> dict:
+        """The state now, or at an earlier position()."""
+        epoch, shard, row_group, doc, arrivals, buffer = position or self.position()
+        return {"epoch": epoch, "shard": shard, "row_group": row_group, "doc": doc, "arrivals": arrivals,
+                "buffer": [(n, a, list(t)) for n, a, t in buffer], "stream": self.stream,
+                "num_streams": self.num_streams}
 
     def load_state_dict(self, state: dict):
-        if (state["rank"], state["world"]) != (self.rank, self.world):
-            raise UserError(f"loader state was saved by rank {state['rank']} of {state['world']}, not rank "
-                            f"{self.rank} of {self.world}: resume with the same number of processes")
+        if (state["stream"], state["num_streams"]) != (self.stream, self.num_streams):
+            raise UserError(f"loader state was saved by data stream {state['stream']} of {state['num_streams']}, "
+                            f"not {self.stream} of {self.num_streams}: resume with the same number of processes "
+                            f"and --data-streams")
         self.epoch, self.shard, self.row_group, self.doc = state["epoch"], state["shard"], state["row_group"], \
             state["doc"]
         self.arrivals, self.buffer, self.pending = state["arrivals"], [tuple(e) for e in state["buffer"]], []
@@ -122,11 +130,26 @@ class DataParallelLoader:
         self.streams = [PretrainLoader(tokenizer, paths, batch_size, seq_len, s, num_streams, device, state=st)
                         for s, st in zip(streams, states)]
         self.turn = state["turn"] if state else 0
+        self.ahead = None  # (batch, turn, stream position before it): a batch packed early by prefetch()
 
     def next_batch(self):
+        if self.ahead:
+            batch, self.ahead = self.ahead[0], None
+            return batch
         batch = self.streams[self.turn].next_batch()
         self.turn = (self.turn + 1) % len(self.streams)
         return batch
 
+    def prefetch(self):
+        """Pack the next batch now, while the GPU still works on the last step, rather than when it is asked for
+        and the GPU waits. state_dict still describes the batches handed out: a resumed run packs this one again."""
+        if self.ahead is None:
+            turn, position = self.turn, self.streams[self.turn].position()
+            self.ahead = (self.next_batch(), turn, position)
+
     def state_dict(self) -> dict:
-        return {"turn": self.turn, "streams": [s.state_dict() for s in self.streams]}
+        if self.ahead is None:
+            return {"turn": self.turn, "streams": [s.state_dict() for s in self.streams]}
+        _, turn, position = self.ahead
+        return {"turn": turn, "streams": [s.state_dict(position if i == turn else None)
+                                          for i, s in enumerate(self.streams)]}
