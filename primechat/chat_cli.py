@@ -11,7 +11,7 @@ import sys
 import time
 
 from primechat.common import UserError, compute_init
-from primechat.engine import Engine, StreamDecoder
+from primechat.engine import Engine, StreamDecoder, tool_call_specials
 from primechat.train.checkpoint import STAGE_DIRS, default_tag, load_model
 
 HELP = """commands:
@@ -51,9 +51,7 @@ class Chat:
         special = tokenizer.encode_special
         self.user_start, self.user_end = special("<|user_start|>"), special("<|user_end|>")
         self.assistant_start, self.assistant_end = special("<|assistant_start|>"), special("<|assistant_end|>")
-        # tool calls show as «expression = result»
-        self.decoder = StreamDecoder(tokenizer, {special("<|python_start|>"): "«", special("<|python_end|>"): " = ",
-                                                 special("<|output_end|>"): "»"})
+        self.decoder = StreamDecoder(tokenizer, tool_call_specials(tokenizer))
         self.seed = 0
         self.clear()
 

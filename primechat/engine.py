@@ -151,6 +151,13 @@ class StreamDecoder:
         return self.utf8.decode(b"", final=True)
 
 
+def tool_call_specials(tokenizer) -> dict[int, str]:
+    """StreamDecoder's specials that show a tool call and its result as «expression = result», for people reading
+    a reply (`primechat chat`, the web server); the other special tokens print nothing."""
+    special = tokenizer.encode_special
+    return {special("<|python_start|>"): "«", special("<|python_end|>"): " = ", special("<|output_end|>"): "»"}
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # The Engine
 

@@ -7,7 +7,8 @@ import json
 import pytest
 import torch
 
-from primechat.engine import Engine, KVCache, StreamDecoder, calculator, sample_next_token, tool_output
+from primechat.engine import (Engine, KVCache, StreamDecoder, calculator, sample_next_token, tool_call_specials,
+                              tool_output)
 from primechat.model import GPT, GPTConfig
 from primechat.tokenizer import SPECIAL_TOKENS, Tokenizer
 
@@ -253,6 +254,15 @@ def test_stream_decoder_shows_specials_as_asked_and_flushes_broken_tails():
     assert decoder.push(start) == "\ufffd«"  # a character cut off by a special token is shown as broken
     assert decoder.push(tok.bos_id) == ""
     assert decoder.push(ord("a")) + decoder.flush() == "a"
+
+
+def test_tool_calls_show_as_expression_equals_result():
+    tok = byte_tokenizer()
+    special = tok.encode_special
+    tokens = [special("<|python_start|>"), *b"2+3", special("<|python_end|>"), special("<|output_start|>"), *b"5",
+              special("<|output_end|>"), special("<|assistant_end|>")]
+    decoder = StreamDecoder(tok, tool_call_specials(tok))
+    assert "".join(decoder.push(t) for t in tokens) + decoder.flush() == "«2+3 = 5»"
 
 
 # --------------------------------------------------------------------------------------------------------------------

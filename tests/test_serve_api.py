@@ -158,6 +158,16 @@ def test_busy_port_is_a_one_line_user_error_before_anything_starts(home, cli):
                                  f"pick another with --port"
 
 
+def test_serve_flags_show_their_defaults_and_take_the_api_bounds(home, cli):
+    shown = " ".join(cli("serve", "--help").out.split())  # argparse wraps the help
+    assert all(f"(default: {value})" in shown for value in (8000, Settings.temperature, Settings.top_k,
+                                                            Settings.max_tokens, Settings.max_queue))
+    for flag, value, bound in (("--temperature", 2.5, "less than or equal to 2"), ("--top-k", -1, "greater than"),
+                               ("--max-tokens", 4097, "less than or equal to 4096")):
+        result = cli("serve", "--device-type", "cpu", flag, value)
+        assert result.code == 2 and f"{flag} {value}: " in result.err and bound in result.err, result.err
+
+
 def test_no_checkpoints_is_a_one_line_user_error(home, cli):
     result = cli("serve", "--device-type", "cpu")
     assert result.code == 2

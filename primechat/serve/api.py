@@ -53,6 +53,7 @@ class Settings:
     max_queue: int = 32
     max_models_per_worker: int = 2
     api_key: str | None = None
+    # sampling, for requests that give none (ServerDefaulted); `serve`'s flags default to these
     temperature: float = 0.8
     top_k: int = 50
     max_tokens: int = 512
@@ -62,6 +63,7 @@ class Settings:
 # Request bodies. Unknown fields are accepted and ignored, as OpenAI clients send many.
 
 class _Body(BaseModel):
+    # the price: a misspelt field, in a request or in a model here, is ignored too: "my field does nothing"
     model_config = ConfigDict(extra="allow")
 
 
@@ -79,15 +81,21 @@ class StreamOptions(_Body):
     include_usage: bool = False
 
 
-class SamplingFields(_Body):
+class ServerDefaulted(_Body):
+    """The sampling fields of both APIs that the server has a default for (the Settings field of the same name):
+    left out (None), they take it. `serve` checks its flags for these defaults against the same bounds."""
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_k: int | None = Field(None, ge=0, le=200)
+    max_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS)
+
+
+class SamplingFields(ServerDefaulted):
+    """OpenAI's fields beyond those, for /v1/chat/completions and /v1/completions."""
     model: str | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: int = Field(1, ge=1, le=MAX_N)
-    temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
-    top_k: int | None = Field(None, ge=0, le=200)
-    max_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS)
     max_completion_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS)
     stop: str | list[str] | None = None
     seed: int | None = None
@@ -106,11 +114,8 @@ class NanochatMessage(_Body):
     content: str
 
 
-class NanochatRequest(_Body):
+class NanochatRequest(ServerDefaulted):
     messages: list[NanochatMessage]
-    temperature: float | None = Field(None, ge=0, le=2)
-    max_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS)
-    top_k: int | None = Field(None, ge=0, le=200)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -177,14 +182,16 @@ def _stops(stop) -> list[str]:
     return stops
 
 
-def _sampling(body: SamplingFields, settings: Settings) -> Sampling:
-    max_tokens = body.max_completion_tokens or body.max_tokens or settings.max_tokens
-    return Sampling(max_tokens=max_tokens,
+def _sampling(body: ServerDefaulted, settings: Settings) -> Sampling:
+    """A request's sampling, the server's defaults where it gives none. A nanochat request reads as an OpenAI one
+    that leaves out OpenAI's own fields: one reply, no top-p, no stop strings, a fresh seed."""
+    openai = body if isinstance(body, SamplingFields) else SamplingFields()
+    return Sampling(max_tokens=openai.max_completion_tokens or body.max_tokens or settings.max_tokens,
                     temperature=settings.temperature if body.temperature is None else body.temperature,
                     top_k=settings.top_k if body.top_k is None else body.top_k,
-                    top_p=body.top_p, n=body.n,
-                    seed=random.randint(0, 2**31 - 1) if body.seed is None else body.seed % 2**63,
-                    stops=_stops(body.stop))
+                    top_p=openai.top_p, n=openai.n,
+                    seed=random.randint(0, 2**31 - 1) if openai.seed is None else openai.seed % 2**63,
+                    stops=_stops(openai.stop))
 
 
 def _param(loc) -> str | None:
@@ -468,10 +475,7 @@ def create_app(settings: Settings, pool: WorkerPool | None = None) -> FastAPI:
             messages = check_messages(body.messages, allow_system=False)
         except ApiError as e:
             raise ApiError(400, e.message) from e
-        sampling = Sampling(max_tokens=body.max_tokens or settings.max_tokens,
-                            temperature=settings.temperature if body.temperature is None else body.temperature,
-                            top_k=settings.top_k if body.top_k is None else body.top_k,
-                            seed=random.randint(0, 2**31 - 1))
+        sampling = _sampling(body, settings)
 
         def build_prompt(tokenizer):
             try:

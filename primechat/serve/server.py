@@ -16,7 +16,10 @@ import socket
 import threading
 import time
 
-from primechat.common import UserError, autodetect_device
+from pydantic import ValidationError
+
+from primechat.common import UserError, autodetect_device, compute_init
+from primechat.serve.api import ServerDefaulted, Settings, create_app
 
 
 def add_arguments(parser) -> None:
@@ -26,24 +29,27 @@ def add_arguments(parser) -> None:
     parser.add_argument("-n", "--num-gpus", type=int, help="workers, one per GPU (default: every visible GPU; "
                         "on the CPU or MPS: 1)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
-    parser.add_argument("-p", "--port", type=int, default=8000)
+    parser.add_argument("-p", "--port", type=int, default=8000, help="port to listen on (0: a free one)")
     parser.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on the API "
                         "(default: $PRIMECHAT_API_KEY; unset: no key)")
-    parser.add_argument("-t", "--temperature", type=float, default=0.8, help="when a request gives none")
-    parser.add_argument("-k", "--top-k", type=int, default=50, help="when a request gives none (0 = off)")
-    parser.add_argument("-m", "--max-tokens", type=int, default=512, help="when a request gives none")
-    parser.add_argument("--max-queue", type=int, default=32, help="requests that may wait for a busy worker; "
-                        "more are answered 503 with Retry-After")
-    parser.add_argument("--max-models-per-worker", type=int, default=2,
+    parser.add_argument("-t", "--temperature", type=float, default=Settings.temperature,
+                        help="when a request gives none")
+    parser.add_argument("-k", "--top-k", type=int, default=Settings.top_k, help="when a request gives none (0 = off)")
+    parser.add_argument("-m", "--max-tokens", type=int, default=Settings.max_tokens, help="when a request gives none")
+    parser.add_argument("--max-queue", type=int, default=Settings.max_queue, help="requests that may wait for a "
+                        "busy worker; more are answered 503 with Retry-After")
+    parser.add_argument("--max-models-per-worker", type=int, default=Settings.max_models_per_worker,
                         help="models each worker keeps loaded (least recently used out first)")
     parser.add_argument("--device-type", choices=["cuda", "mps", "cpu"], help="default: autodetect")
 
 
-def settings_from_args(args):
-    from primechat.serve.api import Settings
-
-    if not 0 <= args.temperature <= 2 or not 0 <= args.top_k <= 200 or not 1 <= args.max_tokens <= 4096:
-        raise UserError("--temperature must be in 0..2, --top-k in 0..200 and --max-tokens in 1..4096")
+def settings_from_args(args) -> Settings:
+    sampling = dict(temperature=args.temperature, top_k=args.top_k, max_tokens=args.max_tokens)
+    try:  # a default must be a value a request could give: checked against the API's own bounds
+        ServerDefaulted(**sampling)
+    except ValidationError as e:
+        error = e.errors()[0]
+        raise UserError(f"--{error['loc'][0].replace('_', '-')} {error['input']}: {error['msg']}") from None
     if args.max_queue < 0 or args.max_models_per_worker < 1:
         raise UserError("--max-queue must be >= 0 and --max-models-per-worker >= 1")
     device_type = args.device_type or autodetect_device()
@@ -59,8 +65,7 @@ def settings_from_args(args):
     models = [name.strip() for name in args.models.split(",") if name.strip()] if args.models else None
     return Settings(models=models, model=args.model, num_workers=num_workers, device_type=device_type,
                     max_queue=args.max_queue, max_models_per_worker=args.max_models_per_worker,
-                    api_key=args.api_key or os.environ.get("PRIMECHAT_API_KEY") or None,
-                    temperature=args.temperature, top_k=args.top_k, max_tokens=args.max_tokens)
+                    api_key=args.api_key or os.environ.get("PRIMECHAT_API_KEY") or None, **sampling)
 
 
 class ServerThread:
@@ -106,9 +111,6 @@ def listening_socket(host: str, port: int) -> socket.socket:
 
 def main(args) -> None:
     import uvicorn
-
-    from primechat.common import compute_init
-    from primechat.serve.api import create_app
 
     settings = settings_from_args(args)
     sock = listening_socket(args.host, args.port)

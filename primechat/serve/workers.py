@@ -25,14 +25,17 @@ from dataclasses import dataclass, field
 import torch
 
 from primechat.common import UserError, home_dir
-from primechat.engine import Engine, StreamDecoder
+from primechat.engine import Engine, StreamDecoder, tool_call_specials
 from primechat.train.checkpoint import STAGE_DIRS, checkpoint_dir, default_tag, load_model, saved_steps
 
 DEFAULT_PREFERENCE = ("sft", "rl", "mid", "base")  # the default model: the first of these stages that has checkpoints
 
 
 class ApiError(Exception):
-    """An error answered to the client: OpenAI's {"error": {...}} on /v1, {"detail": message} elsewhere."""
+    """An error answered to the client: OpenAI's {"error": {...}} on /v1, {"detail": message} elsewhere.
+
+    Defined here rather than in api.py because the workers raise it too (an unknown model, a prompt longer than the
+    context, out of memory): api.py imports this module, so this one cannot import api.py."""
 
     def __init__(self, status: int, message: str, type: str = "invalid_request_error", param: str | None = None,
                  code: str | None = None, headers: dict | None = None):
@@ -252,7 +255,6 @@ class Loaded:
     model: object
     tokenizer: object
     engine: Engine
-    specials: dict
     context: int  # prompt + reply tokens the model can position (its RoPE tables)
 
 
@@ -304,11 +306,7 @@ class Worker:
                     raise
             except (UserError, OSError) as e:
                 raise ApiError(404, f"could not load {ref.id}: {e}", param="model", code="model_not_found") from e
-        special = tokenizer.encode_special
-        # tool calls show as «expression = result», as in `primechat chat`
-        specials = {special("<|python_start|>"): "«", special("<|python_end|>"): " = ",
-                    special("<|output_end|>"): "»"}
-        loaded = Loaded(model, tokenizer, Engine(model, tokenizer), specials, model.cos.size(1))
+        loaded = Loaded(model, tokenizer, Engine(model, tokenizer), model.cos.size(1))
         with self.lock:
             self.models[ref.id] = loaded
         return loaded
@@ -348,7 +346,8 @@ class Worker:
     def _generate(self, job: Job, loaded: Loaded, prompt: list[int]) -> dict:
         s = job.sampling
         engine = loaded.engine
-        rows = [ReplyText(StreamDecoder(loaded.tokenizer, loaded.specials), s.stops) for _ in range(s.n)]
+        specials = tool_call_specials(loaded.tokenizer)
+        rows = [ReplyText(StreamDecoder(loaded.tokenizer, specials), s.stops) for _ in range(s.n)]
         finish = [None] * s.n
         first = None
         generating = time.perf_counter()
