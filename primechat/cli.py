@@ -69,7 +69,7 @@ class Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionH
     """Shows defaults, except where there is none to show (required arguments, flags defaulting to None)."""
 
     def _get_help_string(self, action):
-        if action.default in (None, False, "") or action.required:
+        if action.default is None or action.default is False or action.default == "" or action.required:
             return action.help
         return super()._get_help_string(action)
 
@@ -85,6 +85,19 @@ def _command_path(argv: list[str]) -> list[str]:
     return path
 
 
+def command_module(words: list[str]) -> tuple[str, list[str]] | None:
+    """The module that runs a command line's command and the words after the command, e.g. ("primechat.train.base",
+    ["--depth", "4"]) for train base --depth 4; None if the words name no command."""
+    table = COMMANDS
+    for i, word in enumerate(words):
+        if not isinstance(table, dict) or word not in table:
+            return None
+        table = table[word][1]
+        if isinstance(table, str):
+            return table, words[i + 1:]
+    return None
+
+
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     chosen = _command_path(argv)
     parser = argparse.ArgumentParser(prog="primechat", description=__doc__.split("\n")[0], formatter_class=Formatter)
@@ -97,8 +110,8 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
                 add(sub.add_subparsers(dest="_".join(path), required=True, metavar="COMMAND"), target, path)
             elif path == chosen:  # import only the module that will run
                 module = importlib.import_module(target)
-                if module.__doc__:
-                    sub.description = module.__doc__
+                loop = sys.modules[module.main.__module__]  # train mid/sft: the shared loop documents itself
+                sub.description = "\n".join(doc for doc in dict.fromkeys([module.__doc__, loop.__doc__]) if doc)
                 module.add_arguments(sub)
                 sub.set_defaults(run=module.main)
 

@@ -414,7 +414,8 @@ def add_arguments(p):
                    help="primechat (nanochat 2026) or nanochat-2025 (nanochat's Oct 2025 model and horizon rule)")
     p.add_argument("--budget", type=float, default=None, metavar="DOLLARS",
                    help="pick the largest even depth whose whole pipeline costs at most this")
-    p.add_argument("--price", type=float, default=None, help="dollars per GPU-hour (default: common.GPU_HOURLY_PRICE)")
+    p.add_argument("--price", type=float, default=None,
+                   help="dollars per GPU-hour (default: the GPU's on-demand cloud rate, printed with the plan)")
     p.add_argument("--mfu", type=float, default=None, help="model FLOPs utilisation (default: the measured table)")
     p.add_argument("--ratio", "--target-param-data-ratio", type=float, default=None,
                    help=f"training tokens per scaling parameter (default {d('target_param_data_ratio'):g}; "

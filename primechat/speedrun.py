@@ -3,8 +3,9 @@
 A preset (primechat/configs/<NAME>.yaml, or a path to your own YAML) lists stages, each a `primechat` command line.
 Stages run in order as subprocesses; with several GPUs, stages marked `distributed` run under torchrun on all of
 them. A stage that exits 0 is recorded in <home>/speedrun/<preset>.json and skipped when the speedrun is run
-again, so after a crash or Ctrl-C the same command continues where it stopped (training stages pass `--resume`,
-which continues from the last checkpoint). Everything printed also goes to a log file per run.
+again, so after a crash or Ctrl-C the same command continues where it stopped; a preset's training stages should
+pass `--resume` (the shipped ones do) to continue from their last checkpoint. Everything printed also goes to a log
+file per run.
 
 A new run (no state file yet, or --restart) starts a new report card: the previous card's sections are archived and
 the environment header written. Each stage's time goes into the card's "Speedrun" section, summed over resumes, so
@@ -20,7 +21,7 @@ from pathlib import Path
 import yaml
 
 from primechat import report
-from primechat.cli import COMMANDS
+from primechat.cli import command_module
 from primechat.common import (CONFIGS_DIR, UserError, atomic_path, home_dir, run_child, shipped_configs,
                               stopped_exit_code)
 
@@ -52,10 +53,12 @@ def load_preset(name: str) -> tuple[str, dict]:
 def stage_command(stage: dict, num_procs: int) -> list[str]:
     words = shlex.split(stage["run"])
     if stage.get("distributed") and num_procs > 1:
-        _, module = COMMANDS[words[0]][1][words[1]]
+        if (found := command_module(words)) is None:
+            raise UserError(f"stage {stage['name']}: {stage['run']!r} does not start with a primechat command")
+        module, rest = found
         # on a stop torchrun gives its workers 30 s to save before killing them; a d32 checkpoint may need longer
         return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={num_procs}",
-                "--shutdown-timeout=600", "-m", module, *words[2:]]
+                "--shutdown-timeout=600", "-m", module, *rest]
     return [sys.executable, "-m", "primechat.cli", *words]
 
 

@@ -91,6 +91,13 @@ def test_distributed_stages_run_under_torchrun(home, cli, tmp_path):
     assert failed.code == 2 and "stage base failed: --depth 0" in failed.err.strip().splitlines()[-1]
 
 
+def test_a_distributed_stage_must_name_a_command(home, cli, tmp_path):
+    preset = tmp_path / "odd.yaml"
+    preset.write_text("stages:\n  - name: odd\n    distributed: true\n    run: --depth 4\n")
+    result = cli.run("speedrun", "--preset", preset, "--nproc", "2")
+    assert result.code == 2 and "stage odd: '--depth 4' does not start with a primechat command" in result.err
+
+
 def test_unknown_preset_is_a_user_error(home, cli):
     result = cli("speedrun", "--preset", "no-such-preset")
     assert result.code == 2 and "no preset 'no-such-preset'" in result.err and "demo, gpt2" in result.err

@@ -286,3 +286,9 @@ def test_bad_input_is_one_line(base_home, tmp_path, monkeypatch, cli):
     assert_user_error(train("mid", home, "--num-iterations", 1), "already holds checkpoints", "--resume")
     shutil.rmtree(home / "base_checkpoints")
     assert_user_error(train("rl", home, "--source", "base"), "primechat train base")
+
+
+def test_help_of_mid_and_sft_documents_the_loop_they_share(cli):
+    for stage in ("mid", "sft"):
+        result = cli.run("train", stage, "--help")
+        assert result.code == 0 and "Chat training: the one loop behind" in result.out
