@@ -208,7 +208,7 @@ def test_save_and_resume_bit_for_bit(run_a, corpus, tmp_path):
     delete_step(folder, 12)
 
     resumed = ok(train(home, "--num-iterations", 12, "--save-every", 6, "--resume"))
-    assert "resuming" in resumed.stdout
+    assert "resuming" in resumed.stdout and "flags changed" not in resumed.stdout
     expected = load_model(home_a, 12)
     assert_same_tensors(load_model(home, 12), expected, "model")
     for kind in ("optim", "loader"):
@@ -221,6 +221,10 @@ def test_save_and_resume_bit_for_bit(run_a, corpus, tmp_path):
     # an explicit step works too
     ok(train(home, "--num-iterations", 12, "--save-every", 6, "--resume-from-step", 6))
     assert_same_tensors(load_model(home, 12), expected, "model")
+    # a resume with another learning rate trains something else: it says so
+    changed = ok(train(home, "--num-iterations", 12, "--save-every", 6, "--resume-from-step", 6, "--matrix-lr", 0.03))
+    assert "note: flags changed since step 6 was saved: --matrix-lr 0.02 → 0.03" in changed.stdout
+    ok(train(home, "--num-iterations", 12, "--save-every", 6, "--resume-from-step", 6))  # back to the original
     # and a step that was never saved is a one-line error
     before = snapshot(folder)
     line = assert_user_error(train(home, "--num-iterations", 12, "--resume-from-step", 7), "step 7")

@@ -233,7 +233,8 @@ def main(args):
     resumed_at = checkpoint.resume_point(folder, args.resume, args.resume_from_step, "from scratch")
     if resumed_at is not None:
         step = resumed_at
-        meta = checkpoint.resume_training(folder, step, config.to_dict(), model, optimizer, rank, device)
+        meta = checkpoint.resume_training(folder, step, config.to_dict(), model, optimizer, rank, device,
+                                           user_config)
         loader_state = checkpoint.load_rank_state(folder, step, "loader", rank)
         loop.update(meta["loop_state"])
         check_horizon(step, plan.num_steps, meta["num_iterations"])

@@ -210,7 +210,8 @@ def main(args):
                                          f"from {args.source} {source_tag}")
     if resumed_at is not None:
         step = resumed_at
-        meta = checkpoint.resume_training(folder, step, source_meta["model_config"], model, optimizer, rank, device)
+        meta = checkpoint.resume_training(folder, step, source_meta["model_config"], model, optimizer, rank,
+                                           device, user_config)
         loader_state = checkpoint.load_rank_state(folder, step, "loader", rank)
         loop.update(meta["loop_state"])
     elif args.load_optimizer and warm_start(optimizer, source_folder, source_meta["step"], rank, device):

@@ -84,8 +84,20 @@ def resume_point(folder: Path, resume: bool, resume_from_step: int, fresh_start:
     return None
 
 
-def resume_training(folder: Path, step: int, model_config: dict, model, optimizer, rank: int, device) -> dict:
-    """Load a saved step's model and this rank's optimizer shard into a run built for model_config; its meta."""
+# Flags that do not change what is trained, or have their own note on a resume (the horizon: loop.check_horizon).
+BENIGN_ON_RESUME = {"resume", "resume_from_step", "num_iterations", "wandb", "save_every", "sample_every"}
+
+
+def changed_flags(saved: dict, current: dict) -> list[str]:
+    """Flags given now with another value than the saved run's (None: not given, inherited)."""
+    return [f"--{k.replace('_', '-')} {saved[k]} → {v}" for k, v in current.items()
+            if k in saved and v is not None and saved[k] != v and k not in BENIGN_ON_RESUME]
+
+
+def resume_training(folder: Path, step: int, model_config: dict, model, optimizer, rank: int, device,
+                    user_config: dict | None = None) -> dict:
+    """Load a saved step's model and this rank's optimizer shard into a run built for model_config; its meta.
+    Flags that differ from the saved run's (user_config) are pointed out: the run no longer replays the original."""
     meta = load_meta(folder, step)
     if meta["model_config"] != model_config:
         changed = [k for k, v in model_config.items() if meta["model_config"].get(k) != v]
@@ -94,6 +106,9 @@ def resume_training(folder: Path, step: int, model_config: dict, model, optimize
     model.load_state_dict(load_model_state(folder, step, device))
     optimizer.load_state_dict(load_rank_state(folder, step, "optim", rank, device))
     print0(f"resuming {folder} from step {step}")
+    if changed := changed_flags(meta.get("user_config", {}), user_config or {}):
+        print0(f"note: flags changed since step {step} was saved: {', '.join(changed)}; the run continues with the "
+               f"new values, so it will differ from an uninterrupted run")
     return meta
 
 
