@@ -146,10 +146,17 @@ class MuonAdamW(torch.optim.Optimizer):
         p.copy_(_all_gather(part, world))
 
 
-def build_optimizer(model, *, matrix_lr=0.02, embedding_lr=0.3, unembedding_lr=0.008, scalar_lr=0.5,
+# nanochat's learning rates, tuned at a d12 model and a 2^19-token batch: train base's defaults, and what chat training
+# falls back to for a checkpoint that does not record its own (an imported one).
+DEFAULT_LRS = dict(matrix_lr=0.02, embedding_lr=0.3, unembedding_lr=0.008, scalar_lr=0.5)
+
+
+def build_optimizer(model, *, matrix_lr=DEFAULT_LRS["matrix_lr"], embedding_lr=DEFAULT_LRS["embedding_lr"],
+                    unembedding_lr=DEFAULT_LRS["unembedding_lr"], scalar_lr=DEFAULT_LRS["scalar_lr"],
                     weight_decay=0.0, batch_lr_scale=1.0) -> MuonAdamW:
-    """nanochat's 2026 groups (reference B5). AdamW LRs scale with width as (d/768)^-0.5; all LRs but the smear
-    group's scale with the batch as sqrt(B / 2^19) (batch_lr_scale)."""
+    """nanochat's 2026 groups (reference B5). AdamW LRs scale with width as (d/768)^-0.5; all LRs but the "scalars"
+    group's (smear gate, smear and backout lambdas: a fixed 0.2) scale with the batch as sqrt(B / 2^19)
+    (batch_lr_scale). weight_decay is Muon's; the AdamW groups keep nanochat's small fixed decays."""
     groups = model.param_groups()
     s = (model.config.n_embd / 768) ** -0.5
     b = batch_lr_scale

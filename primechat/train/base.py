@@ -26,7 +26,7 @@ from primechat.data.shards import add_dataset_argument, list_shards, pick_datase
 from primechat.eval.loss import evaluate_bpb
 from primechat.fp8 import check_device as check_fp8_device, enable_fp8
 from primechat.model import GPT, GPTConfig, config_for_depth
-from primechat.optim import build_optimizer
+from primechat.optim import DEFAULT_LRS, build_optimizer
 from primechat.plots import plot_training_curves
 from primechat.tokenizer import load_tokenizer
 from primechat.train import checkpoint
@@ -38,6 +38,7 @@ SAMPLE_PROMPTS = ["The capital of France is", "The chemical symbol of gold is",
                   "The planets of the solar system are:", "My favorite color is", "If 5*x + 3 = 13, then x is"]
 B_REF = 2 ** 19  # the reference total batch (tokens) at which the default learning rates were tuned
 DEPTH_REF = 12  # the reference model for the data-size scaling of batch and weight decay
+DEVICE_BATCH_SIZE = 32  # rows per forward pass: nanochat's, which fits d20 on an 80 GB GPU
 
 
 def add_arguments(p):
@@ -50,16 +51,20 @@ def add_arguments(p):
     p.add_argument("--data-streams", type=int, default=0, help="independent data streams (0: one per process); "
                    "runs with equal streams and total batch see the same data whatever the process count")
     p.add_argument("--device-type", default="", help="cuda|cpu|mps (default: autodetect)")
-    p.add_argument("--device-batch-size", type=int, default=32, help="rows per forward pass; lower it to save "
-                   "memory (gradient accumulation keeps the result the same)")
+    p.add_argument("--device-batch-size", type=int, default=DEVICE_BATCH_SIZE, help="rows per forward pass; lower it "
+                   "to save memory (gradient accumulation keeps the result the same)")
     p.add_argument("--total-batch-size", type=int, default=-1, help="tokens per optimizer step (-1: from depth)")
     p.add_argument("--num-iterations", type=int, default=-1, help="optimizer steps (-1: from the horizon below)")
     p.add_argument("--target-flops", type=float, default=-1, help="training FLOPs budget (-1: use the ratio)")
     p.add_argument("--target-param-data-ratio", type=float, default=12, help="training tokens per scaling param")
-    p.add_argument("--embedding-lr", type=float, default=0.3, help="AdamW LR of token and value embeddings")
-    p.add_argument("--unembedding-lr", type=float, default=0.008, help="AdamW LR of the output head")
-    p.add_argument("--matrix-lr", type=float, default=0.02, help="Muon LR of the transformer matrices")
-    p.add_argument("--scalar-lr", type=float, default=0.5, help="AdamW LR of the residual/x0 lambdas")
+    p.add_argument("--embedding-lr", type=float, default=DEFAULT_LRS["embedding_lr"],
+                   help="AdamW LR of token and value embeddings")
+    p.add_argument("--unembedding-lr", type=float, default=DEFAULT_LRS["unembedding_lr"],
+                   help="AdamW LR of the output head")
+    p.add_argument("--matrix-lr", type=float, default=DEFAULT_LRS["matrix_lr"],
+                   help="Muon LR of the transformer matrices")
+    p.add_argument("--scalar-lr", type=float, default=DEFAULT_LRS["scalar_lr"],
+                   help="AdamW LR of the residual/x0 lambdas")
     p.add_argument("--weight-decay", type=float, default=0.28, help="Muon weight decay at the d12 reference "
                    "(scaled with batch and data size)")
     p.add_argument("--warmup-steps", type=int, default=40, help="linear LR warmup steps")
@@ -165,7 +170,8 @@ def expected_time(plan: Plan, args, step: int, device, world: int) -> list[tuple
     val_s = evaluations * args.eval_tokens * plan.flops_per_token / 3 / rate  # forward only: a third of the FLOPs
     hint = "; lower --eval-tokens or raise --eval-every to spend less" if val_s > train_s / 4 else ""
     return [(label, f"{hours_text((train_s + val_s) / 3600)} at {rate / 1e12:,.3f} TFLOP/s"),
-            ("  of which validation", f"{hours_text(val_s / 3600)}: {evaluations} × {args.eval_tokens:,} tokens{hint}"),
+            ("  of which validation",
+             f"{hours_text(val_s / 3600)}: {evaluations} × {args.eval_tokens:,} tokens{hint}"),
             ("  speed comes from", source)]
 
 

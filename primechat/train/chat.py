@@ -5,9 +5,11 @@ mid: a base model learns the chat format, tool calls and the multiple-choice for
 - start from the previous stage's latest checkpoint (--source, --model-tag, --source-step) and, where the process
   count matches, warm-start from its optimizer state (momentum buffers), with fresh learning rates;
 - pack conversations best-fit into rows and learn only the assistant's tokens (data/chat_loader.py);
-- take sequence length, device batch, the previous LRs and the batch LR scale from the source checkpoint;
+- take sequence length, the previous LRs and the batch LR scale from the source checkpoint, and mid also its device
+  batch (SFT takes 4 rows per pass, 32 per step);
 - run one epoch of the mixture (or --num-iterations steps); LR × init_lr_frac, constant, then a linear warmdown to
-  0 over the last --warmdown-ratio of the run; Muon momentum 0.85 → 0.95 over 300 steps; no weight decay;
+  0 over the last --warmdown-ratio of the run; Muon momentum 0.85 → 0.95 over 300 steps; no Muon weight decay
+  (the AdamW groups keep their small fixed ones);
 - report validation bits per byte (assistant tokens of the val mixture) every --eval-every steps, and task accuracies
   (MMLU, ARC-Easy by default) every --metrics-every steps;
 - save and resume exactly as pretraining does: checkpoints every --save-every steps and at the end, SIGTERM/Ctrl-C
@@ -26,11 +28,11 @@ from primechat.common import UserError, aligned_rows, compute_cleanup, compute_i
 from primechat.data.chat_loader import ChatLoader
 from primechat.eval import chat as chat_eval
 from primechat.eval.loss import evaluate_bpb
-from primechat.optim import build_optimizer
+from primechat.optim import DEFAULT_LRS, build_optimizer
 from primechat.plots import plot_training_curves
 from primechat.tasks.mixture import load_mixture
 from primechat.train import checkpoint
-from primechat.train.base import B_REF
+from primechat.train.base import B_REF, DEVICE_BATCH_SIZE
 from primechat.train.loop import (RunLog, StopRequest, add_speed_arguments, note_validation, out_of_memory,
                                   refuse_float16, say, training_model)
 
@@ -56,8 +58,9 @@ def add_arguments(p, stage: str):
                    "(mid, sft, demo-chat); preview it with `primechat data mixture`")
     p.add_argument("--device-type", default="", help="cuda|cpu|mps (default: autodetect)")
     p.add_argument("--max-seq-len", type=int, default=None, help="row length in tokens (default: the source's)")
-    p.add_argument("--device-batch-size", type=int, default=preset["device_batch_size"],
-                   help="rows per forward pass (default: the source's); lower it to save memory")
+    p.add_argument("--device-batch-size", type=int, default=preset["device_batch_size"], help="rows per forward "
+                   "pass" + (" (default: the source's)" if preset["device_batch_size"] is None else "")
+                   + "; lower it to save memory")
     p.add_argument("--total-batch-size", type=int, default=None, help="tokens per optimizer step (default: "
                    + ("the source's" if preset["rows_per_step"] is None else f"{preset['rows_per_step']} rows") + ")")
     p.add_argument("--num-epochs", type=float, default=1.0, help="passes over the training mixture")
@@ -109,7 +112,7 @@ def inherit(args, source_meta: dict, world: int) -> dict:
     if seq_len > source_meta["model_config"]["sequence_len"]:
         raise UserError(f"--max-seq-len {seq_len} is longer than the model's context "
                         f"({source_meta['model_config']['sequence_len']})")
-    batch = pick("device_batch_size", "device_batch_size", 32)
+    batch = pick("device_batch_size", "device_batch_size", DEVICE_BATCH_SIZE)
     tokens_per_pass = batch * seq_len * world
     if args.total_batch_size is not None:
         total = args.total_batch_size
@@ -124,8 +127,7 @@ def inherit(args, source_meta: dict, world: int) -> dict:
         SFT_FROM_BASE if from_base else preset)["init_lr_frac"]
     warmdown = args.warmdown_ratio if args.warmdown_ratio is not None else (
         SFT_FROM_BASE if from_base else preset)["warmdown_ratio"]
-    lrs = {name: pick(name, name, default) for name, default in
-           (("embedding_lr", 0.3), ("unembedding_lr", 0.008), ("matrix_lr", 0.02), ("scalar_lr", 0.5))}
+    lrs = {name: pick(name, name, default) for name, default in DEFAULT_LRS.items()}
     return dict(max_seq_len=seq_len, device_batch_size=batch, total_batch_size=total,
                 grad_accum=total // tokens_per_pass, init_lr_frac=init_lr_frac, warmdown_ratio=warmdown,
                 batch_lr_scale=math.sqrt(total / B_REF), **lrs)
