@@ -290,6 +290,19 @@ def test_the_start_up_table_expects_the_time_of_training_and_of_each_validation(
     assert "CPU" in rows["speed comes from"]
 
 
+def test_schedules_warm_up_hold_and_warm_down():
+    from primechat.train.base import lr_multiplier, muon_momentum, weight_decay_multiplier
+    args = argparse.Namespace(warmup_steps=10, warmdown_ratio=0.5, final_lr_frac=0.05)
+    lrm = [lr_multiplier(step, args, 100) for step in range(101)]
+    assert lrm[0] == pytest.approx(0.1) and lrm[9] == 1.0  # linear warmup
+    assert set(lrm[9:51]) == {1.0}  # constant until the last half
+    assert all(a > b for a, b in zip(lrm[50:], lrm[51:])) and lrm[100] == pytest.approx(0.05)  # down to the floor
+    momentum = [muon_momentum(step, args, 1000) for step in range(1001)]  # a ramp over 400 steps, so a longer run
+    assert momentum[0] == pytest.approx(0.85) and all(m == pytest.approx(0.97) for m in momentum[400:501])
+    assert momentum[1000] == pytest.approx(0.90)
+    assert weight_decay_multiplier(0, 100) == 1.0 and weight_decay_multiplier(100, 100) == pytest.approx(0.0)
+
+
 def test_expected_time_counts_the_validations_left_and_says_when_they_dominate():
     from primechat.train.base import Plan, expected_time
     plan = Plan(total_batch=1000, grad_accum=1, num_steps=100, batch_lr_scale=1.0, weight_decay=0.0,

@@ -139,22 +139,36 @@ def make_plan(args, model: GPT, world: int) -> Plan:
                 target_tokens=num_steps * total_batch, flops_per_token=flops_per_token)
 
 
+# The schedules (nanochat 2026, reference B5), as functions of the step: the loop sets every group's LR, Muon's
+# momentum and Muon's weight decay from them before each step.
+
+def warmdown_start(args, num_steps: int) -> int:
+    """The step after which the LR decays: the last --warmdown-ratio of the run."""
+    return num_steps - round(args.warmdown_ratio * num_steps)
+
+
 def lr_multiplier(step: int, args, num_steps: int) -> float:
-    warmdown = round(args.warmdown_ratio * num_steps)
+    """Linear warmup over --warmup-steps, 1 until the warmdown starts, then linear down to --final-lr-frac."""
+    start = warmdown_start(args, num_steps)
     if step < args.warmup_steps:
         return (step + 1) / args.warmup_steps
-    if step <= num_steps - warmdown:
+    if step <= start:
         return 1.0
-    progress_left = (num_steps - step) / warmdown
+    progress_left = (num_steps - step) / (num_steps - start)
     return progress_left + (1 - progress_left) * args.final_lr_frac
 
 
 def muon_momentum(step: int, args, num_steps: int) -> float:
     """0.85 → 0.97 over the first 400 steps, then down to 0.90 during the LR warmdown."""
-    warmdown = round(args.warmdown_ratio * num_steps)
+    start = warmdown_start(args, num_steps)
     ramp = 0.85 + 0.12 * min(step / 400, 1.0)
-    into_warmdown = max(0, step - (num_steps - warmdown)) / max(warmdown, 1)
+    into_warmdown = max(0, step - start) / max(num_steps - start, 1)
     return min(ramp, 0.97 - 0.07 * into_warmdown)
+
+
+def weight_decay_multiplier(step: int, num_steps: int) -> float:
+    """Muon's weight decay follows a cosine from 1 at the start to 0 at the end."""
+    return 0.5 * (1 + math.cos(math.pi * step / num_steps))
 
 
 def expected_time(plan: Plan, args, step: int, device, world: int) -> list[tuple[str, str]]:
@@ -220,9 +234,8 @@ def main(args):
     model.compute_dtype = compute_dtype(device.type)
     refuse_float16(model.compute_dtype)
     plan = make_plan(args, model, world)
-    warmdown_start = plan.num_steps - round(args.warmdown_ratio * plan.num_steps)
-    if args.warmup_steps > warmdown_start:  # a short run: lr_multiplier jumps from the ramp to the warmdown
-        print0(f"note: --warmup-steps {args.warmup_steps} runs past the warmdown's start (step {warmdown_start} of "
+    if args.warmup_steps > (start := warmdown_start(args, plan.num_steps)):  # lr_multiplier would jump down
+        print0(f"note: --warmup-steps {args.warmup_steps} runs past the warmdown's start (step {start} of "
                f"{plan.num_steps}), so the learning rate drops abruptly at step {args.warmup_steps}: lower "
                f"--warmup-steps or --warmdown-ratio")
     streams_per_rank = (args.data_streams or world) // world
@@ -304,7 +317,7 @@ def main(args):
             group["lr"] = group["initial_lr"] * lrm
             if group["kind"] == "muon":
                 group["momentum"] = muon_momentum(step, args, num_steps)
-                group["weight_decay"] = group["initial_weight_decay"] * 0.5 * (1 + math.cos(math.pi * step / num_steps))
+                group["weight_decay"] = group["initial_weight_decay"] * weight_decay_multiplier(step, num_steps)
         train_loss = torch.zeros((), device=device)
         try:
             for _ in range(plan.grad_accum):
