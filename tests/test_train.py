@@ -318,7 +318,7 @@ def test_expected_time_counts_the_validations_left_and_says_when_they_dominate()
 # SIGTERM: save where it stopped, resume to the same end result.
 
 SIG_ARGS = ["--max-seq-len", "64", "--device-batch-size", "2", "--total-batch-size", "128", "--num-iterations", 80,
-            "--eval-every", "-1", "--eval-tokens", "256", "--save-every", "-1"]
+            "--eval-every", "7", "--eval-tokens", "256", "--save-every", "-1"]
 
 
 def test_sigterm_saves_and_resume_matches_an_uninterrupted_run(corpus, tmp_path):
@@ -352,6 +352,8 @@ def test_sigterm_saves_and_resume_matches_an_uninterrupted_run(corpus, tmp_path)
         meta = json.loads((folder / f"meta_{stopped_at:06d}.json").read_text())
         assert meta["step"] == stopped_at
         assert max(r["step"] for r in metrics(home)) == stopped_at
+        measured = max(r["step"] for r in metrics(home) if "val_bpb" in r)  # the last validation before the stop
+        assert meta["val_bpb_step"] == measured and measured <= stopped_at
 
         ok(train(home, *SIG_ARGS, "--resume"))
         assert reference.wait(timeout=300) == 0

@@ -281,7 +281,8 @@ def main(args):
             plot_training_curves(metrics_path, folder / "loss_curve.png", title=f"base {tag}")
 
     def save(step):
-        meta = {"step": step, "val_bpb": loop["val_bpb"], "model_config": config.to_dict(), "user_config": user_config,
+        meta = {"step": step, "val_bpb": loop["val_bpb"], "val_bpb_step": loop.get("val_bpb_step"),
+                "model_config": config.to_dict(), "user_config": user_config,
                 "device_batch_size": args.device_batch_size, "max_seq_len": args.max_seq_len,
                 "total_batch_size": plan.total_batch, "num_iterations": num_steps, "world_size": world,
                 "plan": asdict(plan), "loop_state": loop}

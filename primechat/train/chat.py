@@ -260,7 +260,8 @@ def main(args):
             plot_training_curves(metrics_path, folder / "loss_curve.png", title=f"{stage} {source_tag}")
 
     def save(step):
-        meta = {"step": step, "val_bpb": loop["val_bpb"], "model_config": source_meta["model_config"],
+        meta = {"step": step, "val_bpb": loop["val_bpb"], "val_bpb_step": loop.get("val_bpb_step"),
+                "model_config": source_meta["model_config"],
                 "user_config": {**user_config, **settings}, "source": {"stage": args.source, "tag": source_tag,
                                                        "step": source_meta["step"]},
                 "mixture": str(mixture.path), **{k: settings[k] for k in ("device_batch_size", "max_seq_len",

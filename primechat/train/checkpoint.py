@@ -4,7 +4,8 @@
     model_S.pt             model state_dict (rank 0)
     optim_S_rank<r>.pt     each rank's optimizer shard (ZeRO-2 splits the state)
     loader_S_rank<r>.pt    each rank's data loader state (exact resume)
-    meta_S.json            model config, user config, step, val bpb, loop state: written LAST
+    meta_S.json            model config, user config, step, val bpb (and the step it was measured at), loop
+                           state: written LAST
 Every file is written to a temporary name and renamed, and meta is written only once every rank's files are on
 disk, so a step counts as saved exactly when its meta file exists; a crash mid-save leaves the previous one intact.
 """

@@ -83,6 +83,7 @@ def note_validation(step: int, val_bpb: float | None, loop: dict, log: RunLog) -
         say(f"step {step:05d} | validation abandoned: stopping")
         return False
     loop["val_bpb"], loop["min_val_bpb"] = val_bpb, min(loop["min_val_bpb"], val_bpb)
+    loop["val_bpb_step"] = step  # a checkpoint saved by a stop between evaluations says how old its val_bpb is
     say(f"step {step:05d} | validation bpb {val_bpb:.4f}")
     log({"step": step, "val_bpb": val_bpb})
     return True
