@@ -206,8 +206,10 @@ def _timestamp(text: str, label: str) -> datetime.datetime | None:
 
 
 def scores(sections: dict[str, str]) -> tuple[dict[str, dict[str, float]], list[str]]:
-    """The evaluations' scores {row label: {stage: value}} (CORE first, ChatCORE last, tasks alphabetical between),
-    and footnotes on what they cover (partial CORE, capped numbers of problems)."""
+    """The evaluations' scores {row label: {stage: value}}: CORE, ChatCORE's tasks (alphabetical), ChatCORE, then the
+    chat tasks outside ChatCORE (Arithmetic), and footnotes on what they cover (partial CORE, capped numbers of
+    problems, tasks outside ChatCORE)."""
+    from primechat.eval.chat import CHATCORE_BASELINES  # here: eval/chat.py imports this module
     core, tasks, chatcore, notes = {}, {}, {}, []
     base = section_values(sections.get("base-model-evaluation", ""))
     for key, value in base.items():
@@ -229,7 +231,12 @@ def scores(sections: dict[str, str]) -> tuple[dict[str, dict[str, float]], list[
         if values.get("max problems", "all") != "all":
             capped.setdefault(values["max problems"], []).append(STAGES[stage][0])
     notes += [f"{', '.join(columns)}: chat tasks on at most {n} problems each." for n, columns in capped.items()]
-    return {**core, **dict(sorted(tasks.items())), **chatcore}, notes
+    outside = {name: values for name, values in sorted(tasks.items()) if name not in CHATCORE_BASELINES}
+    if outside:
+        notes.append(f"{', '.join(outside)}: not part of ChatCORE, nanochat's mean over "
+                     f"{', '.join(CHATCORE_BASELINES)}.")
+    inside = {name: values for name, values in sorted(tasks.items()) if name in CHATCORE_BASELINES}
+    return {**core, **inside, **chatcore, **outside}, notes
 
 
 def summary_table(sections: dict[str, str]) -> str:

@@ -1,6 +1,7 @@
 """`primechat eval chat` (primechat/eval/chat.py): categorical scoring picks the best allowed letter at each row's own
 last prompt position (batched, padded, cropped), generative scoring hands the decoded reply to the task and counts
-pass@n, pass@k and ChatCORE arithmetic, and the command end to end on a tiny random checkpoint with the fake Hub:
+pass@n, pass@k and ChatCORE arithmetic (nanochat's six tasks, whatever else ran), the offline Arithmetic task, and
+the command end to end on a tiny random checkpoint with the fake Hub:
 table, report section, one-line errors, and the same figures under torchrun with two processes. CPU, offline."""
 
 import re
@@ -13,8 +14,8 @@ from torch import nn
 
 from primechat.common import UserError
 from primechat.engine import Engine
-from primechat.eval.chat import (TASKS, chatcore, evaluate_categorical, evaluate_generative, load_task, pass_at_k,
-                                 sample_outcomes)
+from primechat.eval.chat import (CHATCORE_BASELINES, TASKS, chatcore, evaluate_categorical, evaluate_generative,
+                                 load_task, pass_at_k, sample_outcomes)
 from primechat.tasks.common import MultipleChoiceTask, Task
 from primechat.tasks.gsm8k import extract_answer
 from primechat.train.checkpoint import checkpoint_dir, save_checkpoint
@@ -195,16 +196,34 @@ def test_generative_is_pass_at_n_strided_and_long_prompts_lose(tokenizer, monkey
 def test_pass_at_k_and_chatcore():
     outcomes = [[False, True, True], [True, False, False], [False, False, False], [False, False, True]]
     assert [pass_at_k(outcomes, k) for k in (1, 2, 3)] == [0.25, 0.5, 0.75]
-    chance = {name: baseline for name, (_, baseline) in TASKS.items()}
+    chance = dict(CHATCORE_BASELINES)
     assert chatcore(chance) == pytest.approx(0.0)
-    assert chatcore({name: 1.0 for name in TASKS}) == pytest.approx(1.0)
+    assert chatcore({name: 1.0 for name in CHATCORE_BASELINES}) == pytest.approx(1.0)
     halfway = {**chance, "MMLU": 0.625, "GSM8K": 0.5}  # MMLU half of the way from chance 0.25 to 1
     assert chatcore(halfway) == pytest.approx((0.5 + 0.5) / 6)
+    # nanochat's definition: Arithmetic is a task of eval chat, but neither needed for ChatCORE nor counted in it
+    assert chatcore({**halfway, "Arithmetic": 1.0}) == pytest.approx((0.5 + 0.5) / 6)
     del halfway["SpellingBee"]
-    assert chatcore(halfway) is None
-    assert list(TASKS) == ["ARC-Easy", "ARC-Challenge", "MMLU", "GSM8K", "HumanEval", "SpellingBee"]
-    with pytest.raises(UserError, match="ARC-Easy.*SpellingBee"):
+    assert chatcore(halfway) is None and chatcore({**halfway, "Arithmetic": 1.0}) is None
+    assert list(CHATCORE_BASELINES) == ["ARC-Easy", "ARC-Challenge", "MMLU", "GSM8K", "HumanEval", "SpellingBee"]
+    assert list(TASKS) == [*CHATCORE_BASELINES, "Arithmetic"]
+    with pytest.raises(UserError, match="ARC-Easy.*SpellingBee.*Arithmetic"):
         load_task("arc-easy")
+
+
+def test_arithmetic_is_scored_from_the_reply_like_gsm8k(tokenizer, monkeypatch):
+    """`eval chat -a Arithmetic`: 256 generated test problems, offline; a reply is right when its `#### N` is."""
+    task = load_task("Arithmetic")
+    assert task.eval_type == "generative" and len(task) == 256 and task.split == "test"
+
+    def generate_batch(self, tokens, num_samples=1, **kwargs):  # a calculator: answers the prompt's sum, or not
+        expression = re.search(r"\d+(?: [-+*] \d+)+", self.tokenizer.decode(tokens)).group(0)
+        answer = eval(expression) + (kwargs["seed"] % 2)  # odd problems get a wrong answer
+        return [tokens + self.tokenizer.encode(f"{expression} = {answer}\n#### {answer}")] * num_samples, None
+
+    monkeypatch.setattr(Engine, "generate_batch", generate_batch)
+    model = LetterModel(tokenizer, {}, token_elsewhere="A")
+    assert evaluate_generative(model, tokenizer, task, max_problems=10) == pytest.approx(5 / 10)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -235,9 +254,9 @@ def test_command_prints_the_table_and_writes_the_report(home, fake_hub, tokenize
     result = cli("eval", "chat", "-i", "sft", "-x", "5", "-m", "4", "--words", "builtin", "--device-type", "cpu")
     assert result.code == 0, result.err
     found = accuracies(result.out)
-    assert list(found) == list(TASKS)
+    assert list(found) == list(CHATCORE_BASELINES)  # the default: ChatCORE's tasks
     table = result.out[result.out.index("Task "):].splitlines()
-    assert [line.split()[0] for line in table[1:]] == [*TASKS, "ChatCORE"]
+    assert [line.split()[0] for line in table[1:]] == [*CHATCORE_BASELINES, "ChatCORE"]
     problems = {line.split()[0]: int(line.split()[2]) for line in table[1:7]}
     assert problems == {"ARC-Easy": 5, "ARC-Challenge": 5, "MMLU": 5, "GSM8K": 5, "HumanEval": 1, "SpellingBee": 5}
     section = (home / "report" / "chat-evaluation-sft.md").read_text()
@@ -258,11 +277,18 @@ def test_command_prints_the_table_and_writes_the_report(home, fake_hub, tokenize
     section = (home / "report" / "chat-evaluation-sft.md").read_text()
     assert "- GSM8K: " in section and "MMLU" not in section and "ChatCORE" not in section
 
+    # Arithmetic needs no download and leaves ChatCORE out
+    result = cli("eval", "chat", "-i", "sft", "-a", "Arithmetic", "-x", "3", "-m", "4", "--device-type", "cpu")
+    assert result.code == 0, result.err
+    assert list(accuracies(result.out)) == ["Arithmetic"] and "ChatCORE" not in result.out
+    section = (home / "report" / "chat-evaluation-sft.md").read_text()
+    assert re.search(r"^- Arithmetic: \d\.\d{4}$", section, re.MULTILINE) and "ChatCORE" not in section
+
 
 def test_command_errors_are_one_line(home, tokenizer, cli):
     result = cli("eval", "chat", "-i", "sft", "-a", "GSM8K|Nope", "--device-type", "cpu")
     assert result.code == 2
-    assert "'Nope'" in result.err and "ARC-Easy|ARC-Challenge|MMLU|GSM8K|HumanEval|SpellingBee" in result.err
+    assert "'Nope'" in result.err and "ARC-Easy|ARC-Challenge|MMLU|GSM8K|HumanEval|SpellingBee|Arithmetic" in result.err
     assert len(result.err.strip().splitlines()) == 1
     save_tiny_checkpoint(home, tokenizer, stage="base")
     result = cli("eval", "chat", "-i", "sft", "-a", "GSM8K", "--device-type", "cpu")

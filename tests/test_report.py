@@ -29,7 +29,7 @@ def write_pipeline_sections():
     report.log_section("Chat evaluation sft", {"model": "sft_d4_000020", "max problems": "all", "num samples": 1,
                                                "temperature": 0.0, "ARC-Easy": 0.3876, "ARC-Challenge": 0.2807,
                                                "MMLU": 0.3151, "GSM8K": 0.0455, "HumanEval": 0.0854,
-                                               "SpellingBee": 0.5, "ChatCORE metric": 0.0884})
+                                               "SpellingBee": 0.5, "Arithmetic": 0.125, "ChatCORE metric": 0.0884})
     report.log_section("Zebra notes", "written by hand")
     report.log_section("Tokenizer training", {"dataset": "pydocs", "vocab_size": 4096})
     report.log_section("Base model training", {"model tag": "d4", "depth": 4, "min validation bpb": 1.7237,
@@ -45,7 +45,7 @@ def write_pipeline_sections():
     report.log_section("Chat SFT", {"source": "mid d4 step 108", "min validation bpb": 0.2845})
     report.log_section("Chat RL", {"source": "sft d4 step 20", "task": "gsm8k", "pass@1": 0.08})
     report.log_section("Chat evaluation rl", {"model": "rl_d4_000012", "max problems": 64, "num samples": 1,
-                                              "temperature": 0.0, "GSM8K": 0.0758})
+                                              "temperature": 0.0, "GSM8K": 0.0758, "Arithmetic": 0.5})
     report.log_section("Base model loss", {"val bpb": 1.7237, "sample 0": "The capital of France is Paris"})
 
 
@@ -83,14 +83,17 @@ def test_card_stitches_sections_in_order_with_summary_and_pictures(home, cli):
 
     rows = table_rows(card)
     labels = list(rows)
-    assert labels[0] == "CORE" and labels[-2] == "ChatCORE" and "validation bpb" in labels[-1]
-    assert labels[1:-2] == sorted(labels[1:-2]) == ["ARC-Challenge", "ARC-Easy", "GSM8K", "HumanEval", "MMLU",
+    # ChatCORE right below its tasks; Arithmetic, which it leaves out (nanochat's definition), after it
+    assert labels[0] == "CORE" and labels[-3:-1] == ["ChatCORE", "Arithmetic"] and "validation bpb" in labels[-1]
+    assert labels[1:-3] == sorted(labels[1:-3]) == ["ARC-Challenge", "ARC-Easy", "GSM8K", "HumanEval", "MMLU",
                                                     "SpellingBee"]
     assert rows["CORE"] == ["0.2219", "-", "-", "-"]
     assert rows["GSM8K"] == ["-", "0.0250", "0.0455", "0.0758"]
     assert rows["HumanEval"] == ["-", "0.0671", "0.0854", "-"]
     assert rows["SpellingBee"] == ["-", "0.3750", "0.5000", "-"]  # the evaluation's, not mid-training's 0.9
     assert rows["ChatCORE"] == ["-", "0.0730", "0.0884", "-"]
+    assert rows["Arithmetic"] == ["-", "-", "0.1250", "0.5000"]  # what RL changed
+    assert "Arithmetic: not part of ChatCORE" in card
     assert rows[labels[-1]] == ["1.7237", "0.2879", "0.2845", "-"]
     assert "| CORE | 0.2219 |" in result.out  # the table is printed too
     assert "RL: chat tasks on at most 64 problems" in card

@@ -15,13 +15,13 @@ import yaml
 from primechat.common import UserError
 from primechat.tasks.arc import ARC
 from primechat.tasks.arithmetic import Arithmetic
-from primechat.tasks.chat import ChatTask, SmolTalk
-from primechat.tasks.common import Task, TaskMixture, TaskSequence, render_mc
+from primechat.tasks.chat import ChatTask
+from primechat.tasks.common import Task, TaskMixture, render_mc
 from primechat.tasks.customjson import CustomJSON
 from primechat.tasks.gsm8k import GSM8K, extract_answer, solution_parts
 from primechat.tasks.humaneval import HumanEval
 from primechat.common import CONFIGS_DIR as CONFIGS
-from primechat.tasks.mixture import _check_entry, load_mixture
+from primechat.tasks.mixture import GENERATED, _check_entry, generated_task, load_mixture
 from primechat.tasks.mmlu import MMLU
 from primechat.tasks.spelling import SimpleSpelling, SpellingBee
 from primechat.tasks.words import load_words
@@ -93,7 +93,7 @@ def expected_trained_text(conversation) -> str:
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Task, TaskMixture, TaskSequence
+# Task, TaskMixture
 
 class Numbers(Task):
     def __init__(self, n, tag="n", **kwargs):
@@ -132,7 +132,6 @@ def test_mixture_shuffles_everything_once_and_repeats_oversample():
     order = [example["value"] for example in mix]
     assert order == [example["value"] for example in TaskMixture([a, b, b])]  # fixed seed
     assert order[:30] != [("a", i) for i in range(30)]  # interleaved, not in task order
-    assert [e["value"] for e in TaskSequence([b, a])] == [("b", i) for i in range(10)] + [("a", i) for i in range(30)]
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -216,7 +215,8 @@ def test_humaneval_runs_completions_in_the_sandbox(fake_hub):
 
 def test_chat_adapter_messages_and_instruction_columns(fake_hub):
     put_parquet(fake_hub, "HuggingFaceTB/smol-smoltalk", "data/train-00000-of-00001.parquet", chat_rows(6))
-    assert sorted(ex["messages"][0]["content"] for ex in SmolTalk("train")) == [f"hello {i}" for i in range(6)]
+    smoltalk = ChatTask("HuggingFaceTB/smol-smoltalk", "train")  # `messages` by default, as SmolTalk has them
+    assert sorted(ex["messages"][0]["content"] for ex in smoltalk) == [f"hello {i}" for i in range(6)]
     put_parquet(fake_hub, "me/alpaca", "data/train-00000-of-00001.parquet", [
         {"prompt": "Translate", "extra": "bonjour", "completion": "hello", "sys": "Be brief."},
         {"prompt": "Add 1 and 2", "extra": "", "completion": "3", "sys": ""}])
@@ -275,6 +275,43 @@ def test_simple_spelling_and_arithmetic():
         parts = example["messages"][1]["content"]
         assert parts[1]["type"] == "python" and str(eval(parts[1]["text"])) == parts[2]["text"] == example["answer"]
         assert parts[-1]["text"].endswith(f"#### {example['answer']}")
+
+
+class Countdown(Task):
+    """A generated task that needs no word list, as a new one registered in GENERATED might be."""
+
+    eval_type = "generative"
+
+    def __init__(self, size: int, split: str = "train", seed: int = 42, **slice_args):
+        super().__init__(**slice_args)
+        self.size, self.split = size, split
+
+    def num_examples(self):
+        return self.size
+
+    def get_example(self, index):
+        return {"messages": [{"role": "user", "content": f"What comes before {index + 1}?"},
+                             {"role": "assistant", "content": f"#### {index}"}], "answer": str(index)}
+
+
+def test_a_new_generated_task_without_a_word_list_loads_in_a_mixture(tmp_path, home, monkeypatch):
+    monkeypatch.setitem(GENERATED, "countdown", Countdown)
+    path = write_mixture(tmp_path, {"words": "no-such-words.txt", "train": [{"task": "countdown", "size": 5}],
+                                    "val": [{"task": "countdown", "size": 2}]})
+    mixture = load_mixture(path)  # the word list is neither loaded nor passed: Countdown takes none
+    assert len(mixture.train) == 5 and mixture.sources["val"][0].task.split == "test"
+
+
+def test_generated_tasks_say_whether_they_need_words_and_score_answers(tmp_path, home):
+    assert {name for name, task in GENERATED.items() if task.needs_words} == {"spelling-bee", "simple-spelling"}
+    assert {name for name, task in GENERATED.items() if task.eval_type} == {"spelling-bee", "arithmetic"}
+    assert ChatTask.eval_type is CustomJSON.eval_type is None  # training data only
+    assert len(generated_task("arithmetic", "missing.txt", size=3)) == 3  # no word list to load
+    (tmp_path / "w.txt").write_text("apple\nbanana\n")
+    bee = generated_task("spelling-bee", "w.txt", tmp_path, size=4, split="test")
+    assert bee.words == ["apple", "banana"] and bee.split == "test"
+    with pytest.raises(UserError, match="not found"):
+        generated_task("spelling-bee", "missing.txt", tmp_path, size=3)
 
 
 def test_word_lists_from_a_file_a_url_once_and_builtin(fake_hub, tmp_path, home):

@@ -1,12 +1,15 @@
 """Chat-model evaluation: `primechat eval chat -i sft`, on CPU, one GPU or under torchrun.
 
-Six tasks, each on its test split (nanochat's chat_eval plus SpellingBee):
+Each task on its test split: nanochat's six (ARC-Easy, ARC-Challenge, MMLU, GSM8K, HumanEval, SpellingBee, the
+default) and every other generated task that scores answers (Arithmetic: offline, what the demo's RL trains on).
 - categorical (ARC-Easy, ARC-Challenge, MMLU): the prompt is the question with the assistant turn opened; the model's
   answer is whichever allowed letter has the highest logit at that position. No sampling, so any model gets a clean
   reading, even one that would ramble instead of writing a letter.
-- generative (GSM8K, HumanEval, SpellingBee): the Engine samples up to --max-new-tokens per reply (with the calculator
-  tool), and the task checks the reply. With -n N samples per problem the score is pass@N: solved if any sample is.
-ChatCORE, when all six ran, is the mean over tasks of the accuracy rescaled so that chance is 0 and perfect is 1.
+- generative (GSM8K, HumanEval, SpellingBee, Arithmetic): the Engine samples up to --max-new-tokens per reply (with the
+  calculator tool), and the task checks the reply. With -n N samples per problem the score is pass@N: solved if any
+  sample is.
+ChatCORE, when nanochat's six ran, is the mean over them of the accuracy rescaled so that chance is 0 and perfect is 1;
+other tasks never enter it, so it stays comparable with nanochat's.
 Problems are strided over ranks and the counts summed, so every process count gives the same figures. Results are
 printed as a table and written to the report section "Chat evaluation <source>".
 
@@ -14,6 +17,7 @@ evaluate_categorical, sample_outcomes and pass_at_k are also what SFT and RL tra
 """
 
 import time
+from functools import partial
 
 import torch
 import torch.distributed as dist
@@ -24,22 +28,27 @@ from primechat.engine import Engine
 from primechat.tasks.arc import ARC
 from primechat.tasks.gsm8k import GSM8K
 from primechat.tasks.humaneval import HumanEval
+from primechat.tasks.mixture import GENERATED, generated_task
 from primechat.tasks.mmlu import MMLU
-from primechat.tasks.spelling import SpellingBee
-from primechat.tasks.words import load_words
 from primechat.train.checkpoint import STAGE_DIRS, default_tag, load_model
 
 WORDS_URL = "https://raw.githubusercontent.com/dwyl/english-words/master/words_alpha.txt"  # nanochat's word list
 
-# name -> (factory of the test split, random baseline). Factories take the word-list source; only SpellingBee uses it.
+# name -> factory of the test split, given the word-list source (only the spelling tasks use it)
 TASKS = {
-    "ARC-Easy": (lambda words: ARC("ARC-Easy", "test"), 0.25),
-    "ARC-Challenge": (lambda words: ARC("ARC-Challenge", "test"), 0.25),
-    "MMLU": (lambda words: MMLU("test"), 0.25),
-    "GSM8K": (lambda words: GSM8K("test"), 0.0),
-    "HumanEval": (lambda words: HumanEval("test"), 0.0),
-    "SpellingBee": (lambda words: SpellingBee(load_words(words), size=256, split="test"), 0.0),
+    "ARC-Easy": lambda words: ARC("ARC-Easy", "test"),
+    "ARC-Challenge": lambda words: ARC("ARC-Challenge", "test"),
+    "MMLU": lambda words: MMLU("test"),
+    "GSM8K": lambda words: GSM8K("test"),
+    "HumanEval": lambda words: HumanEval("test"),
+    # the generated tasks that score answers (tasks/mixture.py's GENERATED) under their class names: SpellingBee,
+    # Arithmetic; 256 problems, nanochat's SpellingBee size
+    **{task.__name__: partial(generated_task, name, size=256, split="test")
+       for name, task in GENERATED.items() if task.eval_type},
 }
+# ChatCORE's tasks and their random baselines: nanochat's definition, so a task added to TASKS leaves ChatCORE as it is
+CHATCORE_BASELINES = {"ARC-Easy": 0.25, "ARC-Challenge": 0.25, "MMLU": 0.25, "GSM8K": 0.0, "HumanEval": 0.0,
+                      "SpellingBee": 0.0}
 
 
 def check_task(name: str) -> None:
@@ -50,7 +59,7 @@ def check_task(name: str) -> None:
 def load_task(name: str, words: str = WORDS_URL):
     """The test split of a task of TASKS, shuffled with seed 42 as nanochat's."""
     check_task(name)
-    return TASKS[name][0](words)
+    return TASKS[name](words)
 
 
 def num_problems(task, max_problems: int | None) -> int:
@@ -143,10 +152,12 @@ def pass_at_k(outcomes: list[list[bool]], k: int) -> float:
 
 
 def chatcore(accuracies: dict[str, float]) -> float | None:
-    """Mean over all TASKS of (accuracy - baseline) / (1 - baseline); None unless every task was evaluated."""
-    if any(name not in accuracies for name in TASKS):
+    """Mean over ChatCORE's tasks of (accuracy - baseline) / (1 - baseline); None unless each of them was evaluated.
+    Other tasks in `accuracies` are left out."""
+    if any(name not in accuracies for name in CHATCORE_BASELINES):
         return None
-    return sum((accuracies[name] - baseline) / (1 - baseline) for name, (_, baseline) in TASKS.items()) / len(TASKS)
+    return sum((accuracies[name] - baseline) / (1 - baseline)
+               for name, baseline in CHATCORE_BASELINES.items()) / len(CHATCORE_BASELINES)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -154,7 +165,8 @@ def chatcore(accuracies: dict[str, float]) -> float | None:
 
 def add_arguments(p):
     p.add_argument("-i", "--source", required=True, choices=tuple(STAGE_DIRS), help="which stage's model")
-    p.add_argument("-a", "--task-name", default="|".join(TASKS), help="tasks separated by |")
+    p.add_argument("-a", "--task-name", default="|".join(CHATCORE_BASELINES),
+                   help=f"tasks separated by |, of {'|'.join(TASKS)} (default: ChatCORE's six)")
     p.add_argument("-t", "--temperature", type=float, default=0.0,
                    help="sampling temperature for generative tasks (default 0: greedy)")
     p.add_argument("-m", "--max-new-tokens", type=int, default=512, help="longest reply (generative tasks)")
@@ -164,7 +176,8 @@ def add_arguments(p):
     p.add_argument("-g", "--model-tag", default=None, help="checkpoint folder (default: the deepest d<N>)")
     p.add_argument("-s", "--step", type=int, default=None, help="checkpoint step (default: the latest)")
     p.add_argument("-x", "--max-problems", type=int, default=None, help="first problems per task (default: all)")
-    p.add_argument("--words", default=WORDS_URL, help="SpellingBee's word list: a URL, a file, or builtin (offline)")
+    p.add_argument("--words", default=WORDS_URL, help="the spelling tasks' word list: a URL, a file, or builtin "
+                   "(offline)")
     p.add_argument("--device-type", default=None, help="cuda|cpu|mps (default: autodetect)")
 
 

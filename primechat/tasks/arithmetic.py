@@ -16,6 +16,8 @@ QUESTIONS = ["What is {expr}?", "Compute {expr}.", "Calculate {expr}", "what's {
 
 
 class Arithmetic(Task):
+    eval_type = "generative"
+
     def __init__(self, size: int, split: str = "train", seed: int = 42, **slice_args):
         super().__init__(**slice_args)
         self.size, self.split, self.seed = size, split, seed

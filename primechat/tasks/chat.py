@@ -60,9 +60,3 @@ class ChatTask(Task):
             raise UserError(f"{e}: map its columns with `columns:` in the mixture, or leave this dataset out") from None
         return {"messages": messages}
 
-
-class SmolTalk(ChatTask):
-    """HuggingFaceTB/smol-smoltalk (train ~460K, test ~24K conversations): general chat, nanochat's main SFT data."""
-
-    def __init__(self, split: str, repo: str = "HuggingFaceTB/smol-smoltalk", **kwargs):
-        super().__init__(repo, split, **kwargs)

@@ -6,11 +6,13 @@ what evaluation needs (the answer letters of a multiple-choice question, the ref
 
 Every Task has:
     len(task), task[i]               the i-th conversation of the slice start:stop:step of the underlying rows
-    task.eval_type                   "categorical" (score the answer letter's logit) or "generative" (sample, check)
+    task.eval_type                   "categorical" (score the answer letter's logit), "generative" (sample, check),
+                                     or None: training data only, no evaluate()
     task.evaluate(conv, completion)  True when the assistant's completion answers conversation `conv` correctly
+    task.needs_words                 True for generated tasks built from a word list (mixture.generated_task)
 
 TaskMixture shuffles all examples of its tasks together with a fixed seed (Random(42), as nanochat), so listing a
-task twice doubles its share: that is how mixtures oversample. TaskSequence plays its tasks one after another.
+task twice doubles its share: that is how mixtures oversample.
 """
 
 import random
@@ -21,7 +23,8 @@ LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 class Task:
     """Base class: subclasses implement num_examples() and get_example(index) over their whole underlying data."""
 
-    eval_type = "generative"
+    eval_type = None
+    needs_words = False
 
     def __init__(self, start: int = 0, stop: int | None = None, step: int = 1):
         if start < 0 or step < 1 or (stop is not None and stop < start):
@@ -68,28 +71,6 @@ class TaskMixture:
     def __getitem__(self, index: int) -> dict:
         t, i = self.index[index]
         return self.tasks[t][i]
-
-    def __iter__(self):
-        return (self[i] for i in range(len(self)))
-
-
-class TaskSequence:
-    """Tasks one after another, in order (a curriculum rather than a mixture)."""
-
-    def __init__(self, tasks: list[Task]):
-        self.tasks = tasks
-        self.offsets = [0]
-        for task in tasks:
-            self.offsets.append(self.offsets[-1] + len(task))
-
-    def __len__(self) -> int:
-        return self.offsets[-1]
-
-    def __getitem__(self, index: int) -> dict:
-        if not 0 <= index < len(self):
-            raise IndexError(f"the sequence has {len(self)} examples, no index {index}")
-        t = next(t for t in range(len(self.tasks)) if index < self.offsets[t + 1])
-        return self.tasks[t][index - self.offsets[t]]
 
     def __iter__(self):
         return (self[i] for i in range(len(self)))

@@ -36,6 +36,8 @@ def solution_parts(solution: str) -> list[dict]:
 
 
 class GSM8K(Task):
+    eval_type = "generative"
+
     def __init__(self, split: str, subset: str = "main", repo: str = "openai/gsm8k", seed: int = 42, **slice_args):
         super().__init__(**slice_args)
         self.rows = HubRows(repo, subset, split, ["question", "answer"], seed=seed)

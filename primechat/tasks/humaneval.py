@@ -26,6 +26,8 @@ def prompt_imports(prompt: str) -> str:
 
 
 class HumanEval(Task):
+    eval_type = "generative"
+
     def __init__(self, split: str = "test", subset: str = "openai_humaneval", repo: str = "openai/openai_humaneval",
                  seed: int = 42, timeout: float = 5.0, **slice_args):
         super().__init__(**slice_args)

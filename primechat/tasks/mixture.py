@@ -47,6 +47,8 @@ from primechat.tasks.words import load_words
 ADAPTERS = {"chat": ChatTask, "mmlu": MMLU, "arc": ARC, "gsm8k": GSM8K, "humaneval": HumanEval}
 KNOWN_DATASETS = {"HuggingFaceTB/smol-smoltalk": "chat", "cais/mmlu": "mmlu", "allenai/ai2_arc": "arc",
                   "openai/gsm8k": "gsm8k", "openai/openai_humaneval": "humaneval"}  # others default to `chat`
+# The generated tasks, by the name a mixture's `task:` takes. The one list of them: `train rl --task` takes those that
+# score answers (eval_type set) by the same name, `eval chat -a` takes those under their class name (SpellingBee).
 GENERATED = {"spelling-bee": SpellingBee, "simple-spelling": SimpleSpelling, "arithmetic": Arithmetic}
 SECTIONS = ("train", "val")
 SLICE = {"start", "stop", "step", "repeat", "name"}
@@ -148,6 +150,15 @@ def _check_entry(entry, where: str, base: Path) -> str:
     return kind
 
 
+def generated_task(name: str, words: str = "builtin", base: Path | None = None, **kwargs) -> Task:
+    """The generated task `name` of GENERATED, made with kwargs (size, split, seed, slice); a task that needs a word
+    list gets the one of the source `words` (tasks/words.py; a relative path is taken from `base`)."""
+    task = GENERATED[name]
+    if task.needs_words:
+        kwargs["words"] = load_words(words, base)
+    return task(**kwargs)
+
+
 def _path(name: str, base: Path) -> Path:
     path = Path(name).expanduser()
     return path if path.is_absolute() else base / path
@@ -164,7 +175,7 @@ def _label(entry: dict, kind: str) -> str:
     return entry["task"]
 
 
-def _build(entry: dict, kind: str, section: str, base: Path, words_source: str, word_lists: dict) -> Task:
+def _build(entry: dict, kind: str, section: str, base: Path, words_source: str) -> Task:
     slice_args = {k: entry[k] for k in ("start", "stop", "step") if k in entry}
     if kind == "dataset":
         adapter = entry.get("adapter", KNOWN_DATASETS.get(entry["dataset"], "chat"))
@@ -174,12 +185,7 @@ def _build(entry: dict, kind: str, section: str, base: Path, words_source: str, 
         return CustomJSON(_path(entry["jsonl"], base), **slice_args)
     split = entry.get("split", "train" if section == "train" else "test")
     kwargs = {"size": entry["size"], "split": split, **({"seed": entry["seed"]} if "seed" in entry else {})}
-    if entry["task"] != "arithmetic":
-        source = entry.get("words", words_source)
-        if source not in word_lists:
-            word_lists[source] = load_words(source, base)
-        kwargs["words"] = word_lists[source]
-    return GENERATED[entry["task"]](**kwargs, **slice_args)
+    return generated_task(entry["task"], entry.get("words", words_source), base, **kwargs, **slice_args)
 
 
 def load_mixture(name: str | Path, sections: tuple[str, ...] = SECTIONS) -> Mixture:
@@ -207,13 +213,13 @@ def load_mixture(name: str | Path, sections: tuple[str, ...] = SECTIONS) -> Mixt
             raise UserError(f"{path}: `{section}:` must be a non-empty list of sources")
         checked[section] = [(entry, _check_entry(entry, f"{path}: {section}[{i}]", base))
                             for i, entry in enumerate(entries)]
-    sources, word_lists = {}, {}
+    sources = {}
     for section, entries in checked.items():
         sources[section] = []
         for i, (entry, kind) in enumerate(entries):
             label = _label(entry, kind)
             try:
-                task = _build(entry, kind, section, base, words_source, word_lists)
+                task = _build(entry, kind, section, base, words_source)
             except (UserError, ValueError) as e:
                 raise UserError(f"{path}: {section}[{i}] ({label}): {e}") from None
             sources[section].append(Source(label, task, entry.get("repeat", 1)))

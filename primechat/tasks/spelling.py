@@ -47,6 +47,8 @@ def quoted(rng: random.Random, text: str) -> str:
 
 
 class SpellingTask(Task):
+    needs_words = True
+
     def __init__(self, words: list[str], size: int, split: str = "train", seed: int = 42, **slice_args):
         super().__init__(**slice_args)
         if not words:
@@ -70,6 +72,8 @@ class SimpleSpelling(SpellingTask):
 
 
 class SpellingBee(SpellingTask):
+    eval_type = "generative"
+
     def get_example(self, index: int) -> dict:
         rng = self.rng(index)
         word = rng.choice(self.words)

@@ -11,9 +11,11 @@ over the tokens the model sampled (prompt and tool outputs are masked out), norm
 Every --eval-every steps pass@k (k = 1..--eval-samples) on --eval-examples test problems; checkpoints every
 --save-every steps and at the end, SIGTERM/Ctrl-C save and stop, --resume continues. The data order follows from the
 step number, so a resumed run samples exactly what an uninterrupted one would have.
---task arithmetic / spelling-bee train on the generated tasks instead (offline; the CPU demo uses arithmetic).
+--task arithmetic / spelling-bee train on a generated task instead (offline; the CPU demo uses arithmetic): any task
+of tasks/mixture.py's GENERATED that scores answers, by its name there. --num-epochs may be a fraction: fewer steps.
 """
 
+import math
 import time
 
 import torch
@@ -26,20 +28,36 @@ from primechat.engine import Engine
 from primechat.eval.chat import pass_at_k, sample_outcomes
 from primechat.optim import build_optimizer
 from primechat.plots import plot_training_curves
-from primechat.tasks.arithmetic import Arithmetic
+from primechat.tasks.common import Task
 from primechat.tasks.gsm8k import GSM8K
-from primechat.tasks.spelling import SpellingBee
-from primechat.tasks.words import load_words
+from primechat.tasks.mixture import GENERATED, generated_task
 from primechat.train import checkpoint
 from primechat.train.loop import RunLog, StopRequest, check_horizon, out_of_memory, refuse_float16, say
 
-# task -> split -> the problems (a generated task draws other examples for test than for train)
-RL_TASKS = {
-    "gsm8k": lambda split, args: GSM8K(split),
-    "arithmetic": lambda split, args: Arithmetic(size=8000 if split == "train" else 1000, split=split),
-    "spelling-bee": lambda split, args: SpellingBee(load_words(args.words), size=8000 if split == "train" else 1000,
-                                                    split=split),
-}
+# --task: GSM8K, or a generated task that scores answers, by its name in tasks/mixture.py's GENERATED
+RL_TASKS = ["gsm8k", *(name for name, task in GENERATED.items() if task.eval_type)]
+GENERATED_SIZES = {"train": 8000, "test": 1000}  # problems of a generated task per split
+
+
+def load_rl_task(name: str, split: str, words: str) -> Task:
+    """The problems of --task `name` in `split` (a generated task draws other examples for test than for train)."""
+    if name == "gsm8k":
+        return GSM8K(split)
+    return generated_task(name, words, size=GENERATED_SIZES[split], split=split)
+
+
+def count_steps(args, num_problems: int) -> int:
+    """--num-iterations, else the steps of --num-epochs passes over the training problems (nanochat's count, which
+    a fraction of an epoch shortens: the problems are taken in order from the step number)."""
+    if args.num_iterations > 0:
+        return args.num_iterations
+    if not math.isfinite(args.num_epochs):
+        raise UserError(f"--num-epochs {args.num_epochs}: give a number of passes, such as 1 or 0.5")
+    steps = int(num_problems // args.examples_per_step * args.num_epochs)
+    if steps < 1:
+        raise UserError(f"{args.num_epochs:g} epoch(s) of {num_problems} training problems make no step of "
+                        f"{args.examples_per_step}: raise --num-epochs or lower --examples-per-step")
+    return steps
 
 
 def add_arguments(p):
@@ -47,7 +65,7 @@ def add_arguments(p):
     p.add_argument("--model-tag", default=None, help="checkpoint folder, read in the source stage and written in "
                    "this one (default: the source's deepest d<N>)")
     p.add_argument("--source-step", type=int, default=None, help="source checkpoint step (default: the latest)")
-    p.add_argument("--task", choices=list(RL_TASKS), default="gsm8k", help="what to reinforce")
+    p.add_argument("--task", choices=RL_TASKS, default="gsm8k", help="what to reinforce")
     p.add_argument("--words", default="builtin", help="word list for --task spelling-bee (builtin, a URL or a file)")
     p.add_argument("--device-type", default="", help="cuda|cpu|mps (default: autodetect)")
     p.add_argument("--device-batch-size", type=int, default=8, help="sequences per forward pass (sampling and "
@@ -62,7 +80,8 @@ def add_arguments(p):
     p.add_argument("--matrix-lr", type=float, default=0.02, help="Muon LR of the matrices")
     p.add_argument("--scalar-lr", type=float, default=0.5, help="AdamW LR of the residual/x0 lambdas")
     p.add_argument("--init-lr-frac", type=float, default=0.05, help="all LRs × this")
-    p.add_argument("--num-epochs", type=int, default=1, help="passes over the training problems")
+    p.add_argument("--num-epochs", type=float, default=1.0, help="passes over the training problems (0.5: half of "
+                   "them)")
     p.add_argument("--num-iterations", type=int, default=-1, help="steps (-1: from the epochs)")
     p.add_argument("--eval-every", type=int, default=60, help="pass@k every N steps (-1: only at the end)")
     p.add_argument("--eval-examples", type=int, default=400, help="test problems per evaluation")
@@ -115,7 +134,7 @@ def main(args):
     if args.num_samples % args.device_batch_size:
         raise UserError(f"--num-samples {args.num_samples} must be a multiple of --device-batch-size "
                         f"{args.device_batch_size}")
-    train_task, test_task = RL_TASKS[args.task]("train", args), RL_TASKS[args.task]("test", args)
+    train_task, test_task = load_rl_task(args.task, "train", args.words), load_rl_task(args.task, "test", args.words)
 
     source_tag = args.model_tag or checkpoint.default_tag(args.source)
     source_folder = checkpoint.checkpoint_dir(args.source, source_tag)
@@ -127,11 +146,7 @@ def main(args):
     for group in optimizer.param_groups:
         group["lr"] = group["initial_lr"] = group["initial_lr"] * args.init_lr_frac
     folder = checkpoint.checkpoint_dir("rl", source_tag)
-    num_steps = args.num_iterations if args.num_iterations > 0 else \
-        len(train_task) // args.examples_per_step * args.num_epochs
-    if num_steps < 1:
-        raise UserError(f"{len(train_task)} training problems make no step of {args.examples_per_step}: lower "
-                        "--examples-per-step")
+    num_steps = count_steps(args, len(train_task))
 
     step = 0
     loop = {"training_time": 0.0, "pass_at_k": {}, "mean_reward": None}
