@@ -31,7 +31,7 @@ from primechat.plots import plot_training_curves
 from primechat.tokenizer import load_tokenizer
 from primechat.train import checkpoint
 from primechat.train.loop import (RunLog, StopRequest, add_speed_arguments, check_horizon, note_validation,
-                                  out_of_memory, refuse_float16, say, training_model)
+                                  out_of_memory, refuse_float16, say, training_model, validation_batches)
 
 SAMPLE_PROMPTS = ["The capital of France is", "The chemical symbol of gold is",
                   "If yesterday was Friday, then tomorrow will be", "The opposite of hot is",
@@ -205,17 +205,6 @@ def print_plan(model: GPT, plan: Plan, args, world: int, device, step: int, spee
     print0(aligned_rows(rows))
 
 
-def validation_batches(tokenizer, val_path, args, rank: int, world: int) -> list:
-    """This rank's share of the --eval-tokens validation rows, packed once and reused at every evaluation.
-
-    Every rank packs the same stream and keeps batches rank, rank+world, …, so validation bpb is the same number
-    whatever the process count (and works on a validation shard with fewer row groups than processes).
-    """
-    packer = PretrainLoader(tokenizer, [val_path], args.device_batch_size, args.max_seq_len)
-    total = max(world, math.ceil(args.eval_tokens / (args.device_batch_size * args.max_seq_len) / world) * world)
-    return [batch for i in range(total) if (batch := packer.next_batch()) and i % world == rank]
-
-
 def main(args):
     device, rank, world = compute_init(args.device_type)
     master = rank == 0
@@ -295,7 +284,8 @@ def main(args):
         fresh = step != resumed_at  # the resumed step was evaluated and saved by the run that stopped
         if fresh and (last or (args.eval_every > 0 and step % args.eval_every == 0)):
             if val_batches is None:
-                val_batches = validation_batches(tokenizer, val_path, args, rank, world)
+                packer = PretrainLoader(tokenizer, [val_path], args.device_batch_size, args.max_seq_len)
+                val_batches = validation_batches(packer, args.eval_tokens, rank, world)
             with torch.no_grad():
                 val_bpb = evaluate_bpb(train_model, (tuple(t.to(device) for t in b) for b in val_batches),
                                        len(val_batches), token_bytes, abandon=stop.pending)

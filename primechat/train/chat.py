@@ -34,7 +34,7 @@ from primechat.tasks.mixture import load_mixture
 from primechat.train import checkpoint
 from primechat.train.base import B_REF, DEVICE_BATCH_SIZE
 from primechat.train.loop import (RunLog, StopRequest, add_speed_arguments, note_validation, out_of_memory,
-                                  refuse_float16, say, training_model)
+                                  refuse_float16, say, training_model, validation_batches)
 
 # Per stage: the stage it starts from, its mixture, schedule and evaluation cadence. For SFT from a base model (no
 # mid-training) nanochat's 2026 recipe starts higher and decays over half the run: SFT_FROM_BASE.
@@ -154,17 +154,6 @@ def warm_start(optimizer, source_folder, source_step: int, rank: int, device) ->
     return True
 
 
-def validation_batches(tokenizer, conversations, settings: dict, eval_tokens: int, rank: int, world: int,
-                       device) -> list:
-    """This rank's share of the validation rows, packed once. Every rank packs the same stream and keeps batches
-    rank, rank+world, …, so validation bpb does not depend on the process count."""
-    packer = ChatLoader(tokenizer, conversations, settings["device_batch_size"], settings["max_seq_len"],
-                        device=device)
-    rows = settings["device_batch_size"] * settings["max_seq_len"]
-    total = max(world, math.ceil(eval_tokens / rows / world) * world)
-    return [batch for i in range(total) if (batch := packer.next_batch()) and i % world == rank]
-
-
 def measure_tasks(model, tokenizer, names: list[str], args, rank: int, world: int) -> dict:
     """Accuracy per task, as `primechat eval chat` measures it (categorical ones batched, generative ones greedy)."""
     results = {}
@@ -276,7 +265,9 @@ def main(args):
         fresh = step != resumed_at  # the resumed step was evaluated and saved by the run that stopped
         if fresh and (last or (args.eval_every > 0 and step % args.eval_every == 0)):
             if val_batches is None:
-                val_batches = validation_batches(tokenizer, val_set, settings, args.eval_tokens, rank, world, device)
+                packer = ChatLoader(tokenizer, val_set, settings["device_batch_size"], settings["max_seq_len"],
+                                    device=device)
+                val_batches = validation_batches(packer, args.eval_tokens, rank, world)
             val_bpb = evaluate_bpb(train_model, iter(val_batches), len(val_batches), token_bytes, abandon=stop.pending)
             if note_validation(step, val_bpb, loop, log):
                 draw_curve()

@@ -8,9 +8,11 @@
 - refuse_float16, out_of_memory: the errors every loop gives for fp16 (no gradient scaler yet) and for OOM.
 - add_speed_arguments, training_model: --attention and --compile, the same in every trainer and in bench train.
 - check_horizon: a resumed run may change its number of steps, but not end before the step it resumes from.
+- validation_batches: this rank's share of the validation rows, packed once.
 """
 
 import json
+import math
 import signal
 
 import torch
@@ -120,3 +122,11 @@ def training_model(model, args, device) -> tuple[torch.nn.Module, str]:
     use_compile = args.compile == "on" or (args.compile == "auto" and device.type == "cuda")
     attention = use_backend(args.attention, device, model.activation_dtype(device), use_compile)
     return (torch.compile(model, dynamic=False) if use_compile else model), attention
+
+
+def validation_batches(packer, eval_tokens: int, rank: int, world: int) -> list:
+    """This rank's share of the first eval_tokens rows of a loader (base's or chat's), packed once and reused at
+    every evaluation. Every rank packs the same stream and keeps batches rank, rank+world, …, so validation bpb is the
+    same number whatever the process count (and works on a validation shard with fewer row groups than processes)."""
+    total = max(world, math.ceil(eval_tokens / (packer.B * packer.T) / world) * world)
+    return [batch for i in range(total) if (batch := packer.next_batch()) and i % world == rank]
