@@ -178,7 +178,8 @@ def expected_time(plan: Plan, args, step: int, device, world: int) -> list[tuple
     label = "expected time" + (f" from step {step}" if step else "")
     if rate is None:
         return [(label, f"unknown ({source}): the step lines give an ETA")]
-    evaluations = len({s for s in range(step, plan.num_steps + 1)
+    first = step + 1 if step else 0  # a resumed step was evaluated before it was saved
+    evaluations = len({s for s in range(first, plan.num_steps + 1)
                        if s == plan.num_steps or (args.eval_every > 0 and s % args.eval_every == 0)})
     train_s = (plan.num_steps - step) * plan.total_batch * plan.flops_per_token / rate
     val_s = evaluations * args.eval_tokens * plan.flops_per_token / 3 / rate  # forward only: a third of the FLOPs
