@@ -25,11 +25,13 @@ import torch
 
 from primechat import report
 from primechat.common import UserError, compute_cleanup, compute_init, home_dir, is_master, print0
+from primechat.data.loader import PretrainLoader
 from primechat.data.shards import list_shards, pick_dataset
 from primechat.eval import core
 from primechat.eval.loss import evaluate_bpb
-from primechat.train.base import SAMPLE_PROMPTS, validation_batches
+from primechat.train.base import SAMPLE_PROMPTS
 from primechat.train.checkpoint import default_tag, load_model
+from primechat.train.loop import validation_batches
 
 EVALS = ("core", "bpb", "sample")
 
@@ -127,11 +129,10 @@ def run_bpb(model, tokenizer, meta, device, args, rank: int, world: int) -> dict
     train_paths, val_path = list_shards(dataset)
     B, T = args.device_batch_size, model.config.sequence_len
     token_bytes = torch.tensor(tokenizer.token_byte_lengths(), dtype=torch.int64, device=device)
-    packing = SimpleNamespace(device_batch_size=B, max_seq_len=T, eval_tokens=args.split_tokens)
     bpb = {}
     for split, path in (("train", train_paths[0]), ("val", val_path)):
         t0 = time.time()
-        batches = validation_batches(tokenizer, path, packing, rank, world)
+        batches = validation_batches(PretrainLoader(tokenizer, [path], B, T), args.split_tokens, rank, world)
         bpb[split] = evaluate_bpb(model, (tuple(t.to(device) for t in b) for b in batches), len(batches),
                                   token_bytes)
         print0(f"{split} bpb: {bpb[split]:.4f} ({len(batches) * world * B * T:,} tokens, {time.time() - t0:.1f}s)")
