@@ -42,7 +42,8 @@ COMMANDS = {
               "primechat.sweep"),
     "eval": ("evaluate a model", {
         "base": ("evaluate a base model: bits per byte, CORE, samples", "primechat.eval.base"),
-        "chat": ("evaluate a chat model: ARC, MMLU, GSM8K, HumanEval, SpellingBee, ChatCORE", "primechat.eval.chat"),
+        "chat": ("evaluate a chat model: ARC, MMLU, GSM8K, HumanEval, SpellingBee, ChatCORE, Arithmetic",
+                 "primechat.eval.chat"),
     }),
     "chat": ("talk to a model in the terminal", "primechat.chat_cli"),
     "serve": ("serve models: a ChatGPT-like web page and an OpenAI-compatible API", "primechat.serve.server"),

@@ -168,7 +168,7 @@ def add_arguments(p):
     p.add_argument("-a", "--task-name", default="|".join(CHATCORE_BASELINES),
                    help=f"tasks separated by |, of {'|'.join(TASKS)} (default: ChatCORE's six)")
     p.add_argument("-t", "--temperature", type=float, default=0.0,
-                   help="sampling temperature for generative tasks (default 0: greedy)")
+                   help="sampling temperature for generative tasks (0: greedy)")
     p.add_argument("-m", "--max-new-tokens", type=int, default=512, help="longest reply (generative tasks)")
     p.add_argument("-n", "--num-samples", type=int, default=1, help="samples per problem: the score is pass@n")
     p.add_argument("-k", "--top-k", type=int, default=50, help="sample among the k likeliest tokens (0: all)")
