@@ -286,6 +286,8 @@ def test_bad_input_is_one_line(base_home, tmp_path, monkeypatch, cli):
     assert_user_error(train("mid", home, "--num-iterations", 1), "already holds checkpoints", "--resume")
     shutil.rmtree(home / "base_checkpoints")
     assert_user_error(train("rl", home, "--source", "base"), "primechat train base")
+    # two mistakes at once: the mistyped mixture comes first, not the missing base model it would train
+    assert_user_error(train("mid", home, "--mixture", "nope", "--model-tag", "d9"), "mixture nope not found")
 
 
 def test_help_of_mid_and_sft_documents_the_loop_they_share(cli):

@@ -30,7 +30,7 @@ from primechat.eval import chat as chat_eval
 from primechat.eval.loss import evaluate_bpb
 from primechat.optim import DEFAULT_LRS, build_optimizer
 from primechat.plots import plot_training_curves
-from primechat.tasks.mixture import load_mixture
+from primechat.tasks.mixture import load_mixture, resolve as resolve_mixture
 from primechat.train import checkpoint
 from primechat.train.base import B_REF, DEVICE_BATCH_SIZE
 from primechat.train.loop import (RunLog, StopRequest, add_speed_arguments, note_validation, out_of_memory,
@@ -176,6 +176,7 @@ def main(args):
     metric_names = [n.strip() for n in args.metrics.split("|") if n.strip()]
     for name in metric_names:
         chat_eval.check_task(name)
+    resolve_mixture(args.mixture)  # a mistyped mixture is reported before the model is loaded
 
     # The model: the source checkpoint, in fp32 master weights.
     source_tag = args.model_tag or checkpoint.default_tag(args.source)

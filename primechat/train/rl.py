@@ -154,7 +154,8 @@ def main(args):
                                          f"from {args.source} {source_tag}")
     if resumed_at is not None:
         step = resumed_at
-        meta = checkpoint.resume_training(folder, step, source_meta["model_config"], model, optimizer, rank, device)
+        meta = checkpoint.resume_training(folder, step, source_meta["model_config"], model, optimizer, rank, device,
+                                           user_config)
         loop.update(meta["loop_state"])
         check_horizon(step, num_steps, meta.get("num_iterations", num_steps))  # older RL checkpoints lack it
     print0(f"RL on {args.task}: {len(train_task):,} problems, {num_steps} steps × {args.examples_per_step} problems "
