@@ -63,12 +63,11 @@ def load_words(source: str = "builtin", base: Path | None = None) -> list[str]:
     """The word list of a source (see the module docstring); relative paths are taken from `base`."""
     folder = home_dir() / "words"
     if source == "builtin":
-        cache = folder / f"builtin-py{sys.version_info[0]}.{sys.version_info[1]}.txt"
-        if not cache.exists():
-            with atomic_path(cache) as tmp:
+        path = folder / f"builtin-py{sys.version_info[0]}.{sys.version_info[1]}.txt"
+        if not path.exists():
+            with atomic_path(path) as tmp:
                 tmp.write_text("\n".join(builtin_words()) + "\n")
-        return clean(cache.read_text().splitlines())
-    if source.startswith(("http://", "https://")):
+    elif source.startswith(("http://", "https://")):
         name = re.sub(r"[^\w.-]", "_", source.rstrip("/").rsplit("/", 1)[-1])
         path = folder / f"{hashlib.sha1(source.encode()).hexdigest()[:8]}-{name}"
         if not path.exists():
@@ -80,7 +79,14 @@ def load_words(source: str = "builtin", base: Path | None = None) -> list[str]:
         if not path.is_file():
             raise UserError(f"word list {path} not found: give a text file with one word per line, a URL, "
                             "or `builtin`")
-    words = clean(path.read_text(errors="replace").splitlines())
+    stat = path.stat()
+    words = read_words(path, stat.st_mtime_ns, stat.st_size)
     if not words:
         raise UserError(f"word list {source} has no words (lowercase a-z, 3+ letters, one per line)")
-    return words
+    return list(words)
+
+
+@functools.cache  # cleaning nanochat's 370K words takes ~0.4 s, and a mixture, RL or the metrics ask several times
+def read_words(path: Path, mtime_ns: int, size: int) -> tuple[str, ...]:
+    """The clean word list of a file, cached for as long as the file is unchanged (mtime_ns and size)."""
+    return tuple(clean(path.read_text(errors="replace").splitlines()))
