@@ -63,7 +63,7 @@ class Settings:
 # Request bodies. Unknown fields are accepted and ignored, as OpenAI clients send many.
 
 class _Body(BaseModel):
-    # the price: a misspelt field, in a request or in a model here, is ignored too: "my field does nothing"
+    # so a misspelt field, in a request or in a model here, is ignored too: a new field that "does nothing" may be one
     model_config = ConfigDict(extra="allow")
 
 
