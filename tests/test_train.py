@@ -460,10 +460,16 @@ def test_total_batch_not_divisible(corpus, home):
     (["--num-iterations", 12], "--resume"),  # a new run into a tag that has checkpoints
     (["--num-iterations", 12, "--depth", 1, "--model-tag", "d2", "--resume"], "model config"),  # another model
     (["--num-iterations", 8, "--resume"], "the checkpoint is at step 12, past this run's 8 steps"),
-], ids=["existing-tag", "depth-mismatch", "horizon-before-checkpoint"])
-def test_existing_checkpoints_are_left_alone(run_a, corpus, home, flags, fragment):
+    (["--num-iterations", 12, "--resume"], "older primechat"),  # a loader state in the format before data streams
+], ids=["existing-tag", "depth-mismatch", "horizon-before-checkpoint", "old-loader-state"])
+def test_existing_checkpoints_are_left_alone(run_a, corpus, home, flags, fragment, request):
     make_home(corpus, home)
     shutil.copytree(ckpt(run_a[0]), ckpt(home), copy_function=shutil.copy2)
+    if request.node.callspec.id == "old-loader-state":
+        loader_file = ckpt(home) / "loader_000012_rank0.pt"
+        state = torch.load(loader_file, weights_only=False)["streams"][0]
+        state["rank"], state["world"] = state.pop("stream"), state.pop("num_streams")
+        torch.save(state, loader_file)
     before = snapshot(ckpt(home))
     assert_user_error(train(home, *flags), fragment)
     assert snapshot(ckpt(home)) == before

@@ -125,6 +125,9 @@ class DataParallelLoader:
     def __init__(self, tokenizer, paths, batch_size, seq_len, rank, world, num_streams, device, state=None):
         if num_streams % world:
             raise UserError(f"--data-streams {num_streams} must be a multiple of the {world} processes")
+        if state and "streams" not in state:
+            raise UserError("this checkpoint's loader state was saved by an older primechat, whose format this "
+                            "version cannot continue exactly: start the run afresh (or resume with the older version)")
         streams = range(rank, num_streams, world)
         states = state["streams"] if state else [None] * len(streams)
         self.streams = [PretrainLoader(tokenizer, paths, batch_size, seq_len, s, num_streams, device, state=st)
