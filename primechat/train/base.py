@@ -20,7 +20,7 @@ import torch.distributed as dist
 
 from primechat import report
 from primechat.common import (UserError, aligned_rows, compute_cleanup, compute_dtype, compute_init, device_rate,
-                              hours_text, peak_flops, print0, progress)
+                              hours_text, print0, progress)
 from primechat.data.loader import DataParallelLoader, PretrainLoader
 from primechat.data.shards import add_dataset_argument, list_shards, pick_dataset
 from primechat.eval.loss import evaluate_bpb
@@ -30,8 +30,9 @@ from primechat.optim import DEFAULT_LRS, build_optimizer
 from primechat.plots import plot_training_curves
 from primechat.tokenizer import load_tokenizer
 from primechat.train import checkpoint
-from primechat.train.loop import (RunLog, StopRequest, add_speed_arguments, check_horizon, note_validation,
-                                  out_of_memory, refuse_float16, say, training_model, validation_batches)
+from primechat.train.loop import (RunLog, StepReport, StopRequest, add_speed_arguments, check_horizon,
+                                  note_validation, out_of_memory, refuse_float16, say, training_model,
+                                  validation_batches)
 
 SAMPLE_PROMPTS = ["The capital of France is", "The chemical symbol of gold is",
                   "If yesterday was Friday, then tomorrow will be", "The opposite of hot is",
@@ -258,10 +259,10 @@ def main(args):
                                       args.data_streams or world, device, state=loader_state)
     val_batches = None
     token_bytes = torch.tensor(tokenizer.token_byte_lengths(), dtype=torch.int64, device=device)
-    peak = peak_flops(device)
     folder.mkdir(parents=True, exist_ok=True)
     metrics_path = folder / "metrics.jsonl"
     log = RunLog(metrics_path, resumed_at, args.wandb, tag, user_config)
+    report_step = StepReport(log, plan.total_batch, plan.flops_per_token, device, world)
     stop = StopRequest()
     bar = progress(total=plan.num_steps, initial=step, desc="train", unit="step")
     num_steps = plan.num_steps
@@ -330,20 +331,10 @@ def main(args):
         step += 1
         if step > 10 or resumed_at is not None:  # the first steps include compilation and warm-up
             loop["training_time"] += dt
-        beta = 0.9
-        loop["smooth_loss"] = beta * loop["smooth_loss"] + (1 - beta) * loss_value
-        smooth = loop["smooth_loss"] / (1 - beta ** step)
-        tok_per_sec = plan.total_batch / dt
-        mfu = plan.flops_per_token * tok_per_sec / (peak * world) * 100 if peak else None
         seconds_per_step = loop["training_time"] / (step - 10) if step > 10 else dt  # untimed steps: the last one
-        eta = seconds_per_step * (num_steps - step)
         bar.update(1)
-        mfu_text = f"{mfu:.1f}%" if mfu is not None else "-"
-        say(f"step {step:05d}/{num_steps} ({100 * step / num_steps:.1f}%) | loss {smooth:.4f} | lrm {lrm:.2f} | "
-            f"dt {dt * 1000:.0f}ms | tok/s {tok_per_sec:,.0f} | mfu {mfu_text} | "
-            f"time {loop['training_time'] / 60:.1f}m | eta {eta / 60:.1f}m")
-        log({"step": step, "loss": smooth, "raw_loss": loss_value, "lrm": lrm, "dt": dt, "tok_per_sec": tok_per_sec,
-             "mfu": mfu, "training_time": loop["training_time"]})
+        report_step(loop, step, f"/{num_steps}", step / num_steps, seconds_per_step * (num_steps - step), loss_value,
+                    lrm, dt)
     bar.close()
 
     if stop.signum and step != num_steps:

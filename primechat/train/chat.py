@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 
 from primechat import report
-from primechat.common import UserError, aligned_rows, compute_cleanup, compute_init, peak_flops, print0, progress
+from primechat.common import UserError, aligned_rows, compute_cleanup, compute_init, print0, progress
 from primechat.data.chat_loader import ChatLoader
 from primechat.eval import chat as chat_eval
 from primechat.eval.loss import evaluate_bpb
@@ -33,8 +33,8 @@ from primechat.plots import plot_training_curves
 from primechat.tasks.mixture import load_mixture, resolve as resolve_mixture
 from primechat.train import checkpoint
 from primechat.train.base import B_REF, DEVICE_BATCH_SIZE
-from primechat.train.loop import (RunLog, StopRequest, add_speed_arguments, note_validation, out_of_memory,
-                                  refuse_float16, say, training_model, validation_batches)
+from primechat.train.loop import (RunLog, StepReport, StopRequest, add_speed_arguments, note_validation,
+                                  out_of_memory, refuse_float16, say, training_model, validation_batches)
 
 # Per stage: the stage it starts from, its mixture, schedule and evaluation cadence. For SFT from a base model (no
 # mid-training) nanochat's 2026 recipe starts higher and decays over half the run: SFT_FROM_BASE.
@@ -229,7 +229,6 @@ def main(args):
     print0(aligned_rows(rows))
 
     token_bytes = torch.tensor(tokenizer.token_byte_lengths(), dtype=torch.int64, device=device)
-    flops_per_token, peak = model.estimate_flops(), peak_flops(device)
     val_batches = None
     folder.mkdir(parents=True, exist_ok=True)
     if master and (source_folder / "tokenizer.pkl").exists():  # an imported model's own tokenizer goes along
@@ -237,6 +236,7 @@ def main(args):
             shutil.copy2(source_folder / name, folder / name)
     metrics_path = folder / "metrics.jsonl"
     log = RunLog(metrics_path, resumed_at, args.wandb, f"{stage}-{source_tag}", user_config)
+    report_step = StepReport(log, settings["total_batch_size"], model.estimate_flops(), device, world)
     stop = StopRequest()
     bar = progress(total=100, initial=round(100 * loop["progress"]), desc=stage, unit="%")
 
@@ -312,19 +312,11 @@ def main(args):
         step += 1
         if step > 1 or resumed_at is not None:  # the first step includes compilation
             loop["training_time"] += dt
-        loop["smooth_loss"] = 0.9 * loop["smooth_loss"] + 0.1 * loss_value
-        smooth = loop["smooth_loss"] / (1 - 0.9 ** step)
         done = min(run_progress(), 1.0)
-        tok_per_sec = settings["total_batch_size"] / dt
-        mfu = flops_per_token * tok_per_sec / (peak * world) * 100 if peak else None
         eta = (loop["training_time"] or dt) * (1 - done) / done if done > 0 else 0.0  # step 1 is untimed: its dt
         bar.update(round(100 * done) - bar.n)
-        total = f"/{args.num_iterations}" if args.num_iterations > 0 else ""  # else epochs: steps known at the end
-        say(f"step {step:05d}{total} ({100 * done:.1f}%) | loss {smooth:.4f} | lrm {lrm:.2f} | dt {dt * 1000:.0f}ms | "
-            f"tok/s {tok_per_sec:,.0f} | mfu {f'{mfu:.1f}%' if mfu is not None else '-'} | "
-            f"time {loop['training_time'] / 60:.1f}m | eta {eta / 60:.1f}m")
-        log({"step": step, "loss": smooth, "raw_loss": loss_value, "lrm": lrm, "dt": dt, "tok_per_sec": tok_per_sec,
-             "mfu": mfu, "progress": done, "training_time": loop["training_time"]})
+        of = f"/{args.num_iterations}" if args.num_iterations > 0 else ""  # else epochs: steps known at the end
+        report_step(loop, step, of, done, eta, loss_value, lrm, dt, progress=done)
     bar.close()
 
     if stop.signum and not last:

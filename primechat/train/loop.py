@@ -4,7 +4,8 @@
   --resume then continues exactly.
 - RunLog: metrics.jsonl beside the checkpoints (rank 0 only), cut back to the resumed step so a resumed run's log
   reads as one run, mirrored to Weights & Biases when the user asked for it (--wandb PROJECT).
-- say: a console line from rank 0, printed above the progress bar; note_validation: a validation result recorded.
+- say: a console line from rank 0, printed above the progress bar; note_validation: a validation result recorded;
+  StepReport: a training step's console line and metrics record (base and mid/SFT print the same columns).
 - refuse_float16, out_of_memory: the errors every loop gives for fp16 (no gradient scaler yet) and for OOM.
 - add_speed_arguments, training_model: --attention and --compile, the same in every trainer and in bench train.
 - check_horizon: a resumed run may change its number of steps, but not end before the step it resumes from.
@@ -20,7 +21,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from primechat.attention import BACKENDS, use_backend
-from primechat.common import UserError, atomic_path, is_master, print0
+from primechat.common import UserError, atomic_path, is_master, peak_flops, print0
 
 
 class StopRequest:
@@ -77,6 +78,27 @@ class RunLog:
 def say(line: str):
     if is_master():
         tqdm.write(line)
+
+
+class StepReport:
+    """A step's console line and metrics record as nanochat prints them: the smoothed loss (an EMA, debiased), the
+    learning-rate multiplier, tok/s, and MFU against the devices' dense bf16 peak ("-" where the peak is unknown)."""
+
+    def __init__(self, log: RunLog, tokens_per_step: int, flops_per_token: float, device, world: int):
+        self.log, self.tokens_per_step, self.flops_per_token, self.world = log, tokens_per_step, flops_per_token, world
+        self.peak = peak_flops(device)
+
+    def __call__(self, loop: dict, step: int, of: str, done: float, eta: float, loss: float, lrm: float, dt: float,
+                 **extra):
+        loop["smooth_loss"] = 0.9 * loop["smooth_loss"] + 0.1 * loss
+        smooth = loop["smooth_loss"] / (1 - 0.9 ** step)
+        tok_per_sec = self.tokens_per_step / dt
+        mfu = self.flops_per_token * tok_per_sec / (self.peak * self.world) * 100 if self.peak else None
+        say(f"step {step:05d}{of} ({100 * done:.1f}%) | loss {smooth:.4f} | lrm {lrm:.2f} | dt {dt * 1000:.0f}ms | "
+            f"tok/s {tok_per_sec:,.0f} | mfu {f'{mfu:.1f}%' if mfu is not None else '-'} | "
+            f"time {loop['training_time'] / 60:.1f}m | eta {eta / 60:.1f}m")
+        self.log({"step": step, "loss": smooth, "raw_loss": loss, "lrm": lrm, "dt": dt, "tok_per_sec": tok_per_sec,
+                  "mfu": mfu, "training_time": loop["training_time"], **extra})
 
 
 def note_validation(step: int, val_bpb: float | None, loop: dict, log: RunLog) -> bool:
