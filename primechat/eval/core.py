@@ -236,8 +236,8 @@ def score_example(model, tokens, starts, ends, task_type: str, gold: int | None,
     if task_type == "language_modeling":
         predicted = logits[0, starts[0] - 1:ends[0] - 1].argmax(dim=-1)
         return bool(torch.equal(predicted, ids[0, starts[0]:ends[0]]))
-    mean_losses = [losses[i, s - 1:e - 1].mean().item() for i, (s, e) in enumerate(zip(starts, ends))]
-    return mean_losses.index(min(mean_losses)) == gold
+    mean_losses = torch.stack([losses[i, s - 1:e - 1].mean() for i, (s, e) in enumerate(zip(starts, ends))])
+    return mean_losses.argmin().item() == gold  # one host sync per example; ties go to the first, as DCLM's
 
 
 def evaluate_task(model, data: list[dict], task: Task, encode, bos: int, device, max_seq_len=None) -> float:
