@@ -7,6 +7,7 @@ and every client that hangs up mid-stream. The reply depends on the last user me
     "code ..."  a markdown answer with a python code block
     "xss ..."   an answer holding <script>, <img onerror> and a javascript: link, which must stay inert
     "slow ..."  200 pieces, 50 ms apart (for the stop button)
+    "sum ..."   a GSM8K-style answer ending in the line "#### 42"
     otherwise   "Hello from <model>! You said: <text>. Reply number <n>."
 
 Run as a script (`python tests/test_serve_page.py`) it writes docs/screenshots/chat-{light,dark}.png.
@@ -49,6 +50,7 @@ class FakeServer:
         self.requests: list[dict] = []  # {"path", "body"} of every POST
         self.disconnects = 0  # streams the client hung up on
         self.healthy = True
+        self.sampling_defaults = None  # what GET /health says `primechat serve -t/-k/-m` set, when a test sets it
         self.lock = threading.Lock()
         fake = self
 
@@ -68,7 +70,8 @@ class FakeServer:
                 path = self.path.split("?")[0]
                 if path == "/health":
                     if fake.healthy:
-                        return self.send_json(200, {"status": "ok", "ready": True})
+                        extra = {"sampling_defaults": fake.sampling_defaults} if fake.sampling_defaults else {}
+                        return self.send_json(200, {"status": "ok", "ready": True, **extra})
                     return self.send_json(503, {"error": {"message": "no workers"}})
                 if path == "/v1/models":
                     return self.send_json(200, {"object": "list", "data": MODELS})
@@ -101,6 +104,8 @@ class FakeServer:
                     reply = XSS_REPLY
                 elif text.startswith("slow"):
                     reply, delay = " ".join(f"word{i}" for i in range(200)), 0.05
+                elif text.startswith("sum"):
+                    reply = "40 + 2 = 42.\n#### 42"
                 elif text.startswith("fail"):
                     return self.send_json(400, {"error": {"message": "the fake server refuses this", "type": "invalid_request_error"}})
                 else:
@@ -175,7 +180,7 @@ def server():
 def page(browser, server):
     """A fresh context (so empty localStorage) with clipboard access, on the chat page, models loaded."""
     server.requests.clear()
-    server.healthy = True
+    server.healthy, server.sampling_defaults = True, None
     context = browser.new_context(base_url=server.url, viewport={"width": 1280, "height": 800})
     context.grant_permissions(["clipboard-read", "clipboard-write"], origin=server.url)
     page = context.new_page()
@@ -457,9 +462,40 @@ def test_errors_and_engine_not_running(page, server):
     expect(page.locator("#error-text")).to_have_text("the fake server refuses this")
     expect(page.locator(".msg.assistant")).to_have_count(0)
     expect(page.locator("#send")).to_be_visible()
+    # the question goes back into the input, so that sending it again does not send it twice
+    expect(page.locator(".msg.user")).to_have_count(0)
+    assert page.input_value("#input") == "fail now"
+    send(page, "fail again")
+    expect(page.locator(".msg.user")).to_have_count(0)
+    assert server.requests[-1]["body"]["messages"] == [{"role": "user", "content": "fail again"}]
     server.healthy = False
     page.reload()
     expect(page.locator("#error-text")).to_contain_text("Engine not running")
+
+
+def test_sampling_defaults_come_from_the_server_until_changed_here(page, server):
+    server.sampling_defaults = {"temperature": 0.3, "top_k": 7, "max_tokens": 99}  # primechat serve -t 0.3 -k 7 -m 99
+    page.reload()
+    page.wait_for_function("document.getElementById('set-topk').value === '7'")
+    send(page, "one")
+    wait_answer(page, 1)
+    body = server.requests[-1]["body"]
+    assert (body["temperature"], body["top_k"], body["max_tokens"]) == (0.3, 7, 99)
+    send(page, "/temperature 1.1")  # what this browser changes wins, and is remembered across reloads
+    page.reload()
+    page.wait_for_function("document.getElementById('set-topk').value === '7'")
+    send(page, "two")
+    wait_answer(page, 2)
+    body = server.requests[-1]["body"]
+    assert (body["temperature"], body["top_k"], body["max_tokens"]) == (1.1, 7, 99)
+
+
+def test_gsm8k_answer_line_is_text_not_a_heading(page):
+    from playwright.sync_api import expect
+    send(page, "sum 40 and 2")
+    answer = wait_answer(page, 1)
+    expect(answer.locator(".bubble h4")).to_have_count(0)
+    expect(answer.locator(".bubble")).to_contain_text("#### 42")
 
 
 def test_theme_toggle_and_phone_layout(page, browser, server):
@@ -526,8 +562,7 @@ def test_real_server_with_a_tiny_model(browser, tmp_path, monkeypatch):
             real.wait_for_function("document.querySelectorAll('#model option').length === 2")
             assert real.input_value("#model") == "sft/d2/5"
             real.click("#close-settings")
-            send(real, "/maxtokens 8")
-            send(real, "hello there")
+            send(real, "hello there")  # the page takes max_tokens 8 from the server's settings
             answer = wait_answer(real, 1)
             expect(real.locator("#error")).to_be_hidden()
             completion = int(stat(answer, "completion"))

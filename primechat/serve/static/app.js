@@ -14,7 +14,10 @@
 (function () {
   const $ = (id) => document.getElementById(id);
 
+  // Until GET /health gives the server's own sampling defaults (`primechat serve -t/-k/-m`), which then apply to every
+  // setting this browser has not changed.
   const DEFAULTS = { temperature: 0.8, topK: 50, maxTokens: 512, system: "", showStats: true, theme: "auto", apiKey: "" };
+  const SERVER_DEFAULTS = { temperature: "temperature", top_k: "topK", max_tokens: "maxTokens" }; // API name: ours
   const KEYS = {
     settings: "primechat.settings",
     conversations: "primechat.conversations",
@@ -57,8 +60,12 @@
     }
   }
 
+  const stored = load(KEYS.settings, {});
+  const chosen = stored && typeof stored === "object" ? stored : {}; // what this browser changed; only this is stored
   const state = {
-    settings: Object.assign({}, DEFAULTS, load(KEYS.settings, {})),
+    chosen,
+    defaults: Object.assign({}, DEFAULTS),
+    settings: Object.assign({}, DEFAULTS, chosen),
     conversations: load(KEYS.conversations, []), // [{id, title, model, created, updated, messages}]
     current: null, // the conversation on screen (not in `conversations` until it has a message)
     models: [], // from GET /v1/models, default first
@@ -74,7 +81,7 @@
   }
 
   function saveSettings() {
-    store(KEYS.settings, state.settings);
+    store(KEYS.settings, state.chosen);
   }
 
   // ------------------------------------------------------------------------------------------------ conversations
@@ -101,6 +108,7 @@
     if (hasContent(conv) && !state.conversations.includes(conv)) state.conversations.unshift(conv);
     if (!hasContent(conv)) state.conversations = state.conversations.filter((c) => c !== conv);
     const first = conv.messages.find((m) => m.role === "user");
+    if (!first) conv.title = "New chat"; // its question was edited away: the next one names it
     if (first && (conv.title === "New chat" || !conv.title)) {
       const text = first.content.replace(/\s+/g, " ").trim();
       conv.title = text.length > 48 ? text.slice(0, 47) + "…" : text || "New chat";
@@ -142,7 +150,9 @@
   /** Model text → safe HTML: markdown by marked, then DOMPurify removes scripts, handlers and the like. */
   function markdownToSafeHtml(text) {
     if (!window.marked || !window.DOMPurify) return null;
-    const html = window.marked.parse(text, { gfm: true, breaks: true, async: false });
+    // GSM8K's answer line "#### 42", which the models learn to write, is an answer, not a heading
+    const answersKept = text.replace(/^#### (?=[-+$]*\d[\d.,]*[ \t]*$)/gm, "\\#### ");
+    const html = window.marked.parse(answersKept, { gfm: true, breaks: true, async: false });
     return window.DOMPurify.sanitize(html, {
       FORBID_TAGS: ["img", "style", "form", "input", "button", "textarea", "select", "iframe", "video", "audio"],
       FORBID_ATTR: ["style"],
@@ -235,13 +245,12 @@
       el.append(stats);
     }
     const s = msg.stats;
-    const live = !!s.live;
     const parts = [statSpan("ttft", "TTFT", formatMs(s.ttft_ms), s.ttftApprox)];
     if (s.tokens_per_second !== null && s.tokens_per_second !== undefined) {
       parts.push(statSpan("tps", "tok/s", s.tokens_per_second.toFixed(1), s.tpsApprox, true));
     }
     if (s.prompt_tokens !== undefined) parts.push(statSpan("prompt", "prompt", s.prompt_tokens));
-    if (s.completion_tokens !== undefined) parts.push(statSpan("completion", "completion", s.completion_tokens, live));
+    if (s.completion_tokens !== undefined) parts.push(statSpan("completion", "completion", s.completion_tokens, s.completionApprox));
     if (s.total_tokens !== undefined) parts.push(statSpan("total", "total", s.total_tokens));
     if (s.total_ms !== undefined && s.total_ms !== null) parts.push(statSpan("time", "time", formatMs(s.total_ms), s.timeApprox));
     if (msg.finish) parts.push(statSpan("finish", "finish", msg.finish));
@@ -509,7 +518,7 @@
   }
 
   function setSetting(key, value) {
-    state.settings[key] = value;
+    state.settings[key] = state.chosen[key] = value;
     saveSettings();
     applySettings();
   }
@@ -621,6 +630,7 @@
     let firstAt = null;
     let pieces = 0;
     let measured = false; // the server's timings arrived
+    let counted = false; // and its token counts
     let frame = 0;
     const redraw = () => {
       frame = 0;
@@ -639,11 +649,11 @@
       const decodeSeconds = firstAt === null ? 0 : (now - firstAt) / 1000;
       msg.stats = Object.assign({}, msg.stats, {
         live: true,
+        ...(counted ? {} : { completion_tokens: pieces, completionApprox: true }), // a chunk is about a token
         ttft_ms: firstAt === null ? null : firstAt - started,
         ttftApprox: true,
         tokens_per_second: pieces > 1 && decodeSeconds > 0 ? (pieces - 1) / decodeSeconds : null,
         tpsApprox: true,
-        completion_tokens: pieces,
         total_ms: now - started,
         timeApprox: true,
       });
@@ -673,7 +683,9 @@
         }
         liveStats();
         if (event.usage) {
+          counted = true;
           Object.assign(msg.stats, {
+            completionApprox: false,
             live: false,
             prompt_tokens: event.usage.prompt_tokens,
             completion_tokens: event.usage.completion_tokens,
@@ -709,9 +721,10 @@
 
     const onScreen = elementOf(msg) === el;
     if (!msg.content && (failure || msg.stopped)) {
-      // nothing came: drop the empty answer; a stop before the first token puts the question back in the input
+      // nothing came: drop the empty answer; a stop before the first token puts the question back in the input,
       conv.messages.splice(conv.messages.indexOf(msg), 1);
-      if (msg.stopped && !failure && conv.messages[conv.messages.length - 1] === lastUser && onScreen && !$("input").value) {
+      // and so does a failure (a wrong API key, say), so that a retry does not send the question twice
+      if (conv.messages[conv.messages.length - 1] === lastUser && onScreen && !$("input").value) {
         conv.messages.pop();
         $("input").value = lastUser.content;
         autoresize();
@@ -871,6 +884,7 @@
       const body = response.ok ? await response.json() : null;
       ok = !!body && body.status === "ok";
       ready = !body || body.ready !== false;
+      if (ok && body.sampling_defaults) useServerDefaults(body.sampling_defaults);
     } catch (e) {
       ok = false;
     }
@@ -883,6 +897,15 @@
       if (!state.models.length) loadModels();
     }
     if (!ok || !ready) setTimeout(checkHealth, 5000);
+  }
+
+  function useServerDefaults(given) {
+    for (const [name, key] of Object.entries(SERVER_DEFAULTS)) {
+      if (typeof given[name] !== "number") continue;
+      state.defaults[key] = given[name];
+      if (!(key in state.chosen)) state.settings[key] = given[name];
+    }
+    applySettings();
   }
 
   async function loadModels() {
@@ -949,14 +972,15 @@
     $("open-settings").addEventListener("click", () => toggleSettings(panel.hidden));
     $("close-settings").addEventListener("click", () => toggleSettings(false));
     $("reset-settings").addEventListener("click", () => {
-      state.settings = Object.assign({}, DEFAULTS, { apiKey: state.settings.apiKey }); // the key is not a preference
+      state.chosen = { apiKey: state.settings.apiKey }; // the key is not a preference
+      state.settings = Object.assign({}, state.defaults, state.chosen);
       saveSettings();
       $("set-system").value = "";
       applySettings();
     });
     $("set-temperature").addEventListener("input", (e) => setSetting("temperature", Number(e.target.value)));
-    $("set-topk").addEventListener("change", (e) => setSetting("topK", clampInt(e.target.value, 0, 200, DEFAULTS.topK)));
-    $("set-max-tokens").addEventListener("change", (e) => setSetting("maxTokens", clampInt(e.target.value, 1, 4096, DEFAULTS.maxTokens)));
+    $("set-topk").addEventListener("change", (e) => setSetting("topK", clampInt(e.target.value, 0, 200, state.defaults.topK)));
+    $("set-max-tokens").addEventListener("change", (e) => setSetting("maxTokens", clampInt(e.target.value, 1, 4096, state.defaults.maxTokens)));
     $("set-theme").addEventListener("change", (e) => setSetting("theme", e.target.value));
     $("set-show-stats").addEventListener("change", (e) => setSetting("showStats", e.target.checked));
     $("set-api-key").addEventListener("change", (e) => {
@@ -965,7 +989,7 @@
       loadModels();
     });
     $("set-system").addEventListener("input", (e) => {
-      state.settings.system = e.target.value;
+      state.settings.system = state.chosen.system = e.target.value;
       saveSettings();
     });
   }
