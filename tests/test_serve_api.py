@@ -599,3 +599,25 @@ def test_requests_wait_in_line_then_503(env, slow_engine):
             line.join(timeout=10)
             assert results["waiting"].status_code == 200
             assert results["waiting"].json()["usage"]["completion_tokens"] <= 3
+
+
+def test_a_plain_request_whose_client_gives_up_frees_its_worker_and_its_place_in_line(env, slow_engine):
+    """Starlette cancels a streamed reply whose client goes away, not a plain one: the server watches for it. A client
+    that times out (the OpenAI SDK's, which then retries) would otherwise keep the worker for a reply no one reads,
+    and one that gives up while waiting would keep its place in line, so that the next request is refused."""
+    app = create_app(Settings(num_workers=1, max_queue=1, temperature=0))  # greedy: long replies
+    with ServerThread(app) as server, httpx.Client(base_url=server.url, timeout=10) as http:
+        def busy_queued():
+            stats = http.get("/stats").json()
+            return stats["busy_workers"], stats["queue_length"]
+
+        for path, body in (("/v1/chat/completions", {"messages": HELLO}), ("/v1/completions", {"prompt": "a"})):
+            with pytest.raises(httpx.ReadTimeout):
+                http.post(path, json={**body, "max_tokens": 200}, timeout=0.5)  # 8 s
+            assert wait_for(lambda: busy_queued() == (0, 0), timeout=2)
+        held = asyncio.run(app.state.pool.acquire())  # the only worker is busy
+        with pytest.raises(httpx.ReadTimeout):
+            http.post("/v1/chat/completions", json={"messages": HELLO, "max_tokens": 3}, timeout=0.5)
+        assert wait_for(lambda: busy_queued() == (1, 0), timeout=2)
+        app.state.pool.release(held)
+        assert http.post("/v1/completions", json={"prompt": "a", "max_tokens": 3}).status_code == 200

@@ -12,6 +12,7 @@ param); elsewhere {"detail": message}. With an API key set, /v1 and /chat/comple
 <key>`. Beside `usage`, replies carry a non-standard `timings` {ttft_ms, tokens_per_second, total_ms} measured here.
 """
 
+import asyncio
 import json
 import random
 import secrets
@@ -230,6 +231,12 @@ class ApiKeyMiddleware:
         await self.app(scope, receive, send)
 
 
+async def disconnected(request: Request) -> None:
+    """Returns when the client has gone away: with the body read, the next message the server gives is that."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
 def _sse(obj) -> bytes:
     return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n".encode()
 
@@ -312,6 +319,22 @@ def create_app(settings: Settings, pool: WorkerPool | None = None) -> FastAPI:
         if event[0] == "error":
             raise event[1]
         return worker, event[1]
+
+    async def while_connected(request: Request, work):
+        """Await `work` (a coroutine) unless the client goes away first: then cancel it, which takes a request waiting
+        for a worker out of the line, or stops its job at the next token. Starlette does this for a streamed response
+        but not for a plain one, whose handler would otherwise keep a worker for a reply no one reads."""
+        task = asyncio.ensure_future(work)
+        gone = asyncio.ensure_future(disconnected(request))
+        try:
+            done, _ = await asyncio.wait((task, gone), return_when=asyncio.FIRST_COMPLETED)
+        finally:  # also when this handler is cancelled
+            gone.cancel()
+            task.cancel()  # nothing if it has finished
+        if task in done:
+            return task.result()
+        await asyncio.wait((task,))  # its cleanup: out of the line, the job cancelled
+        raise ApiError(499, "the client went away")
 
     async def events(job: Job):
         """The job's events after "ready", up to and including "done" or "error"."""
@@ -420,8 +443,13 @@ def create_app(settings: Settings, pool: WorkerPool | None = None) -> FastAPI:
         return {"id": ref.id, "object": "model", "created": ref.created(), "owned_by": "primechat",
                 "stage": ref.stage, "tag": ref.tag, "step": ref.step, "chat": ref.chat}
 
+    async def answer(job: Job, body, chat: bool):
+        """An OpenAI request's answer: its whole reply, or once a worker has the prompt ready, its stream."""
+        await start(job)
+        return await reply(job, body, job.sampling.n, chat)
+
     @app.post("/v1/chat/completions")
-    async def chat_completions(body: ChatRequest):
+    async def chat_completions(body: ChatRequest, request: Request):
         started = time.perf_counter()
         ref = catalog.lookup(body.model)
         if not ref.chat:
@@ -441,11 +469,10 @@ def create_app(settings: Settings, pool: WorkerPool | None = None) -> FastAPI:
             return ids + tokenizer.encode(opening)
 
         job = Job(ref, build_prompt, sampling, started)
-        await start(job)
-        return await reply(job, body, sampling.n, chat=True)
+        return await while_connected(request, answer(job, body, chat=True))
 
     @app.post("/v1/completions")
-    async def completions(body: CompletionRequest):
+    async def completions(body: CompletionRequest, request: Request):
         started = time.perf_counter()
         ref = catalog.lookup(body.model)
         if isinstance(body.prompt, list):
@@ -459,13 +486,12 @@ def create_app(settings: Settings, pool: WorkerPool | None = None) -> FastAPI:
                            param="prompt")
         sampling = _sampling(body, settings)
         job = Job(ref, lambda tokenizer: tokenizer.encode(prompt, prepend="<|bos|>"), sampling, started)
-        await start(job)
-        return await reply(job, body, sampling.n, chat=False)
+        return await while_connected(request, answer(job, body, chat=False))
 
     # ---- nanochat's endpoints ----
 
     @app.post("/chat/completions")
-    async def nanochat_completions(body: NanochatRequest):
+    async def nanochat_completions(body: NanochatRequest, request: Request):
         started = time.perf_counter()
         ref = catalog.lookup(None)
         if not ref.chat:
@@ -484,7 +510,7 @@ def create_app(settings: Settings, pool: WorkerPool | None = None) -> FastAPI:
                 raise ApiError(400, str(e)) from e
 
         job = Job(ref, build_prompt, sampling, started)
-        worker, _ = await start(job)
+        worker, _ = await while_connected(request, start(job))
 
         async def body_stream():
             try:
