@@ -452,7 +452,8 @@ def test_nanochat_endpoints(client):
         r = client.post("/chat/completions", json=bad)
         assert r.status_code == 400 and isinstance(r.json()["detail"], str), (bad, r.text)
     health = client.get("/health").json()
-    assert health == {"status": "ok", "ready": True, "num_gpus": 1, "available_workers": 1}
+    assert health == {"status": "ok", "ready": True, "num_gpus": 1, "available_workers": 1,
+                      "sampling_defaults": {"temperature": 1.0, "top_k": 0, "max_tokens": 12}}  # the client's
     stats = client.get("/stats").json()
     assert stats["total_workers"] == 1 and stats["available_workers"] == 1 and stats["busy_workers"] == 0
     assert stats["queue_length"] == 0

@@ -5,7 +5,7 @@
     POST /v1/chat/completions   chat models; OpenAI's fields plus top_k; streamed as server-sent events or not
     POST /v1/completions        plain text completion (base models, and chat models too)
     POST /chat/completions      nanochat's streaming endpoint: data: {"token", "gpu"} … data: {"done": true}
-    GET  /health, /stats        liveness, and what the workers are doing
+    GET  /health, /stats        liveness and the server's sampling defaults, and what the workers are doing
 
 Errors on /v1 have OpenAI's shape {"error": {"message", "type", "param", "code"}} (400 names the bad field in
 param); elsewhere {"detail": message}. With an API key set, /v1 and /chat/completions want `Authorization: Bearer
@@ -527,8 +527,10 @@ def create_app(settings: Settings, pool: WorkerPool | None = None) -> FastAPI:
 
     @app.get("/health")
     async def health():
+        # the sampling a request that gives none gets (serve -t/-k/-m), for the page to start from
+        defaults = {"temperature": settings.temperature, "top_k": settings.top_k, "max_tokens": settings.max_tokens}
         return {"status": "ok", "ready": bool(pool.workers), "num_gpus": len(pool.workers),
-                "available_workers": pool.available}
+                "available_workers": pool.available, "sampling_defaults": defaults}
 
     @app.get("/stats")
     async def stats():
