@@ -434,6 +434,8 @@ def add_arguments(p):
 
 
 def main(args):
+    if args.price is not None and args.price < 0:
+        raise UserError(f"--price {args.price:g}: a price cannot be negative")
     if args.budget is not None:
         if args.depth is not None:
             raise UserError("give --depth or --budget, not both: --budget chooses the depth")

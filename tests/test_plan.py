@@ -133,6 +133,7 @@ def test_cli_output(cli):
     (["--mfu", "2"], "--mfu 2"),
     (["--depth", "20", "--budget", "100"], "not both"),
     (["--budget", "0.01"], "costs $"),
+    (["--price", "-1"], "cannot be negative"),
 ])
 def test_bad_input_is_one_line_exit_2(cli, argv, message):
     result = cli("plan", *argv)
