@@ -16,6 +16,7 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
+from primechat.common import UserError
 from primechat.engine import Engine, StreamDecoder
 from primechat.serve import workers
 from primechat.serve.api import Settings, create_app
@@ -133,6 +134,12 @@ def test_models_flag_restricts_and_model_flag_sets_default(env):
         assert [m["id"] for m in c.get("/v1/models").json()["data"]] == ["base/d2/5", "sft/d2/5"]
         r = c.post("/v1/chat/completions", json={"model": "sft", "messages": HELLO})  # sft -> sft/d2/10: not served
         assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
+    with pytest.raises(UserError) as error:  # a default that is not served: the served ones are the choice
+        create_app(Settings(models=["sft/d2/5", "sft/d2/10"], model="base"))
+    assert str(error.value).endswith("among those served; available: sft/d2/5, sft/d2/10")
+    with pytest.raises(UserError) as error:
+        create_app(Settings(models=["sft/d2/7"]))
+    assert "base/d2/5" in str(error.value)  # a served model that does not exist: every checkpoint is the choice
 
 
 def test_serve_command_answers_on_the_port_it_prints(cli):
@@ -337,6 +344,10 @@ def test_prompt_longer_than_the_context_is_400(client):
     words = " ".join(["the cat sat on the mat"] * 1200)[:7999]
     r = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": words}]})
     assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded"
+    assert r.json()["error"]["param"] == "messages" and "shorten the conversation" in r.json()["error"]["message"]
+    r = client.post("/v1/completions", json={"prompt": words})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded"
+    assert r.json()["error"]["param"] == "prompt" and "shorten the prompt" in r.json()["error"]["message"]
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -429,6 +440,7 @@ def test_full_queue_is_503_with_retry_after(env):
         r = c.post("/v1/chat/completions", json={"messages": HELLO})
         assert r.status_code == 503 and int(r.headers["retry-after"]) >= 1
         assert r.json()["error"]["code"] == "server_overloaded"
+        assert r.json()["error"]["message"] == "the worker is busy and no request may wait: retry shortly"
         r = c.post("/chat/completions", json={"messages": HELLO})
         assert r.status_code == 503 and "detail" in r.json() and "retry-after" in r.headers
         pool.release(held)
@@ -597,6 +609,8 @@ def test_requests_wait_in_line_then_503(env, slow_engine):
                 assert time.monotonic() - started < 2  # refused at once, not queued
                 assert full.status_code == 503 and full.headers["retry-after"] == "1"
                 assert full.json()["error"]["type"] == "server_error"
+                assert full.json()["error"]["message"].startswith("the worker is busy and 1 request is already "
+                                                                  "waiting")
             line.join(timeout=10)
             assert results["waiting"].status_code == 200
             assert results["waiting"].json()["usage"]["completion_tokens"] <= 3

@@ -307,9 +307,12 @@ def create_app(settings: Settings, pool: WorkerPool | None = None) -> FastAPI:
         try:
             worker = await pool.acquire()
         except QueueFull:
-            raise ApiError(503, f"all {len(pool.workers)} workers are busy and {pool.max_queue} requests are "
-                           "already waiting: retry shortly", type="server_error", code="server_overloaded",
-                           headers={"Retry-After": "1"})
+            workers = len(pool.workers)
+            busy = "the worker is busy" if workers == 1 else f"all {workers} workers are busy"
+            waiting = {0: "no request may wait", 1: "1 request is already waiting"}.get(
+                pool.max_queue, f"{pool.max_queue} requests are already waiting")
+            raise ApiError(503, f"{busy} and {waiting}: retry shortly", type="server_error",
+                           code="server_overloaded", headers={"Retry-After": "1"})
         worker.submit(job, pool)
         try:
             event = await job.next()
@@ -485,7 +488,8 @@ def create_app(settings: Settings, pool: WorkerPool | None = None) -> FastAPI:
             raise ApiError(400, f"prompt: at most {MAX_TOTAL_CHARS:,} characters, got {len(prompt):,}",
                            param="prompt")
         sampling = _sampling(body, settings)
-        job = Job(ref, lambda tokenizer: tokenizer.encode(prompt, prepend="<|bos|>"), sampling, started)
+        job = Job(ref, lambda tokenizer: tokenizer.encode(prompt, prepend="<|bos|>"), sampling, started,
+                  prompt_param="prompt")
         return await while_connected(request, answer(job, body, chat=False))
 
     # ---- nanochat's endpoints ----

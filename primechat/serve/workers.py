@@ -131,7 +131,8 @@ class Catalog:
                                 f"{self._available_hint()}")
 
     def _available_hint(self) -> str:
-        ids = [ref.id for ref in scan_checkpoints()]
+        """The models a name could pick: the served ones once --models is read, every checkpoint before."""
+        ids = [ref.id for ref in (scan_checkpoints() if self.allowed is None else self.allowed)]
         return f"available: {', '.join(ids[:12])}{' …' if len(ids) > 12 else ''}" if ids else "there are none"
 
     def default(self) -> ModelRef | None:
@@ -226,8 +227,10 @@ class Sampling:
 class Job:
     """One request's generation. Created on the request's event loop; the worker thread reports through emit()."""
 
-    def __init__(self, ref: ModelRef, build_prompt, sampling: Sampling, started: float | None = None):
+    def __init__(self, ref: ModelRef, build_prompt, sampling: Sampling, started: float | None = None,
+                 prompt_param: str = "messages"):
         self.ref, self.build_prompt, self.sampling = ref, build_prompt, sampling
+        self.prompt_param = prompt_param  # the request field the prompt comes from, named if it is too long
         self.started = started if started is not None else time.perf_counter()  # the request's arrival
         self.loop = asyncio.get_running_loop()
         self.queue = asyncio.Queue()
@@ -323,9 +326,10 @@ class Worker:
             self.last_model = job.ref.id
             prompt = job.build_prompt(loaded.tokenizer)
             if len(prompt) >= loaded.context:
+                what = "conversation" if job.prompt_param == "messages" else job.prompt_param
                 raise ApiError(400, f"the prompt is {len(prompt):,} tokens but {job.ref.id} holds at most "
-                               f"{loaded.context:,} tokens of context: shorten the conversation",
-                               param="messages", code="context_length_exceeded")
+                               f"{loaded.context:,} tokens of context: shorten the {what}",
+                               param=job.prompt_param, code="context_length_exceeded")
             job.emit(("ready", len(prompt)))
             final = ("done", self._generate(job, loaded, prompt))
         except ApiError as e:
