@@ -192,8 +192,9 @@ def test_chat_matches_the_engine_with_usage_and_length(client, tokenizer):
     prompt = chat_prompt(tokenizer, HELLO)
     texts, counts = reference(tokenizer, "sft", 5, prompt, max_tokens=6, temperature=1.0, top_k=None, seed=7)
     assert data["object"] == "chat.completion" and data["id"].startswith("chatcmpl-")
+    assert data["system_fingerprint"] is None and data["service_tier"] is None  # OpenAI always sends them
     choice = data["choices"][0]
-    assert choice["message"] == {"role": "assistant", "content": texts[0]}
+    assert choice["message"] == {"role": "assistant", "content": texts[0], "refusal": None}
     assert choice["finish_reason"] == ("length" if counts[0] == 6 else "stop")
     assert data["usage"] == {"prompt_tokens": len(prompt), "completion_tokens": counts[0],
                              "total_tokens": len(prompt) + counts[0]}
@@ -250,6 +251,7 @@ def test_stream_format_with_usage(client):
     assert chunks[-1] == "[DONE]"
     chunks = chunks[:-1]
     assert all(c["object"] == "chat.completion.chunk" and c["model"] == "sft/d2/10" for c in chunks)
+    assert all(c["system_fingerprint"] is None and c["service_tier"] is None for c in chunks)
     assert len({c["id"] for c in chunks}) == 1 and len({c["created"] for c in chunks}) == 1
     assert chunks[0]["choices"][0]["delta"] == {"role": "assistant"}
     usage_chunk = chunks[-1]
@@ -359,6 +361,7 @@ def test_completions_for_base_model(client, tokenizer):
     prompt = tokenizer.encode("the cat", prepend="<|bos|>")
     texts, counts = reference(tokenizer, "base", 5, prompt, max_tokens=6, temperature=1.0, top_k=None, seed=4)
     assert data["object"] == "text_completion" and data["model"] == "base/d2/5"
+    assert data["system_fingerprint"] is None and "service_tier" not in data  # a chat field
     assert data["choices"][0]["text"] == texts[0]
     assert data["usage"] == {"prompt_tokens": len(prompt), "completion_tokens": counts[0],
                              "total_tokens": len(prompt) + counts[0]}
@@ -367,7 +370,7 @@ def test_completions_for_base_model(client, tokenizer):
     chunks = sse(client.post("/v1/completions", json={**body, "stream": True,
                                                       "stream_options": {"include_usage": True}}).text)
     assert chunks[-1] == "[DONE]" and chunks[-2]["usage"] == data["usage"] and "timings" in chunks[-2]
-    assert all(c["object"] == "text_completion" for c in chunks[:-1])
+    assert all(c["object"] == "text_completion" and c["system_fingerprint"] is None for c in chunks[:-1])
     assert stream_text(chunks) == texts[0]
     # a chat model completes plain text too; a base model cannot chat
     assert client.post("/v1/completions", json={**body, "model": "sft"}).status_code == 200

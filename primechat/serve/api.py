@@ -378,16 +378,18 @@ def create_app(settings: Settings, pool: WorkerPool | None = None) -> FastAPI:
         elif streamed:
             content = {"delta": {"content": text} if text else {}}
         else:
-            content = {"message": {"role": "assistant", "content": text}}
+            content = {"message": {"role": "assistant", "content": text, "refusal": None}}
         return {"index": index, **content, "logprobs": None, "finish_reason": reason}
 
     async def reply(job: Job, body, n: int, chat: bool):
         """The job's result in OpenAI's shape: one JSON object, or SSE chunks ending in [DONE] when body.stream."""
         reply_id, created = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}", int(time.time())
         kind = "chat.completion" if chat else "text_completion"
+        # fields OpenAI always sends, null here, for clients that read them without checking
+        always = {"system_fingerprint": None, **({"service_tier": None} if chat else {})}
         if not body.stream:
             texts, reasons, stats = await collect(job, n)
-            return {"id": reply_id, "object": kind, "created": created, "model": job.ref.id,
+            return {"id": reply_id, "object": kind, "created": created, "model": job.ref.id, **always,
                     "choices": [choice(chat, i, text, reason, streamed=False)
                                 for i, (text, reason) in enumerate(zip(texts, reasons))],
                     "usage": stats["usage"], "timings": stats["timings"]}
@@ -396,7 +398,7 @@ def create_app(settings: Settings, pool: WorkerPool | None = None) -> FastAPI:
 
         def chunk(choices, **extra) -> bytes:
             obj = {"id": reply_id, "object": f"{kind}.chunk" if chat else kind, "created": created,
-                   "model": job.ref.id, "choices": choices}
+                   "model": job.ref.id, **always, "choices": choices}
             if include_usage:
                 obj["usage"] = None
             return _sse({**obj, **extra})
