@@ -9,6 +9,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from primechat.common import UserError
+from primechat.data.loader import PretrainLoader
+from primechat.tokenizer import Tokenizer
 from primechat.data.shards import iter_texts, list_shards, shard_name
 
 
@@ -300,3 +303,39 @@ def test_demo_will_not_touch_another_dataset(tmp_path, home, cli):
     assert cli("data", "add", *files, "--name", "pydocs").code == 0
     assert_one_line_error(cli("data", "demo"), "another dataset")
 
+
+
+# ---- a dataset with missing or damaged shards -----------------------------------------------------------------------
+
+def test_missing_validation_shard_is_an_error_not_a_training_shard(fake_hub, cli, home, tmp_path):
+    """Falling back to the last shard would validate on training data (train/val leakage) and say nothing."""
+    fake_hub.add_shard_dataset("me/corpus", num_shards=6)
+    assert download(cli, "-n", "2").code == 0
+    (home / "base_data" / "corpus" / "shard_00005.parquet").unlink()
+    with pytest.raises(UserError, match=r"shard_00005.parquet .*missing: run `primechat data download --dataset "
+                                        r"me/corpus` again"):
+        list_shards("corpus")
+    files, _ = write_inputs(tmp_path)
+    assert cli("data", "add", *files, "--name", "mine", "--shard-chars", "100").code == 0
+    sorted((home / "base_data" / "mine").glob("shard_*.parquet"))[-1].unlink()  # the validation shard
+    with pytest.raises(UserError, match=r"missing: add the dataset again with `primechat data add FILES --name mine"):
+        list_shards("mine")
+
+
+def test_a_damaged_shard_is_named_in_one_line(fake_hub, cli, home, tmp_path):
+    fake_hub.add_shard_dataset("me/corpus", num_shards=6)
+    assert download(cli, "-n", "2").code == 0
+    folder = home / "base_data" / "corpus"
+    shard = folder / shard_name(0)
+    shard.write_bytes(shard.read_bytes()[:100])  # cut off, as by a full disk or a bad copy
+    train, val = list_shards("corpus")
+    with pytest.raises(UserError, match=r"shard_00000.parquet is damaged .*delete it and run `primechat data "
+                                        r"download --dataset me/corpus` again"):
+        read_all(train)
+    tokenizer = type("Bytes", (), {"bos_id": 0, "encode": lambda self, texts, prepend: [[0, 1]] * len(texts)})()
+    with pytest.raises(UserError, match="is damaged"):
+        PretrainLoader(tokenizer, train, 1, 4).next_batch()
+    Tokenizer.from_ranks({bytes([b]): b for b in range(256)}).save(home / "tokenizer")  # for tokenizer eval
+    for command in (("tokenizer", "train", "--dataset", "corpus", "--vocab-size", "300"),
+                    ("tokenizer", "eval", "--dataset", "corpus")):
+        assert_one_line_error(cli(*command), "shard_00000.parquet is damaged", "primechat data download")

@@ -155,6 +155,18 @@ def test_bad_input_is_one_line(home, fake_hub, cli, model_home):
                    "HTTP 404")
     bad = fake_hub.add_static("bad.zip", b"not a zip")
     one_line_error(cli("eval", "base", "--eval", "core", "--bundle-url", bad), "cannot get a valid CORE bundle")
+    # checks on arguments come before the model is loaded, and name what exists
+    one_line_error(cli("eval", "base", "--eval", "bpb", "--model-tag", "nope"), "--model-tag nope",
+                   "tags with checkpoints: d2")
+    url = fake_hub.add_static("bundle.zip", bundle_zip(model_home.parent / "bundle"))
+    max_shots = max(shots for _, _, shots, *_ in TASKS.values())
+    one_line_error(cli("eval", "base", "--eval", "core", "--bundle-url", url, "--max-per-task", str(max_shots)),
+                   f"--max-per-task {max_shots} is too few", f"give {max_shots + 1} or more")
+    # eval base has no --dataset: bpb needs the dataset the model was trained on, and the error says so
+    (model_home / "base_data" / "tiny").rename(model_home / "base_data" / "other")
+    error = cli("eval", "base", "--eval", "bpb")
+    one_line_error(error, "dataset 'tiny'", "datasets present: other", "--eval core,sample")
+    assert "--dataset" not in error.err
     shutil.rmtree(model_home / "base_checkpoints")
     one_line_error(cli("eval", "base", "--eval", "bpb"), "no base checkpoints")
 

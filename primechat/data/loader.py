@@ -12,10 +12,10 @@ with each checkpoint, so a resumed run sees exactly the batches an uninterrupted
 
 import bisect
 
-import pyarrow.parquet as pq
 import torch
 
 from primechat.common import UserError
+from primechat.data.shards import open_shard, read_row_group
 
 
 class PretrainLoader:
@@ -44,11 +44,11 @@ class PretrainLoader:
                                     f"--data-streams")
                 self.epoch, self.shard, self.row_group, self.doc = self.epoch + 1, 0, self.stream, 0
                 continue
-            pf = pq.ParquetFile(self.paths[self.shard])
+            pf = open_shard(self.paths[self.shard])  # a damaged shard: one line naming it
             if self.row_group >= pf.num_row_groups:
                 self.shard, self.row_group, self.doc = self.shard + 1, self.stream, 0
                 continue
-            texts = pf.read_row_group(self.row_group, columns=["text"]).column("text").to_pylist()
+            texts = read_row_group(pf, self.paths[self.shard], self.row_group)
             self.pending = self.tokenizer.encode(texts[self.doc:], prepend=self.tokenizer.bos_id)
             if not self.pending:
                 self.row_group, self.doc = self.row_group + self.num_streams, 0

@@ -60,37 +60,81 @@ def add_dataset_argument(parser, help: str) -> None:
                         help=f"{help} (default: {DEFAULT_DATASET.split('/')[-1]}, or the only dataset present)")
 
 
-def pick_dataset(name: str | None) -> str:
+def pick_dataset(name: str | None, choose: str | None = "choose another with --dataset") -> str:
     """--dataset's value; without one nanochat's corpus, unless it is absent and exactly one other dataset is there
-    (a user who downloaded or added only that one means it), which is then named on the console."""
+    (a user who downloaded or added only that one means it), which is then named on the console, with `choose`:
+    how the calling command picks another (None: it cannot)."""
     if name:
         return name
     present = local_datasets()
     if len(present) == 1 and present[0] != DEFAULT_DATASET.split("/")[-1]:
-        print0(f"dataset: {present[0]} (the only one in {base_data_dir()}; choose another with --dataset)")
+        print0(f"dataset: {present[0]} (the only one in {base_data_dir()}{'; ' + choose if choose else ''})")
         return present[0]
     return DEFAULT_DATASET
 
 
-def list_shards(dataset: str) -> tuple[list[Path], Path]:
-    """(train shards, validation shard) of a local dataset, or a UserError saying how to get some."""
+def refetch_hint(folder: Path) -> str:
+    """How to get a dataset's shards back, by where they came from (dataset.json says)."""
+    manifest = read_manifest(folder)
+    if manifest.get("repo"):
+        return f"run `primechat data download --dataset {manifest['repo']}` again"
+    if manifest.get("sources"):  # data add
+        return f"add the dataset again with `primechat data add FILES --name {folder.name} --overwrite`"
+    if manifest.get("source"):  # data demo, which leaves an existing folder alone
+        return f"delete {folder} and run `primechat data demo --name {folder.name}` again"
+    return f"copy the shard back, or delete {folder} and download or add the dataset again"
+
+
+def list_shards(dataset: str, choose: str | None = "pick one with --dataset") -> tuple[list[Path], Path]:
+    """(train shards, validation shard) of a local dataset, or a UserError saying how to get some.
+
+    `choose` is how the calling command picks another dataset (None: it cannot), named when this one has no shards.
+    A validation shard that dataset.json names but that is missing is an error: falling back to the last shard
+    would quietly validate on training data."""
     folder = dataset_dir(dataset)
     shards = sorted(folder.glob("shard_*.parquet"))
     if len(shards) < 2:
         have = local_datasets()
-        hint = f" (datasets present: {', '.join(have)}; pick one with --dataset)" if have else ""
+        hint = f" (datasets present: {', '.join(have)}{'; ' + choose if choose else ''})" if have else ""
         raise UserError(f"dataset {folder.name!r} needs at least 2 shards (train + val) in {folder}, found "
                         f"{len(shards)}: run `primechat data download -n 8`, `primechat data demo` or "
                         f"`primechat data add FILES`{hint}")
     val_name = read_manifest(folder).get("val_shard")
-    val = folder / val_name if val_name and (folder / val_name).exists() else shards[-1]
+    if val_name and not (folder / val_name).exists():
+        raise UserError(f"the validation shard {folder / val_name} (named in {folder / MANIFEST}) is missing: "
+                        f"{refetch_hint(folder)}")
+    val = folder / val_name if val_name else shards[-1]
     return [p for p in shards if p != val], val
+
+
+def damaged(path: Path) -> UserError:
+    hint = refetch_hint(path.parent)
+    fix = f"delete it and {hint}" if read_manifest(path.parent).get("repo") else hint  # download fetches only gaps
+    return UserError(f"shard {path} is damaged (not a readable parquet file): {fix}")
+
+
+def open_shard(path: Path) -> pq.ParquetFile:
+    """The shard's parquet file, or a UserError naming a damaged one (cut off by a full disk, a bad copy)."""
+    try:
+        return pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as e:
+        if isinstance(e, FileNotFoundError):
+            raise
+        raise damaged(path) from None
+
+
+def read_row_group(pf: pq.ParquetFile, path: Path, index: int) -> list[str]:
+    """The texts of one row group; a UserError if this part of the shard cannot be decoded."""
+    try:
+        return pf.read_row_group(index, columns=["text"]).column("text").to_pylist()
+    except (pa.ArrowException, OSError):
+        raise damaged(path) from None
 
 
 def iter_texts(paths: list[Path], start_rank: int = 0, stride: int = 1):
     """Yield (text, shard_index, row_group_index) over the row groups rank, rank+stride, … of every shard in turn."""
     for shard_index, path in enumerate(paths):
-        pf = pq.ParquetFile(path)
+        pf = open_shard(path)
         for rg in range(start_rank, pf.num_row_groups, stride):
-            for text in pf.read_row_group(rg, columns=["text"]).column("text").to_pylist():
+            for text in read_row_group(pf, path, rg):
                 yield text, shard_index, rg

@@ -30,7 +30,7 @@ from primechat.data.shards import list_shards, pick_dataset
 from primechat.eval import core
 from primechat.eval.loss import evaluate_bpb
 from primechat.train.base import SAMPLE_PROMPTS
-from primechat.train.checkpoint import default_tag, load_model
+from primechat.train.checkpoint import STAGE_DIRS, check_tag, default_tag, load_model, saved_steps
 from primechat.train.loop import validation_batches
 
 EVALS = ("core", "bpb", "sample")
@@ -96,9 +96,34 @@ def hf_subject(path: str, device):
 # --------------------------------------------------------------------------------------------------------------------
 # The three evaluations
 
-def run_core(subject, device, args, slug: str) -> core.CoreResult:
+def check_model_tag(stage: str, tag: str | None) -> None:
+    """A --model-tag without checkpoints, named with the tags that have some, before any model is loaded."""
+    if tag is None:
+        return
+    check_tag(tag)
+    root = home_dir() / STAGE_DIRS[stage]
+    if not saved_steps(root / tag):
+        tags = sorted(p.name for p in root.glob("*/") if saved_steps(p)) if root.exists() else []
+        have = f"tags with checkpoints: {', '.join(tags)}" if tags else f"run `primechat train {stage}` first"
+        raise UserError(f"--model-tag {tag}: no {stage} checkpoint in {root / tag} ({have})")
+
+
+def core_bundle(args) -> Path:
+    """The CORE bundle, downloaded if need be, with --max-per-task checked against its tasks' few-shot counts: each
+    example draws its shots from the others, so a task needs more examples than shots."""
+    if args.max_per_task == 0 or args.max_per_task < -1:
+        raise UserError(f"--max-per-task {args.max_per_task}: give a number of examples, or -1 for all")
     url = args.bundle_url or os.environ.get("PRIMECHAT_EVAL_BUNDLE_URL") or core.BUNDLE_URL
     bundle = core.ensure_bundle(url)
+    if args.max_per_task > 0:
+        shots = max((task.num_fewshot for task in core.load_tasks(bundle)), default=0)
+        if args.max_per_task <= shots:
+            raise UserError(f"--max-per-task {args.max_per_task} is too few: the {shots}-shot tasks draw their shots "
+                            f"from the other examples, so give {shots + 1} or more")
+    return bundle
+
+
+def run_core(subject, device, args, slug: str, bundle: Path) -> core.CoreResult:
     result = core.evaluate_core(subject.forward, subject.encode, subject.bos, device, bundle, args.max_per_task,
                                 subject.max_seq_len, args.strict, log=print0)
     width = max([len(result.label)] + [len(r["task"]) for r in result.rows])
@@ -125,8 +150,10 @@ def run_bpb(model, tokenizer, meta, device, args, rank: int, world: int) -> dict
     """bpb on the first --split-tokens of the validation shard and of the first training shard, each packed like
     training's validation (one stream, rank r taking batches r, r+N, …), so the figures do not depend on the
     number of processes."""
-    dataset = pick_dataset(meta.get("user_config", {}).get("dataset"))  # imported models may not say
-    train_paths, val_path = list_shards(dataset)
+    # eval base has no --dataset: bpb is measured on the data the model was trained on (imported models may not say)
+    dataset = pick_dataset(meta.get("user_config", {}).get("dataset"), choose=None)
+    train_paths, val_path = list_shards(dataset, choose=f"bpb needs the dataset the model was trained on, {dataset}; "
+                                                        f"or leave bpb out with --eval core,sample")
     B, T = args.device_batch_size, model.config.sequence_len
     token_bytes = torch.tensor(tokenizer.token_byte_lengths(), dtype=torch.int64, device=device)
     bpb = {}
@@ -159,6 +186,9 @@ def run_samples(model, tokenizer) -> tuple[list[str], list[str]]:
 
 def main(args):
     evals = parse_evals(args.eval, bool(args.hf_model))
+    if not args.hf_model:
+        check_model_tag("base", args.model_tag)
+    bundle = core_bundle(args) if "core" in evals else None  # checks come before the minutes of loading a model
     device, rank, world = compute_init(args.device_type)
     if args.hf_model:
         subject = hf_subject(args.hf_model, device)
@@ -173,7 +203,7 @@ def main(args):
     print0(f"evaluating {slug} on {device} ({world} process{'es' if world > 1 else ''}): {', '.join(evals)}")
 
     if "core" in evals:
-        run_core(subject, device, args, slug)
+        run_core(subject, device, args, slug, bundle)
     loss_section = {}
     if "bpb" in evals:
         bpb = run_bpb(model, tokenizer, meta, device, args, rank, world)
