@@ -5,6 +5,7 @@ The conversation is kept as one growing list of token ids (<|bos|>, then <|user_
 with -i base each prompt is completed as plain text instead.
 
 Commands: /clear (new conversation), /temperature [value], /topk [k], /help, /quit (or quit, exit, Ctrl-D).
+Ctrl-C stops the reply being written (it stays in the conversation) or, at the prompt, clears the line.
 """
 
 import sys
@@ -12,24 +13,30 @@ import time
 
 from primechat.common import UserError, compute_init
 from primechat.engine import Engine, StreamDecoder, tool_call_specials
-from primechat.train.checkpoint import STAGE_DIRS, default_tag, load_model
+from primechat.train.checkpoint import STAGE_DIRS, checkpoint_dir, default_tag, load_model, resolve_step
 
 HELP = """commands:
   /clear              start a new conversation
   /temperature [v]    show or set the sampling temperature (0 = greedy)
   /topk [k]           show or set top-k sampling (0 = no limit)
   /help               this list
-  /quit               leave (also quit, exit, Ctrl-D)"""
+  /quit               leave (also quit, exit, Ctrl-D)
+Ctrl-C stops a reply; what it wrote so far stays in the conversation."""
 
 
 def load_stage(stage: str, tag: str | None, step: int | None, device):
-    """load_model, but a stage without checkpoints is answered with the stages that have some."""
-    if tag is None and not _has_checkpoints(stage):
-        present = [other for other in STAGE_DIRS if _has_checkpoints(other)]
-        hint = (f"checkpoints exist for: {', '.join(present)} (pick one with -i)" if present
-                else "there are no checkpoints at all: train a model first")
-        raise UserError(f"no {stage} checkpoint to chat with; {hint}")
-    return load_model(stage, tag, step, device)
+    """(model, tokenizer, name): load_model, named stage/tag/step as everywhere else in primechat; a stage without
+    checkpoints is answered with the stages that have some."""
+    if tag is None:
+        if not _has_checkpoints(stage):
+            present = [other for other in STAGE_DIRS if _has_checkpoints(other)]
+            hint = (f"checkpoints exist for: {', '.join(present)} (pick one with -i)" if present
+                    else "there are no checkpoints at all: train a model first")
+            raise UserError(f"no {stage} checkpoint to chat with; {hint}")
+        tag = default_tag(stage)
+    step = resolve_step(checkpoint_dir(stage, tag), step)
+    model, tokenizer, _ = load_model(stage, tag, step, device)
+    return model, tokenizer, f"{stage}/{tag}/{step}"
 
 
 def _has_checkpoints(stage: str) -> bool:
@@ -53,41 +60,63 @@ class Chat:
         self.assistant_start, self.assistant_end = special("<|assistant_start|>"), special("<|assistant_end|>")
         self.decoder = StreamDecoder(tokenizer, tool_call_specials(tokenizer))
         self.seed = 0
+        self.stopped = False  # whether Ctrl-C cut the last reply short
         self.clear()
 
     def clear(self):
         self.tokens = [self.tokenizer.bos_id]
 
-    def reply(self, text: str) -> str:
-        """Generate the answer to `text`, streaming it; returns the one-line stats."""
+    def reply(self, text: str, heading: str = "") -> str:
+        """Generate the answer to `text`, streaming it after `heading`; returns the one-line stats. Ctrl-C stops the
+        reply and sets self.stopped; what it wrote stays in the history. UserError, with the history unchanged, when
+        the prompt leaves the model no room to answer (the engine would silently write nothing)."""
         if self.chat_format:
-            self.tokens += [self.user_start, *self.tokenizer.encode(text), self.user_end, self.assistant_start]
-            prompt = self.tokens
+            prompt = self.tokens + [self.user_start, *self.tokenizer.encode(text), self.user_end, self.assistant_start]
         else:  # plain completion: each prompt stands alone
             prompt = [self.tokenizer.bos_id, *self.tokenizer.encode(text)]
-            self.out.write(text)
+        if len(prompt) >= self.engine.context:
+            raise UserError(self._too_long(len(prompt)))
+        self.out.write(heading)
+        if not self.chat_format:
+            self.out.write(text)  # the reply continues it
+        self.out.flush()
         self.seed += 1  # a fresh draw each turn, reproducible across runs
+        self.stopped = False
         start = time.perf_counter()
         first = None
         generated = []
-        for column, _ in self.engine.generate(prompt, max_tokens=self.max_tokens, temperature=self.temperature,
-                                              top_k=self.top_k, seed=self.seed):
-            token = column[0]
-            if first is None:
-                first = time.perf_counter()
-            if token in self.engine.ends:
-                break
-            generated.append(token)
-            self.out.write(self.decoder.push(token))
-            self.out.flush()
+        steps = self.engine.generate(prompt, max_tokens=self.max_tokens, temperature=self.temperature,
+                                     top_k=self.top_k, seed=self.seed)
+        try:
+            for column, _ in steps:
+                token = column[0]
+                if first is None:
+                    first = time.perf_counter()
+                if token in self.engine.ends:
+                    break
+                generated.append(token)  # before it shows: whoever sees a word and presses Ctrl-C keeps it
+                self.out.write(self.decoder.push(token))
+                self.out.flush()
+        except KeyboardInterrupt:  # Ctrl-C stops this reply, not the whole conversation
+            self.stopped = True
+        finally:
+            steps.close()
         end = time.perf_counter()
         self.out.write(self.decoder.flush() + "\n")
         if self.chat_format:
-            self.tokens += generated + [self.assistant_end]  # close the turn even if the reply was cut off
+            self.tokens = prompt + generated + [self.assistant_end]  # close the turn even if the reply was cut off
         n = len(generated)
         ttft = (first or end) - start
         rate = f"{(n - 1) / (end - first):.1f} tok/s" if n > 1 and end > first else "- tok/s"
-        return f"time to first token {ttft * 1000:.0f} ms · {rate} · {n} tokens · {len(prompt) + n} in context"
+        stopped = " (stopped)" if self.stopped else ""
+        context = len(self.tokens) if self.chat_format else len(prompt) + n
+        return f"time to first token {ttft * 1000:.0f} ms · {rate} · {n} tokens{stopped} · {context} in context"
+
+    def _too_long(self, length: int) -> str:
+        limit = f"too long for this model's {self.engine.context:,}-token limit"
+        if self.chat_format and len(self.tokens) > 1:  # earlier turns take room: starting again may help
+            return f"the conversation is {length:,} tokens, {limit}: /clear to start again"
+        return f"the prompt is {length:,} tokens, {limit}"
 
     def command(self, line: str) -> bool:
         """Handle a /command; False when the user wants to leave."""
@@ -140,23 +169,30 @@ def main(args) -> None:
     if args.temperature < 0 or args.top_k < 0 or args.max_tokens < 1:
         raise UserError("--temperature and --top-k must be >= 0 and --max-tokens >= 1")
     device, _, _ = compute_init(args.device_type)
-    model, tokenizer, meta = load_stage(args.source, args.model_tag, args.step, device)
+    model, tokenizer, name = load_stage(args.source, args.model_tag, args.step, device)
     chat = Chat(Engine(model, tokenizer), tokenizer, chat_format=args.source != "base",
                 temperature=args.temperature, top_k=args.top_k, max_tokens=args.max_tokens)
     if args.prompt is not None:
         stats = chat.reply(args.prompt)
         print(stats, file=sys.stderr)
+        if chat.stopped:  # one-shot: Ctrl-C ends the command as usual (exit 130), after what it wrote
+            raise KeyboardInterrupt
         return
 
     interactive = sys.stdin.isatty()
     dim, reset = ("\033[2m", "\033[0m") if sys.stdout.isatty() else ("", "")
     kind = "chat" if chat.chat_format else "text completion (base model: no chat format)"
-    print(f"primechat {kind} · {args.source} {meta.get('step', '')} · /help for commands, /quit to leave")
+    print(f"primechat {kind} · {name} · /help for commands, /quit to leave")
     while True:
         try:
             line = input("\nYou: " if interactive else "").strip()
         except EOFError:
+            if interactive:
+                print()  # so that the shell's prompt starts on a line of its own after "You: "
             break
+        except KeyboardInterrupt:  # as in most REPLs: Ctrl-C drops the line, leaving takes Ctrl-D or /quit
+            print("\n(Ctrl-D or /quit to leave)")
+            continue
         if not line:
             continue
         if line in ("quit", "exit"):
@@ -167,8 +203,12 @@ def main(args) -> None:
             continue
         if not interactive:
             print(f"You: {line}")
-        print("Assistant: " if chat.chat_format else "", end="", flush=True)
-        print(dim + chat.reply(line) + reset)
+        try:
+            stats = chat.reply(line, heading="Assistant: " if chat.chat_format else "")
+        except UserError as e:  # the conversation no longer fits: say so and keep it as it was
+            print(e)
+            continue
+        print(dim + stats + reset)
         if len(chat.tokens) >= model.config.sequence_len:
             print(f"(the conversation now fills the {model.config.sequence_len}-token context the model was trained "
                   "on, so replies will degrade: /clear starts a new one)")

@@ -179,6 +179,11 @@ class Engine:
         self.python_start, self.python_end = special("<|python_start|>"), special("<|python_end|>")
         self.output_start, self.output_end = special("<|output_start|>"), special("<|output_end|>")
 
+    @property
+    def context(self) -> int:
+        """The most tokens one sequence, prompt and reply together, can hold: the length of the RoPE tables."""
+        return self.model.cos.size(1)
+
     def _step_row(self, row: _Row, token: int) -> None:
         if token in self.ends:
             row.done = True
@@ -196,11 +201,16 @@ class Engine:
     def generate(self, tokens: list[int], num_samples: int = 1, max_tokens: int | None = None,
                  temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None, seed: int = 42):
         """Yield (token_column, token_masks) per step: one token per row, mask 1 where sampled and 0 where forced.
-        Stops when every row has ended or after max_tokens steps (None: up to the end of the RoPE tables)."""
+        Stops when every row has ended or after max_tokens steps (None: up to the end of the RoPE tables).
+
+        A prompt that leaves no room (len(tokens) >= self.context) yields nothing rather than raising, so that one
+        overlong RL prompt scores an empty rollout instead of stopping the training run. Callers that must tell
+        someone check the length first, as the server and `primechat chat` do. Closing the generator part-way
+        (a client gone, Ctrl-C) leaves the engine ready for the next call: every call has its own cache."""
         model = self.model
         device = model.lm_head.weight.device
         dtype = model.activation_dtype(device)
-        room = model.cos.size(1) - len(tokens)
+        room = self.context - len(tokens)
         max_tokens = room if max_tokens is None else min(max_tokens, room)
         if max_tokens <= 0:
             return

@@ -1,6 +1,7 @@
 """The inference engine: KV-cache logits equal a full recompute (sliding windows, smear, value embeddings, GQA,
-chunked prefill), sampling (seeds, temperature 0, top-k/top-p, max_tokens, independent rows), tool calls injected
-from a scripted fake model, the calculator's whitelist, and UTF-8-safe streaming."""
+chunked prefill), sampling (seeds, temperature 0, top-k/top-p, max_tokens, independent rows), the context limit, a
+generation stopped part-way, tool calls injected from a scripted fake model, the calculator's whitelist, and UTF-8-safe
+streaming."""
 
 import json
 
@@ -144,6 +145,22 @@ def test_top_k_one_is_greedy():
     assert torch.equal(sample_next_token(logits, rng, 1.0, top_k=1), logits.argmax(-1))
     assert torch.equal(sample_next_token(logits, rng, 1.0, top_p=1e-6), logits.argmax(-1))
     assert sample_next_token(logits, rng, 1.0, top_k=0).shape == (4,)
+
+
+def test_the_context_bounds_prompt_and_reply(engine):
+    assert engine.context == engine.model.cos.size(1) == 640
+    assert len(list(engine.generate([256] + [72] * (engine.context - 2), max_tokens=5, top_k=1))) == 1
+    # no room at all: nothing, not an error (the callers that tell someone check the length first)
+    assert list(engine.generate([256] + [72] * (engine.context - 1), max_tokens=5)) == []
+
+
+def test_a_generation_stopped_part_way_leaves_the_engine_as_it_was(engine):
+    expected = run(engine, num_samples=2, max_tokens=12, seed=5)
+    steps = engine.generate(PROMPT, num_samples=2, max_tokens=12, seed=5)
+    next(steps), next(steps)
+    with pytest.raises(KeyboardInterrupt):
+        steps.throw(KeyboardInterrupt)  # Ctrl-C while the model runs
+    assert run(engine, num_samples=2, max_tokens=12, seed=5) == expected
 
 
 def test_generate_batch_drops_terminal_tokens(engine):
