@@ -84,20 +84,21 @@ def quiet_hub_progress():
 def run_child(command: list[str], log, on_line=None, env: dict | None = None) -> tuple[int, str | None]:
     """Run a `primechat` subprocess to its end, its output appended to the open text file `log` (and each line handed
     to `on_line`, e.g. sys.stdout.write). Returns its exit code and its own one-line reason if it gave one (a
-    "primechat: error: " line, which under torchrun is buried in torchrun's failure report). SIGTERM is passed on and
-    Ctrl-C reaches the child by itself; either way it saves a checkpoint and exits, and we keep relaying until it
-    has: leaving early would kill it mid-save. A child that fails after a stop was asked for counts as stopped by it
-    (exit 128 + signal): torchrun exits 1 once its workers have saved and stopped."""
+    "primechat: error: " line, which under torchrun is buried in torchrun's failure report). Ctrl-C and SIGTERM are
+    passed on, and the child runs in its own session so that a Ctrl-C at the terminal reaches it once, through us
+    (twice would kill it mid-save), and a `kill -INT` of this process alone reaches it too. The child saves a
+    checkpoint and exits, and we keep relaying until it has: leaving early would kill it mid-save. A child that fails
+    after a stop was asked for counts as stopped by it (exit 128 + signal): torchrun exits 1 once its workers have
+    saved and stopped."""
     import signal
     import subprocess
     error, stops = None, []
-    with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+    with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          start_new_session=True) as proc:
         def on_stop(signum, frame):
             stops.append(signum)
-            if signum == signal.SIGTERM:
-                proc.send_signal(signum)
-        signal.signal(signal.SIGTERM, on_stop)
-        signal.signal(signal.SIGINT, on_stop)
+            proc.send_signal(signum)
+        before = {sig: signal.signal(sig, on_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
             for line in proc.stdout:
                 if on_line:
@@ -107,8 +108,8 @@ def run_child(command: list[str], log, on_line=None, env: dict | None = None) ->
                 log.write(line)
                 log.flush()
         finally:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            signal.signal(signal.SIGINT, signal.default_int_handler)
+            for sig, handler in before.items():
+                signal.signal(sig, handler)
     if stops and proc.returncode not in (0, 128 + stops[0]):
         return 128 + stops[0], error
     return proc.returncode, error

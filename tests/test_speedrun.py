@@ -30,9 +30,11 @@ def write_preset(tmp_path, steps):
     return path
 
 
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "sigint"])
 @pytest.mark.parametrize("nproc", [1, 2], ids=["one-process", "torchrun"])
-def test_stop_then_rerun_continues_to_the_end(home, cli, tmp_path, nproc):
-    """Under torchrun too: its workers save and stop, and the speedrun reports a stop (torchrun itself exits 1)."""
+def test_stop_then_rerun_continues_to_the_end(home, cli, tmp_path, nproc, sig):
+    """Under torchrun too: its workers save and stop, and the speedrun reports a stop (torchrun itself exits 1). The
+    signal goes to the speedrun's process alone (`kill -INT PID`, a job scheduler): it must pass it on."""
     preset = write_preset(tmp_path, steps=400)
     if nproc > 1:
         text = preset.read_text().replace("--total-batch-size 128", "--total-batch-size 256")
@@ -44,9 +46,9 @@ def test_stop_then_rerun_continues_to_the_end(home, cli, tmp_path, nproc):
     while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 5):  # training has started
         assert proc.poll() is None and time.time() < deadline, proc.stdout.read()
         time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     out, _ = proc.communicate(timeout=60)
-    assert proc.returncode == 128 + signal.SIGTERM, out
+    assert proc.returncode == 128 + sig, out
     assert "run the same command again to continue" in out
     state = json.loads((home / "speedrun" / "tiny.json").read_text())
     assert state["completed"] == ["data", "tokenizer"]  # base was interrupted, so it is not complete
