@@ -409,6 +409,83 @@ def test_bad_fields_are_400_naming_the_param(client, change, param):
     assert set(error) == {"message", "type", "param", "code"} and error["message"]
 
 
+TOOL = {"type": "function", "function": {"name": "add", "parameters": {"type": "object", "properties": {}}}}
+
+
+@pytest.mark.parametrize("path, change, param", [
+    ("/v1/chat/completions", {"tools": [TOOL]}, "tools"),
+    ("/v1/chat/completions", {"tools": [TOOL], "tool_choice": "auto"}, "tools"),
+    ("/v1/chat/completions", {"functions": [TOOL["function"]]}, "functions"),
+    ("/v1/chat/completions", {"response_format": {"type": "json_object"}}, "response_format"),
+    ("/v1/chat/completions", {"logprobs": True, "top_logprobs": 2}, "logprobs"),
+    ("/v1/chat/completions", {"top_logprobs": 2}, "top_logprobs"),
+    ("/v1/chat/completions", {"logit_bias": {"5": 10}}, "logit_bias"),
+    ("/v1/chat/completions", {"frequency_penalty": 0.5}, "frequency_penalty"),
+    ("/v1/chat/completions", {"presence_penalty": -1}, "presence_penalty"),
+    ("/v1/completions", {"logprobs": 2}, "logprobs"),
+    ("/v1/completions", {"echo": True}, "echo"),
+    ("/v1/completions", {"best_of": 3}, "best_of"),
+    ("/v1/completions", {"suffix": " the end"}, "suffix"),
+    ("/v1/completions", {"presence_penalty": 1.0}, "presence_penalty"),
+])
+def test_features_primechat_cannot_honour_are_400_naming_the_param(client, path, change, param):
+    """Ignored, they would give a 200 that looks right and is not what was asked for (a tool never called)."""
+    body = {"messages": HELLO} if path == "/v1/chat/completions" else {"prompt": "the cat"}
+    r = client.post(path, json={**body, "max_tokens": 1, **change})
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert error["param"] == param and error["code"] == "unsupported_parameter"
+    assert error["type"] == "invalid_request_error" and error["message"].startswith(f"{param}: primechat")
+
+
+@pytest.mark.parametrize("path, change", [
+    ("/v1/chat/completions", {"tools": [], "functions": None, "response_format": {"type": "text"}, "logprobs": False,
+                              "top_logprobs": 0, "logit_bias": {}, "frequency_penalty": 0, "presence_penalty": 0.0,
+                              "parallel_tool_calls": True, "user": "x"}),
+    ("/v1/chat/completions", {"tools": [TOOL], "tool_choice": "none"}),  # the tools are there but not to be called
+    ("/v1/chat/completions", {"functions": [TOOL["function"]], "function_call": "none"}),
+    ("/v1/completions", {"logprobs": None, "echo": False, "best_of": 1, "suffix": None, "logit_bias": None,
+                         "frequency_penalty": 0, "presence_penalty": 0}),
+    ("/v1/completions", {"logprobs": 0, "suffix": ""}),
+])
+def test_the_off_values_of_those_features_pass(client, path, change):
+    body = {"messages": HELLO} if path == "/v1/chat/completions" else {"prompt": "the cat"}
+    r = client.post(path, json={**body, "max_tokens": 1, **change})
+    assert r.status_code == 200, r.text
+
+
+def test_what_real_clients_send_is_read(client, tokenizer):
+    """A developer message (OpenAI's newer name for the system one), an assistant turn whose content is null (it
+    only called tools), and a text completion's prompt given as token ids, flat or as a one-item list."""
+    def prompt_tokens(path, **body):
+        r = client.post(path, json={**body, "max_tokens": 1})
+        assert r.status_code == 200, r.text
+        return r.json()["usage"]["prompt_tokens"]
+
+    system = [{"role": "system", "content": "be brief"}, *HELLO]
+    assert prompt_tokens("/v1/chat/completions", messages=[{"role": "developer", "content": "be brief"}, *HELLO]) \
+        == len(chat_prompt(tokenizer, system))
+    history = [*HELLO, {"role": "assistant", "content": None}, {"role": "user", "content": "the cat"}]
+    assert prompt_tokens("/v1/chat/completions", messages=history) == len(chat_prompt(tokenizer, [
+        *HELLO, {"role": "assistant", "content": ""}, {"role": "user", "content": "the cat"}]))
+    r = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": None}]})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "messages[0].content"
+    r = client.post("/chat/completions", json={"messages": [{"role": "developer", "content": "x"}, *HELLO]})
+    assert r.status_code == 400 and "'developer'" in r.json()["detail"]  # nanochat's endpoint takes no system message
+
+    body = {"model": "base", "temperature": 1.0, "top_k": 0, "max_tokens": 6, "seed": 4}
+    text = client.post("/v1/completions", json={**body, "prompt": "the cat"}).json()
+    ids = tokenizer.encode("the cat")
+    for prompt in (ids, [ids], tokenizer.encode("the cat", prepend="<|bos|>")):  # the <|bos|> is added if missing
+        same = client.post("/v1/completions", json={**body, "prompt": prompt}).json()
+        assert same["choices"] == text["choices"] and same["usage"] == text["usage"]
+    for prompt, message in (([tokenizer.vocab_size], "vocabulary"), ([ids, ids], "one prompt"), ([], "one prompt"),
+                            ([1, "a"], "")):
+        r = client.post("/v1/completions", json={**body, "prompt": prompt})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "prompt", r.text
+        assert message in r.json()["error"]["message"]
+
+
 def test_bad_json_missing_fields_and_unknown_routes(client):
     r = client.post("/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"})
     assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"

@@ -61,7 +61,8 @@ class Settings:
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Request bodies. Unknown fields are accepted and ignored, as OpenAI clients send many.
+# Request bodies. Unknown fields are accepted and ignored, as OpenAI clients send many; known ones that would change
+# what a reply means, and that primechat cannot honour, are refused by name when set (SamplingFields.asked).
 
 class _Body(BaseModel):
     # so a misspelt field, in a request or in a model here, is ignored too: a new field that "does nothing" may be one
@@ -74,12 +75,31 @@ class ContentPart(_Body):
 
 
 class Message(_Body):
-    role: Literal["system", "user", "assistant"]
-    content: str | list[ContentPart]
+    role: Literal["system", "developer", "user", "assistant"]  # developer: OpenAI's newer name for system
+    content: str | list[ContentPart] | None = None  # None: an assistant turn that only called tools
 
 
 class StreamOptions(_Body):
     include_usage: bool = False
+
+
+class ResponseFormat(_Body):
+    type: str = "text"
+
+
+UNSUPPORTED = {  # OpenAI's fields that primechat cannot honour: what each asks for
+    "tools": "primechat models cannot call the tools a request gives (tool_choice 'none' leaves them out)",
+    "functions": "primechat models cannot call the functions a request gives (function_call 'none' leaves them out)",
+    "response_format": "primechat cannot hold a reply to a format: only {'type': 'text'}",
+    "logprobs": "primechat does not return log probabilities",
+    "top_logprobs": "primechat does not return log probabilities",
+    "logit_bias": "primechat does not apply logit biases",
+    "frequency_penalty": "primechat does not apply repetition penalties",
+    "presence_penalty": "primechat does not apply repetition penalties",
+    "echo": "primechat does not echo the prompt",
+    "best_of": "primechat does not rank samples: ask for n replies instead",
+    "suffix": "primechat models cannot fill in text before a suffix",
+}
 
 
 class ServerDefaulted(_Body):
@@ -100,14 +120,41 @@ class SamplingFields(ServerDefaulted):
     max_completion_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS)
     stop: str | list[str] | None = None
     seed: int | None = None
+    # in UNSUPPORTED: only their off values (null, false, 0, {}) are accepted, which many clients send
+    logprobs: bool | int | None = None  # chat: a bool; completions: how many alternatives per token
+    top_logprobs: int | None = None
+    logit_bias: dict[str, float] | None = None
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
+
+    def asked(self) -> dict[str, bool]:
+        """Whether each field in UNSUPPORTED that this request has asks for its feature."""
+        return {name: bool(getattr(self, name)) for name in ("logprobs", "top_logprobs", "logit_bias",
+                                                             "frequency_penalty", "presence_penalty")}
 
 
 class ChatRequest(SamplingFields):
     messages: list[Message]
+    tools: list | None = None
+    tool_choice: str | dict | None = None
+    functions: list | None = None  # the older form of tools, with function_call
+    function_call: str | dict | None = None
+    response_format: ResponseFormat | None = None
+
+    def asked(self) -> dict[str, bool]:
+        calls = "none" not in (self.tool_choice, self.function_call)
+        return {**super().asked(), "tools": calls and bool(self.tools), "functions": calls and bool(self.functions),
+                "response_format": self.response_format is not None and self.response_format.type != "text"}
 
 
 class CompletionRequest(SamplingFields):
-    prompt: str | list[str]
+    prompt: str | list[str] | list[int] | list[list[int]]  # text, or token ids of the served model's tokenizer
+    echo: bool = False
+    best_of: int | None = Field(None, ge=1)
+    suffix: str | None = None
+
+    def asked(self) -> dict[str, bool]:
+        return {**super().asked(), "echo": self.echo, "best_of": (self.best_of or 1) > 1, "suffix": bool(self.suffix)}
 
 
 class NanochatMessage(_Body):
@@ -122,7 +169,17 @@ class NanochatRequest(ServerDefaulted):
 # --------------------------------------------------------------------------------------------------------------------
 # Checks shared by the endpoints
 
+def refuse_unsupported(body: SamplingFields) -> None:
+    """400 naming the first field that asks for what primechat cannot do: ignored, it would give a reply that looks
+    right but is not what was asked for (a tool never called, JSON that is not JSON). vLLM and llama.cpp refuse too."""
+    for name, asked in body.asked().items():
+        if asked:
+            raise ApiError(400, f"{name}: {UNSUPPORTED[name]}", param=name, code="unsupported_parameter")
+
+
 def _text(content, param: str) -> str:
+    if content is None:
+        return ""
     if isinstance(content, str):
         return content
     for j, part in enumerate(content):
@@ -145,21 +202,21 @@ def check_messages(messages, allow_system: bool, allow_continue: bool = False) -
     out = []
     for i, message in enumerate(messages):
         param = f"messages[{i}].content"
+        role = "system" if message.role == "developer" else message.role
         text = _text(message.content, param)
-        if not text:
+        if not text and role != "assistant":  # an assistant turn that only called tools has none
             raise ApiError(400, f"{param}: a message must not be empty", param=param)
         if len(text) > MAX_MESSAGE_CHARS:
             raise ApiError(400, f"{param}: at most {MAX_MESSAGE_CHARS:,} characters per message, got {len(text):,}",
                            param=param)
         total += len(text)
-        role = message.role
         if role not in (("system", "user", "assistant") if allow_system else ("user", "assistant")):
-            raise ApiError(400, f"messages[{i}].role: must be 'user' or 'assistant', got {role!r}",
+            raise ApiError(400, f"messages[{i}].role: must be 'user' or 'assistant', got {message.role!r}",
                            param=f"messages[{i}].role")
         if role == "system" and any(m["role"] != "system" for m in out):
             raise ApiError(400, f"messages[{i}]: system messages must come first", param=f"messages[{i}].role")
         if out and out[-1]["role"] == role:
-            out[-1]["content"] += "\n\n" + text
+            out[-1]["content"] = "\n\n".join(part for part in (out[-1]["content"], text) if part)
         else:
             out.append({"role": role, "content": text})
     if total > MAX_TOTAL_CHARS:
@@ -202,7 +259,7 @@ def _param(loc) -> str | None:
     for p in parts:
         if isinstance(p, int):
             out += f"[{p}]"
-        elif p in ("str", "list[ContentPart]", "list[str]") or "[" in str(p) or str(p).startswith("function-"):
+        elif p in ("str", "int", "bool") or "[" in str(p) or str(p).startswith("function-"):
             continue  # a union member's name, not a field
         else:
             out += ("." if out else "") + str(p)
@@ -460,6 +517,7 @@ def create_app(settings: Settings, pool: WorkerPool | None = None) -> FastAPI:
         if not ref.chat:
             raise ApiError(400, f"{ref.id} is a base model: it has no chat format. Use /v1/completions for plain "
                            "text completion, or pick a mid, sft or rl model", param="model", code="model_not_chat")
+        refuse_unsupported(body)
         messages = check_messages(body.messages, allow_system=True, allow_continue=True)
         sampling = _sampling(body, settings)
         # A conversation that ends with the assistant's message asks for its continuation (Open WebUI's "Continue
@@ -480,18 +538,28 @@ def create_app(settings: Settings, pool: WorkerPool | None = None) -> FastAPI:
     async def completions(body: CompletionRequest, request: Request):
         started = time.perf_counter()
         ref = catalog.lookup(body.model)
-        if isinstance(body.prompt, list):
-            if len(body.prompt) != 1:
-                raise ApiError(400, f"prompt: one prompt per request, got {len(body.prompt)}", param="prompt")
-            prompt = body.prompt[0]
-        else:
-            prompt = body.prompt
-        if len(prompt) > MAX_TOTAL_CHARS:
+        refuse_unsupported(body)
+        prompt = body.prompt
+        if isinstance(prompt, list) and not (prompt and isinstance(prompt[0], int)):  # a list of prompts
+            if len(prompt) != 1:
+                raise ApiError(400, f"prompt: one prompt per request, got {len(prompt)}", param="prompt")
+            prompt = prompt[0]
+        if isinstance(prompt, str) and len(prompt) > MAX_TOTAL_CHARS:
             raise ApiError(400, f"prompt: at most {MAX_TOTAL_CHARS:,} characters, got {len(prompt):,}",
                            param="prompt")
         sampling = _sampling(body, settings)
-        job = Job(ref, lambda tokenizer: tokenizer.encode(prompt, prepend="<|bos|>"), sampling, started,
-                  prompt_param="prompt")
+
+        def build_prompt(tokenizer):
+            if isinstance(prompt, str):
+                return tokenizer.encode(prompt, prepend="<|bos|>")
+            bad = next((token for token in prompt if not 0 <= token < tokenizer.vocab_size), None)
+            if bad is not None:
+                raise ApiError(400, f"prompt: token id {bad} is not in {ref.id}'s vocabulary (0 to "
+                               f"{tokenizer.vocab_size - 1})", param="prompt")
+            bos = tokenizer.encode_special("<|bos|>")  # as a text prompt gets: the models saw it open every text
+            return prompt if prompt[:1] == [bos] else [bos, *prompt]
+
+        job = Job(ref, build_prompt, sampling, started, prompt_param="prompt")
         return await while_connected(request, answer(job, body, chat=False))
 
     # ---- nanochat's endpoints ----
