@@ -35,6 +35,8 @@ def add_arguments(p):
     p.add_argument("--preset", default="demo", help=f"one of {', '.join(shipped_presets())}, or a path to a preset "
                    "YAML")
     p.add_argument("--restart", action="store_true", help="forget which stages completed and run them all again")
+    p.add_argument("--dry-run", action="store_true", help="print the stages and their commands, which would run and "
+                   "which are complete; run nothing")
     p.add_argument("--nproc", type=int, default=None, help="processes for the stages marked distributed (default: "
                    "every CUDA GPU found, else 1)")
 
@@ -62,6 +64,11 @@ def stage_command(stage: dict, num_procs: int) -> list[str]:
     return [sys.executable, "-m", "primechat.cli", *words]
 
 
+def shown(command: list[str]) -> str:
+    """A stage's command as one can paste it into a shell (`python` for the full path of this interpreter)."""
+    return shlex.join(["python", *command[1:]])
+
+
 def main(args):
     import torch
 
@@ -70,12 +77,17 @@ def main(args):
         raise UserError(f"--nproc {args.nproc} must be at least 1")
     num_procs = args.nproc or (torch.cuda.device_count() if torch.cuda.is_available() else 1)
     state_path = home_dir() / "speedrun" / f"{name}.json"
-    if args.restart or not state_path.exists():
-        state = {"completed": [], "seconds": {}}
-        report.reset()
-    else:
-        state = json.loads(state_path.read_text())
+    fresh = args.restart or not state_path.exists()
+    state = {"completed": [], "seconds": {}} if fresh else json.loads(state_path.read_text())
     done, seconds = state["completed"], state.setdefault("seconds", {})
+    if args.dry_run:
+        print(f"speedrun {name} (dry run, nothing is run): {preset.get('description', '').strip()}")
+        for stage in preset["stages"]:
+            what = "complete, would be skipped" if stage["name"] in done else "would run"
+            print(f"== {stage['name']}: {what}: {shown(stage_command(stage, num_procs))}")
+        return
+    if fresh:
+        report.reset()
 
     def record(stage: str, elapsed: float):
         seconds[stage] = seconds.get(stage, 0.0) + elapsed
@@ -93,7 +105,7 @@ def main(args):
                 print(f"== {stage['name']}: already complete, skipped")
                 continue
             command = stage_command(stage, num_procs)
-            print(f"== {stage['name']}: {shlex.join(command[1:])}", flush=True)
+            print(f"== {stage['name']}: {shown(command)}", flush=True)
             log.write(f"== {stage['name']}: {shlex.join(command)}\n")
             started = datetime.datetime.now()
             code, error = run_child(command, log, on_line=sys.stdout.write)

@@ -76,6 +76,21 @@ def test_failed_stage_stops_the_run_with_one_line(home, cli, tmp_path):
     assert not (home / "speedrun" / "broken.json").exists()
 
 
+def test_dry_run_prints_the_stages_and_runs_nothing(home, cli, tmp_path):
+    preset = write_preset(tmp_path, steps=4)
+    preset.write_text(preset.read_text().replace("  - name: base\n", "  - name: base\n    distributed: true\n"))
+    (home / "speedrun").mkdir(parents=True)
+    (home / "speedrun" / "tiny.json").write_text(json.dumps({"completed": ["data"], "seconds": {"data": 1.0}}))
+    result = cli.run("speedrun", "--preset", preset, "--dry-run", "--nproc", "2")
+    assert result.code == 0, result.err
+    lines = [line for line in result.out.splitlines() if line.startswith("== ")]
+    assert lines[0] == "== data: complete, would be skipped: python -m primechat.cli data demo"
+    assert lines[1].startswith("== tokenizer: would run: python -m primechat.cli tokenizer train --dataset pydocs")
+    assert lines[2].startswith("== base: would run: python -m torch.distributed.run --standalone --nproc_per_node=2")
+    assert sorted(p.name for p in home.iterdir()) == ["speedrun"]  # no data, no tokenizer, no report card
+    assert json.loads((home / "speedrun" / "tiny.json").read_text())["completed"] == ["data"]
+
+
 def test_distributed_stages_run_under_torchrun(home, cli, tmp_path):
     """Stages marked distributed run on every process (torchrun; gloo on the CPU here, NCCL on GPUs)."""
     preset = tmp_path / "two.yaml"
