@@ -13,6 +13,7 @@ Same design as nanochat, so tokenizer folders move freely between the two:
 """
 
 import copy
+import json
 import pickle
 import statistics
 import time
@@ -23,7 +24,7 @@ import rustbpe
 import tiktoken
 
 from primechat import report
-from primechat.common import UserError, atomic_path, progress, tokenizer_dir
+from primechat.common import UserError, atomic_path, home_dir, progress, tokenizer_dir
 from primechat.data import shards
 
 SPLIT_PATTERN = r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,2}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"""
@@ -205,6 +206,24 @@ class Tokenizer:
             torch.save(torch.tensor(self.token_byte_lengths(), dtype=torch.int32), tmp)
 
 
+RECORD = "training.json"  # what the tokenizer was trained on: tokenizer eval defaults to that dataset
+
+
+def write_record(folder: Path, **fields) -> None:
+    with atomic_path(folder / RECORD) as tmp:
+        tmp.write_text(json.dumps(fields, indent=2) + "\n")
+
+
+def trained_on(folder: Path | None = None) -> str | None:
+    """The dataset the tokenizer in `folder` (default the home one) was trained on; None when not recorded (older
+    tokenizers, nanochat's)."""
+    path = (folder or tokenizer_dir()) / RECORD
+    try:
+        return json.loads(path.read_text()).get("dataset")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def _messages(conversation: dict | list[dict]) -> list[dict]:
     messages = conversation.get("messages") if isinstance(conversation, dict) else conversation
     if not isinstance(messages, list):
@@ -294,10 +313,38 @@ def add_arguments(parser) -> None:
                         help="learn from about this many characters (2e9 accepted); fewer if the dataset is smaller")
     parser.add_argument("--doc-cap", type=char_count, default=10_000,
                         help="use only each document's first N characters")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a tokenizer that checkpoints were trained with (the old one is moved to "
+                             "tokenizer_backup/, not deleted)")
+
+
+def dependent_checkpoints() -> list[str]:
+    """Checkpoint folders (<stage>_checkpoints/<tag>) that use the home tokenizer: those without a tokenizer.pkl of
+    their own (imported models carry theirs)."""
+    home = home_dir()
+    return sorted(str(folder.relative_to(home)) for folder in home.glob("*_checkpoints/*/")
+                  if any(folder.glob("meta_*.json")) and not (folder / "tokenizer.pkl").exists())
+
+
+def move_aside(folder: Path) -> Path:
+    """Rename the tokenizer folder to tokenizer_backup/<time>/ (never delete it): its checkpoints need it back."""
+    backup = folder.parent / "tokenizer_backup" / time.strftime("%Y%m%d-%H%M%S")
+    while backup.exists():  # two trainings within a second
+        backup = backup.with_name(backup.name + "-1")
+    backup.parent.mkdir(parents=True, exist_ok=True)
+    folder.rename(backup)
+    return backup
 
 
 def main(args) -> None:
     check_vocab_size(args.vocab_size)
+    folder = tokenizer_dir()
+    users = dependent_checkpoints() if (folder / "tokenizer.pkl").exists() else []
+    if users and not args.overwrite:
+        # a new tokenizer of the same size loads silently and turns their output into garbage
+        raise UserError(f"{folder} is the tokenizer that {', '.join(users)} {'was' if len(users) == 1 else 'were'} "
+                        f"trained with: add --overwrite to train a new one (the old one is moved to "
+                        f"{folder.parent / 'tokenizer_backup'}/), or set PRIMECHAT_HOME to another folder")
     args.dataset = shards.pick_dataset(args.dataset)
     text = TrainingText(args.dataset, args.max_chars, args.doc_cap)
     print(f"training a {args.vocab_size:,}-token vocabulary on up to {args.max_chars:,} characters of "
@@ -308,8 +355,10 @@ def main(args) -> None:
     print(f"trained on {text.chars:,} characters ({text.docs:,} documents) in {train_time:.1f} s")
 
     check_round_trip(tokenizer)
-    folder = tokenizer_dir()
+    if users:
+        print(f"moved the old tokenizer to {move_aside(folder)} (restore it there for {', '.join(users)})")
     tokenizer.save(folder)
+    write_record(folder, dataset=args.dataset)
     print(f"saved {folder / 'tokenizer.pkl'} and {folder / 'token_bytes.pt'}")
 
     lengths = [n for n in tokenizer.token_byte_lengths() if n > 0]

@@ -297,6 +297,24 @@ def test_command_errors_are_one_line(home, tokenizer, cli):
     assert result.code == 2 and "--max-problems" in result.err
 
 
+def test_unreachable_word_list_fails_before_any_task_runs_and_names_the_flag(home, tokenizer, cli):
+    """The word list is fetched before evaluating anything: offline, SpellingBee's turn would come after an hour of
+    other tasks, whose scores would be lost."""
+    save_tiny_checkpoint(home, tokenizer)
+    result = cli("eval", "chat", "-i", "sft", "-a", "Arithmetic|SpellingBee", "-x", "2", "-m", "2",
+                 "--words", "http://127.0.0.1:9/words_alpha.txt", "--device-type", "cpu")
+    assert result.code == 2
+    error = result.err.strip().splitlines()[-1]  # after the "downloading the word list" line
+    assert "cannot download the word list" in error and "use --words builtin" in error
+    assert "Arithmetic:" not in result.out and "evaluating" not in result.out
+
+
+def test_help_names_the_default_tasks_once(cli):
+    result = cli("eval", "chat", "--help")
+    help_text = " ".join(result.out.split())
+    assert help_text.count("default: ChatCORE's six") == 1 and help_text.count("(default: ARC-Easy") == 0
+
+
 def test_torchrun_two_processes_give_the_one_process_figures(home, fake_hub, tokenizer, tmp_path, cli):
     put_test_splits(fake_hub)
     save_tiny_checkpoint(home, tokenizer)

@@ -308,3 +308,42 @@ def test_bench_command_trains_with_both_libraries(home, capsys, monkeypatch):
                 "| HF tokenizers, same training (300 vocab) | "):
         assert row in out
     assert "GPT-4 cl100k_base: unavailable offline" in out
+
+
+def test_train_refuses_to_replace_the_tokenizer_checkpoints_use_and_overwrite_moves_it_aside(home, capsys):
+    """A new tokenizer of the same size loads silently into old checkpoints and turns their output into garbage."""
+    write_dataset(home)
+    assert run_cli("tokenizer", "train", "--dataset", "tiny", "--vocab-size", "300") == 0
+    old = (home / "tokenizer" / "tokenizer.pkl").read_bytes()
+    (home / "base_checkpoints" / "d2").mkdir(parents=True)
+    (home / "base_checkpoints" / "d2" / "meta_000010.json").write_text("{}")
+    (home / "mid_checkpoints" / "imported").mkdir(parents=True)  # carries its own tokenizer: not affected
+    (home / "mid_checkpoints" / "imported" / "meta_000001.json").write_text("{}")
+    (home / "mid_checkpoints" / "imported" / "tokenizer.pkl").write_bytes(old)
+    capsys.readouterr()
+    assert run_cli("tokenizer", "train", "--dataset", "tiny", "--vocab-size", "300", "--max-chars", "2e3") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "base_checkpoints/d2 was trained with" in err
+    assert "--overwrite" in err and "PRIMECHAT_HOME" in err and "imported" not in err
+    assert (home / "tokenizer" / "tokenizer.pkl").read_bytes() == old
+
+    assert run_cli("tokenizer", "train", "--dataset", "tiny", "--vocab-size", "300", "--max-chars", "2e3",
+                   "--overwrite") == 0
+    assert "moved the old tokenizer to" in capsys.readouterr().out
+    backups = list((home / "tokenizer_backup").iterdir())
+    assert len(backups) == 1 and (backups[0] / "tokenizer.pkl").read_bytes() == old
+    assert (home / "tokenizer" / "tokenizer.pkl").read_bytes() != old
+
+
+def test_eval_defaults_to_the_dataset_the_tokenizer_was_trained_on(home, capsys, monkeypatch):
+    write_dataset(home, "mine")
+    write_dataset(home, "other")  # two datasets: without the record, eval would ask for climbmix
+    assert run_cli("tokenizer", "train", "--dataset", "mine", "--vocab-size", "300") == 0
+    monkeypatch.setattr(tiktoken, "get_encoding", offline)
+    capsys.readouterr()
+    assert run_cli("tokenizer", "eval") == 0
+    out = capsys.readouterr().out
+    assert "dataset: mine (the tokenizer was trained on it" in out and "rows from dataset mine" in out
+    (home / "tokenizer" / "training.json").unlink()  # an older tokenizer, or nanochat's: today's rule
+    assert run_cli("tokenizer", "eval") == 2
+    assert "'climbmix-400b-shuffle' needs at least 2 shards" in capsys.readouterr().err

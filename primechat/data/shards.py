@@ -55,9 +55,10 @@ def local_datasets() -> list[str]:
     return sorted(p.name for p in base_data_dir().glob("*/") if any(p.glob("shard_*.parquet")))
 
 
-def add_dataset_argument(parser, help: str) -> None:
-    parser.add_argument("--dataset", default=None,
-                        help=f"{help} (default: {DEFAULT_DATASET.split('/')[-1]}, or the only dataset present)")
+def add_dataset_argument(parser, help: str, default: str = "") -> None:
+    """--dataset, whose help ends with pick_dataset's rule, after `default`: a rule of the command's own first."""
+    parser.add_argument("--dataset", default=None, help=f"{help} (default: {default}"
+                        f"{DEFAULT_DATASET.split('/')[-1]}, or the only dataset present)")
 
 
 def pick_dataset(name: str | None, choose: str | None = "choose another with --dataset") -> str:

@@ -25,6 +25,7 @@ import torch.distributed as dist
 from primechat import report
 from primechat.common import UserError, compute_cleanup, compute_init, print0, progress
 from primechat.engine import Engine
+from primechat.eval.base import check_model_tag
 from primechat.tasks.arc import ARC
 from primechat.tasks.gsm8k import GSM8K
 from primechat.tasks.humaneval import HumanEval
@@ -165,8 +166,9 @@ def chatcore(accuracies: dict[str, float]) -> float | None:
 
 def add_arguments(p):
     p.add_argument("-i", "--source", required=True, choices=tuple(STAGE_DIRS), help="which stage's model")
-    p.add_argument("-a", "--task-name", default="|".join(CHATCORE_BASELINES),
-                   help=f"tasks separated by |, of {'|'.join(TASKS)} (default: ChatCORE's six)")
+    p.add_argument("-a", "--task-name", default=None,  # None: the help names the default once, in words
+                   help=f"tasks separated by |, of {'|'.join(TASKS)} (default: ChatCORE's six, "
+                        f"{'|'.join(CHATCORE_BASELINES)})")
     p.add_argument("-t", "--temperature", type=float, default=0.0,
                    help="sampling temperature for generative tasks (0: greedy)")
     p.add_argument("-m", "--max-new-tokens", type=int, default=512, help="longest reply (generative tasks)")
@@ -182,6 +184,7 @@ def add_arguments(p):
 
 
 def main(args):
+    args.task_name = args.task_name or "|".join(CHATCORE_BASELINES)
     names = list(dict.fromkeys(n.strip() for n in args.task_name.split("|") if n.strip()))
     if not names:
         raise UserError(f"--task-name {args.task_name!r} names no task: give some of {'|'.join(TASKS)}")
@@ -193,14 +196,17 @@ def main(args):
         raise UserError("--num-samples, --batch-size and --max-new-tokens must be at least 1")
     if args.temperature < 0 or args.top_k < 0:
         raise UserError("--temperature and --top-k must be >= 0 (temperature 0: greedy; top-k 0: no cut)")
+    # Every task's data (Hub datasets, the spelling word list) first: offline, the error comes now, not after an
+    # hour of other tasks whose scores it would throw away; and before the model is loaded.
+    check_model_tag(args.source, args.model_tag or default_tag(args.source))  # a missing model first: cheaper
+    tasks = {name: load_task(name, args.words) for name in names}
     device, rank, world = compute_init(args.device_type)
     model, tokenizer, meta = load_model(args.source, args.model_tag, args.step, device)
     slug = f"{args.source}_{args.model_tag or default_tag(args.source)}_{meta['step']:06d}"
     print0(f"evaluating {slug} on {device} ({world} process{'es' if world > 1 else ''}): {', '.join(names)}")
 
     accuracies, rows = {}, []
-    for name in names:
-        task = load_task(name, args.words)
+    for name, task in tasks.items():
         t0 = time.time()
         if task.eval_type == "categorical":
             accuracy = evaluate_categorical(model, tokenizer, task, args.batch_size, args.max_problems, rank, world)

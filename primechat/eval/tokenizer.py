@@ -11,7 +11,7 @@ import tiktoken
 
 from primechat import report
 from primechat.data import shards
-from primechat.tokenizer import load_tokenizer
+from primechat.tokenizer import load_tokenizer, trained_on
 
 BASELINES = [("GPT-2", "gpt2"), ("GPT-4", "cl100k_base")]  # (label, tiktoken encoding name)
 
@@ -152,11 +152,14 @@ def compression_table(texts: dict[str, str], ours, baselines: list[tuple[str, ob
 
 def add_arguments(parser) -> None:
     shards.add_dataset_argument(parser, "dataset whose first training and validation row groups give the train and "
-                                        "val rows")
+                                        "val rows", default="the one the tokenizer was trained on, else ")
 
 
 def main(args) -> None:
     tokenizer = load_tokenizer()
+    if not args.dataset and trained_on():
+        args.dataset = trained_on()
+        print(f"dataset: {args.dataset} (the tokenizer was trained on it; choose another with --dataset)")
     args.dataset = shards.pick_dataset(args.dataset)
     texts = eval_texts(args.dataset)
     available, notes = [], []

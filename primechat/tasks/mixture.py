@@ -42,7 +42,7 @@ from primechat.tasks.gsm8k import GSM8K
 from primechat.tasks.humaneval import HumanEval
 from primechat.tasks.mmlu import MMLU
 from primechat.tasks.spelling import SimpleSpelling, SpellingBee
-from primechat.tasks.words import load_words
+from primechat.tasks.words import FIX, load_words
 
 ADAPTERS = {"chat": ChatTask, "mmlu": MMLU, "arc": ARC, "gsm8k": GSM8K, "humaneval": HumanEval}
 KNOWN_DATASETS = {"HuggingFaceTB/smol-smoltalk": "chat", "cais/mmlu": "mmlu", "allenai/ai2_arc": "arc",
@@ -150,12 +150,14 @@ def _check_entry(entry, where: str, base: Path) -> str:
     return kind
 
 
-def generated_task(name: str, words: str = "builtin", base: Path | None = None, **kwargs) -> Task:
+def generated_task(name: str, words: str = "builtin", base: Path | None = None, words_fix: str = FIX,
+                   **kwargs) -> Task:
     """The generated task `name` of GENERATED, made with kwargs (size, split, seed, slice); a task that needs a word
-    list gets the one of the source `words` (tasks/words.py; a relative path is taken from `base`)."""
+    list gets the one of the source `words` (tasks/words.py; a relative path is taken from `base`; `words_fix` is
+    how the caller's user picks another source, named if this one fails)."""
     task = GENERATED[name]
     if task.needs_words:
-        kwargs["words"] = load_words(words, base)
+        kwargs["words"] = load_words(words, base, words_fix)
     return task(**kwargs)
 
 
@@ -185,7 +187,8 @@ def _build(entry: dict, kind: str, section: str, base: Path, words_source: str) 
         return CustomJSON(_path(entry["jsonl"], base), **slice_args)
     split = entry.get("split", "train" if section == "train" else "test")
     kwargs = {"size": entry["size"], "split": split, **({"seed": entry["seed"]} if "seed" in entry else {})}
-    return generated_task(entry["task"], entry.get("words", words_source), base, **kwargs, **slice_args)
+    return generated_task(entry["task"], entry.get("words", words_source), base,
+                          words_fix="`words: builtin` in the mixture file", **kwargs, **slice_args)
 
 
 def load_mixture(name: str | Path, sections: tuple[str, ...] = SECTIONS) -> Mixture:

@@ -46,7 +46,10 @@ def builtin_words() -> list[str]:
     return sorted(w for w, n in seen_in.items() if n >= 3)
 
 
-def download(url: str, path: Path) -> None:
+FIX = "--words builtin"  # how the commands' flags pick the offline list; a mixture file says `words: builtin`
+
+
+def download(url: str, path: Path, fix: str = FIX) -> None:
     print(f"downloading the word list {url} to {path}", file=sys.stderr)
     try:
         with urllib.request.urlopen(url, timeout=30) as response, atomic_path(path) as tmp, open(tmp, "wb") as f:
@@ -56,11 +59,12 @@ def download(url: str, path: Path) -> None:
                     f.write(block)
                     bar.update(len(block))
     except OSError as e:
-        raise UserError(f"cannot download the word list {url} ({e}): use `words: builtin` or a local file") from None
+        raise UserError(f"cannot download the word list {url} ({e}): use {fix} (offline) or a local file") from None
 
 
-def load_words(source: str = "builtin", base: Path | None = None) -> list[str]:
-    """The word list of a source (see the module docstring); relative paths are taken from `base`."""
+def load_words(source: str = "builtin", base: Path | None = None, fix: str = FIX) -> list[str]:
+    """The word list of a source (see the module docstring); relative paths are taken from `base`. `fix` is how the
+    user picks another source in the command being run, named when this one fails."""
     folder = home_dir() / "words"
     if source == "builtin":
         path = folder / f"builtin-py{sys.version_info[0]}.{sys.version_info[1]}.txt"
@@ -71,14 +75,14 @@ def load_words(source: str = "builtin", base: Path | None = None) -> list[str]:
         name = re.sub(r"[^\w.-]", "_", source.rstrip("/").rsplit("/", 1)[-1])
         path = folder / f"{hashlib.sha1(source.encode()).hexdigest()[:8]}-{name}"
         if not path.exists():
-            download(source, path)
+            download(source, path, fix)
     else:
         path = Path(source).expanduser()
         if not path.is_absolute() and base is not None:
             path = base / path
         if not path.is_file():
             raise UserError(f"word list {path} not found: give a text file with one word per line, a URL, "
-                            "or `builtin`")
+                            f"or use {fix}")
     stat = path.stat()
     words = read_words(path, stat.st_mtime_ns, stat.st_size)
     if not words:
