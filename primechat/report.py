@@ -239,10 +239,32 @@ def scores(sections: dict[str, str]) -> tuple[dict[str, dict[str, float]], list[
     return {**core, **inside, **chatcore, **outside}, notes
 
 
+def section_tags(sections: dict[str, str]) -> dict[str, str]:
+    """The model tag each section describes: `model tag: d4` (base training), `model: base_d4_000300` (evaluations),
+    `source: mid d4 step 108` (chat stages, which train in a folder named like their source's)."""
+    tags = {}
+    for slug, text in sections.items():
+        values = section_values(text)
+        if tag := values.get("model tag"):
+            tags[slug] = tag
+        elif m := re.fullmatch(r"[a-z]+_(.+)_\d+", values.get("model", "")):
+            tags[slug] = m.group(1)
+        elif m := re.fullmatch(r"[a-z]+ (.+) step \d+", values.get("source", "")):
+            tags[slug] = m.group(1)
+    return tags
+
+
 def summary_table(sections: dict[str, str]) -> str:
     """nanochat's `| Metric | BASE | MID | SFT | RL |` table ("-" where missing), then each training stage's minimum
     validation bits per byte, then footnotes. Markdown, for the card and for `primechat push`'s model card."""
     rows, notes = scores(sections)
+    tags = section_tags(sections)
+    if len(set(tags.values())) > 1:  # stages run by hand on different models since the card was started
+        described = "; ".join(f"{tag}: {', '.join(s for s in tags if tags[s] == tag)}" for tag in dict.fromkeys(
+            tags.values()))
+        notes.insert(0, f"Mixed models: these sections describe models of different tags ({described}), so a "
+                        f"column may not describe the model the next one grew from. `primechat report --reset` "
+                        f"starts a new card (a speedrun does).")
     bpb = {stage: _number(section_values(sections.get(training, "")).get("min validation bpb"))
            for stage, (_, training, _) in STAGES.items()}
     bpb = {stage: value for stage, value in bpb.items() if value is not None}

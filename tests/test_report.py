@@ -111,6 +111,15 @@ def test_card_stitches_sections_in_order_with_summary_and_pictures(home, cli):
     assert "<table>" in page and "Chat evaluation rl" in page
 
 
+def test_sections_about_different_models_are_pointed_out(home, cli):
+    write_pipeline_sections()
+    assert "Mixed models" not in report.summary_table(report.read_sections())  # one pipeline: d4 throughout
+    report.log_section("Base model training", {"model tag": "tryout", "depth": 2, "min validation bpb": 2.5})
+    assert cli("report").code == 0
+    card = (home / "report" / "report.md").read_text()
+    assert "Mixed models: these sections describe models of different tags (tryout: base-model-training; d4: " in card
+
+
 def test_html_is_self_contained_and_shows_model_samples_as_text(home, cli):
     report.log_section("Base model loss", {"sample 0": "<script>alert(1)</script> [click](http://evil.example/)",
                                            "sample 1": "![x](http://evil.example/x.png) <http://evil.example/>"},
