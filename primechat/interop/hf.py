@@ -11,8 +11,9 @@ code, through transformers' own NanoChat architecture (and so in anything that r
 
 What transformers' NanoChat cannot express: QK scale (its attention scale is fixed at 1/sqrt(head_dim)), sliding
 windows, value embeddings, smear, backout and the per-layer resid/x0 lambdas: nanochat's 2026 additions. A model
-that uses any of them is refused, naming them; nanochat's Oct 2025 model, and any primechat model trained with those
-switches off, exports exactly. Everything else maps one to one, including RoPE base and the logit softcap.
+that uses any of them is refused, naming them. nanochat's Oct 2025 model (`primechat import nanochat`) exports
+exactly; primechat's own models use these additions (train base has no switch to leave them out), so they do not export
+yet. Everything else maps one to one, including RoPE base and the logit softcap.
 
 The tokenizer converts tiktoken's merges into a `tokenizers` BPE model: each token's two halves are found by
 re-running BPE on its bytes with the merges ranked before it. One difference remains: primechat never reads special
