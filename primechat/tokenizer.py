@@ -189,8 +189,11 @@ class Tokenizer:
         ids, _ = self._render(messages)
         return ids + [self.encode_special("<|assistant_start|>")]
 
-    def visualize_tokenization(self, ids: list[int], mask: list[int]) -> str:
-        """Tokens joined by '|', green where mask is 1 (trained on), red where 0: to eyeball a rendered conversation."""
+    def visualize_tokenization(self, ids: list[int], mask: list[int], color: bool = True) -> str:
+        """Tokens joined by '|', green where mask is 1 (trained on), red where 0: to eyeball a rendered conversation.
+        Without color (a pipe or a file, where escape codes are noise) trained tokens are in [brackets]."""
+        if not color:
+            return "|".join(f"[{self.id_to_token(i)}]" if m else self.id_to_token(i) for i, m in zip(ids, mask))
         green, red, reset = "\033[92m", "\033[91m", "\033[0m"
         return "|".join(f"{green if m else red}{self.id_to_token(i)}{reset}" for i, m in zip(ids, mask))
 

@@ -258,8 +258,17 @@ BAD_INPUTS = [  # (the file added beside good.txt, or None for good.txt alone; w
     ("emptydocs.jsonl", ["emptydocs.jsonl", "no text"]),
     ("garbage.parquet", ["garbage.parquet", "parquet"]),
     ("nocolumn.parquet", ["nocolumn.parquet", "'text'", "body"]),
-    (None, ["good.txt", "at least 2"]),
+    (None, ["good.txt", "at least 2"]),  # one paragraph: nothing to split
 ]
+
+
+def test_add_splits_a_lone_txt_file_into_paragraphs(tmp_path, home, cli):
+    (tmp_path / "book.txt").write_text("Chapter one.\nIt was a dark night.\n\n  \nChapter two.\n\n\nThe end.\n")
+    result = cli("data", "add", tmp_path / "book.txt", "--name", "book")
+    assert result.code == 0, result.err
+    assert "split on blank lines into 3 paragraphs" in result.out
+    train, val = list_shards("book")
+    assert sorted(read_all(train + [val])) == ["Chapter one.\nIt was a dark night.", "Chapter two.", "The end."]
 
 
 @pytest.mark.parametrize("bad, fragments", BAD_INPUTS, ids=[str(bad) for bad, _ in BAD_INPUTS])

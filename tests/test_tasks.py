@@ -448,6 +448,18 @@ def test_mixture_validation_errors_name_file_entry_and_fix(tmp_path, home, entry
         assert fragment in message
 
 
+def test_a_copied_mixture_finds_the_shipped_identity_conversations(tmp_path, home):
+    """A shipped mixture copied elsewhere to be edited names identity.jsonl, which is not beside the copy."""
+    from primechat.common import CONFIGS_DIR
+    path = write_mixture(tmp_path, {"train": [{"jsonl": "identity.jsonl"}], "val": [{"task": "arithmetic", "size": 2}]})
+    mixture = load_mixture(path)
+    task = mixture.sources["train"][0].task
+    assert len(task) == len((CONFIGS_DIR / "identity.jsonl").read_text().splitlines())
+    (tmp_path / "identity.jsonl").write_text('[{"role": "user", "content": "hi"}, {"role": "assistant", "content": '
+                                             '"mine"}]\n')  # one beside the mixture wins
+    assert len(load_mixture(path).sources["train"][0].task) == 1
+
+
 @pytest.mark.parametrize("spec, fragment", [
     ({"train": [{"task": "arithmetic", "size": 2}]}, "`val:` must be a non-empty list"),
     ({"train": [], "val": [{"task": "arithmetic", "size": 2}]}, "`train:` must be a non-empty list"),
@@ -500,7 +512,13 @@ def test_preview_shows_rows_tokens_shares_and_masked_examples(mixture_file, tok,
     assert re.search(r"me/chats train\s+60\s+2\s+53\.6%", line)
     assert out.count("--- train example") == 2 and out.count("--- val example") == 2
     assert "<|assistant_start|>|" in out and "<|assistant_end|>" in out
-    assert "\x1b[92m" in result.out and "\x1b[91m" in result.out  # trained tokens green, the rest red
+    # off a terminal (captured here) no escape codes: trained tokens are in [brackets], the rest plain
+    assert "\x1b[" not in result.out and "trained (in [brackets])" in out
+    assert "[<|assistant_end|>]" in out and "|<|user_start|>|" in out
+    ids, mask = tok.render_conversation({"messages": [{"role": "user", "content": "hi"},
+                                                      {"role": "assistant", "content": "yo"}]})
+    shown = tok.visualize_tokenization(ids, mask)  # on a terminal: trained tokens green, the rest red
+    assert "\x1b[92m" in shown and "\x1b[91m" in shown
     assert "Fetching" not in result.err and "\r" not in result.err  # no download bars off a terminal
 
     only_val = cli("data", "mixture", mixture_file, "--tokenizer", tmp_path / "tok", "--section", "val",

@@ -1,6 +1,6 @@
 """Turn your own text into pretraining shards: `primechat data add notes.txt chats.jsonl --name mine`.
 
-Inputs: a `.txt` file is one document; a `.jsonl` file holds one JSON object per line with the text in --text-field;
+Inputs: a `.txt` file is one document (a lone .txt is split into paragraphs, at blank lines, instead); a `.jsonl` file holds one JSON object per line with the text in --text-field;
 a `.parquet` file holds one document per row of the --text-field column. Empty documents are dropped.
 
 All documents are read into memory, shuffled with a fixed seed (42) so the same inputs always give the same shards,
@@ -13,6 +13,7 @@ import errno
 import json
 import os
 import random
+import re
 import shutil
 from pathlib import Path
 
@@ -172,6 +173,13 @@ def main(args):
     if not 0 < args.val_fraction < 1:
         raise UserError(f"--val-fraction {args.val_fraction}: give a fraction between 0 and 1, e.g. 0.05")
     docs = read_documents(args.files, args.text_field)
+    if len(docs) == 1 and len(args.files) == 1 and args.files[0].lower().endswith(".txt"):
+        # one book in one file: its paragraphs (blocks between blank lines) become the documents
+        paragraphs = [p.strip("\n") for p in re.split(r"\n(?:[ \t]*\n)+", docs[0]) if p.strip()]
+        if len(paragraphs) >= 2:
+            print(f"{args.files[0]} is one document: split on blank lines into {len(paragraphs):,} paragraphs, "
+                  f"one document each")
+            docs = paragraphs
     if len(docs) < 2:
         raise UserError(f"only 1 document in {', '.join(args.files)}: at least 2 are needed "
                         f"(one for training, one for validation)")

@@ -16,7 +16,7 @@ configs/demo-chat.yaml (offline). Each source is a Hub dataset, a JSONL file of 
         split: train
         adapter: chat                 # how rows become conversations; known repos pick theirs (ADAPTERS)
         columns: {instruction: prompt, response: completion}    # for `chat` (tasks/chat.py)
-      - jsonl: identity.jsonl         # relative to this file's folder, or absolute
+      - jsonl: identity.jsonl         # relative to this file's folder (else the shipped one), or absolute
         repeat: 2                     # listed twice: twice as many of its conversations in the mix
       - task: spelling-bee            # generated: spelling-bee, simple-spelling, arithmetic
         size: 80000
@@ -28,11 +28,12 @@ file, the entry and the fix. Mixture.train / Mixture.val are TaskMixtures (shuff
 """
 
 from dataclasses import dataclass
+import sys
 from pathlib import Path
 
 import yaml
 
-from primechat.common import UserError, shipped_configs
+from primechat.common import CONFIGS_DIR, UserError, shipped_configs
 from primechat.tasks.arc import ARC
 from primechat.tasks.arithmetic import Arithmetic
 from primechat.tasks.chat import ChatTask, check_columns
@@ -138,10 +139,10 @@ def _check_entry(entry, where: str, base: Path) -> str:
         if adapter == "arc" and "subset" not in entry:
             raise UserError(f"{where}: ARC needs `subset: ARC-Easy` or `subset: ARC-Challenge`")
     elif kind == "jsonl":
-        path = _path(entry["jsonl"], base)
+        path = _jsonl_path(entry["jsonl"], base)
         if not path.is_file():
             raise UserError(f"{where}: conversation file {path} not found (a relative path is taken from the "
-                            "mixture file's folder)")
+                            f"mixture file's folder, else {CONFIGS_DIR}, where the shipped ones are)")
     else:
         if entry["task"] not in GENERATED:
             raise UserError(f"{where}: unknown task {entry['task']!r}; the generated tasks are {', '.join(GENERATED)}")
@@ -166,6 +167,14 @@ def _path(name: str, base: Path) -> Path:
     return path if path.is_absolute() else base / path
 
 
+def _jsonl_path(name: str, base: Path) -> Path:
+    """A conversation file, relative to the mixture's folder; failing that, a file the package ships under that
+    name (identity.jsonl), so a shipped mixture copied elsewhere to be edited still works."""
+    path = _path(name, base)
+    shipped = CONFIGS_DIR / name
+    return shipped if not path.exists() and not Path(name).is_absolute() and shipped.is_file() else path
+
+
 def _label(entry: dict, kind: str) -> str:
     if "name" in entry:
         return entry["name"]
@@ -184,7 +193,7 @@ def _build(entry: dict, kind: str, section: str, base: Path, words_source: str) 
         kwargs = {k: entry[k] for k in ("subset", "split", "seed", "columns") if k in entry}
         return ADAPTERS[adapter](repo=entry["dataset"], **kwargs, **slice_args)
     if kind == "jsonl":
-        return CustomJSON(_path(entry["jsonl"], base), **slice_args)
+        return CustomJSON(_jsonl_path(entry["jsonl"], base), **slice_args)
     split = entry.get("split", "train" if section == "train" else "test")
     kwargs = {"size": entry["size"], "split": split, **({"seed": entry["seed"]} if "seed" in entry else {})}
     return generated_task(entry["task"], entry.get("words", words_source), base,
@@ -270,9 +279,10 @@ def preview(mixture: Mixture, tokenizer, section: str, examples: int, sample: in
     for k in range(min(examples, len(mix))):
         t, _ = mix.index[k]
         ids, mask = tokenizer.render_conversation(mix[k])
+        color = sys.stdout.isatty()  # escape codes only where a terminal turns them into colours
         print(f"\n--- {section} example {k} of {len(mix):,} ({owner[id(mix.tasks[t])]}), {len(ids)} tokens, "
-              f"{sum(mask)} trained (green) ---")
-        print(tokenizer.visualize_tokenization(ids, mask))
+              f"{sum(mask)} trained ({'green' if color else 'in [brackets]'}) ---")
+        print(tokenizer.visualize_tokenization(ids, mask, color))
 
 
 def main(args):
