@@ -217,14 +217,19 @@ def write_record(folder: Path, **fields) -> None:
         tmp.write_text(json.dumps(fields, indent=2) + "\n")
 
 
-def trained_on(folder: Path | None = None) -> str | None:
-    """The dataset the tokenizer in `folder` (default the home one) was trained on; None when not recorded (older
+def read_record(folder: Path | None = None) -> dict:
+    """The settings the tokenizer in `folder` (default the home one) was trained with; {} when not recorded (older
     tokenizers, nanochat's)."""
-    path = (folder or tokenizer_dir()) / RECORD
     try:
-        return json.loads(path.read_text()).get("dataset")
-    except (OSError, ValueError, AttributeError):
-        return None
+        record = json.loads(((folder or tokenizer_dir()) / RECORD).read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def trained_on(folder: Path | None = None) -> str | None:
+    """The dataset the tokenizer was trained on, if recorded."""
+    return read_record(folder).get("dataset")
 
 
 def _messages(conversation: dict | list[dict]) -> list[dict]:
@@ -342,13 +347,18 @@ def move_aside(folder: Path) -> Path:
 def main(args) -> None:
     check_vocab_size(args.vocab_size)
     folder = tokenizer_dir()
-    users = dependent_checkpoints() if (folder / "tokenizer.pkl").exists() else []
-    if users and not args.overwrite:
-        # a new tokenizer of the same size loads silently and turns their output into garbage
-        raise UserError(f"{folder} is the tokenizer that {', '.join(users)} {'was' if len(users) == 1 else 'were'} "
-                        f"trained with: add --overwrite to train a new one (the old one is moved to "
-                        f"{folder.parent / 'tokenizer_backup'}/), or set PRIMECHAT_HOME to another folder")
+    users = dependent_checkpoints() if (folder / "tokenizer.pkl").exists() and not args.overwrite else []
+    # A new tokenizer of the same size loads silently into their checkpoints and turns the output into garbage.
+    # The same settings on the same data give the same tokenizer (a rerun, `speedrun --restart`): that one may
+    # be written, once checked identical after training.
+    refusal = (f"{folder} is the tokenizer that {', '.join(users)} {'was' if len(users) == 1 else 'were'} trained "
+               f"with: add --overwrite to train a new one (the old one is moved to {folder.parent / 'tokenizer_backup'}"
+               f"/), or set PRIMECHAT_HOME to another folder")
     args.dataset = shards.pick_dataset(args.dataset)
+    settings = {"dataset": args.dataset, "vocab_size": args.vocab_size, "max_chars": args.max_chars,
+                "doc_cap": args.doc_cap}
+    if users and read_record(folder) != settings:
+        raise UserError(refusal)
     text = TrainingText(args.dataset, args.max_chars, args.doc_cap)
     print(f"training a {args.vocab_size:,}-token vocabulary on up to {args.max_chars:,} characters of "
           f"{len(text.paths)} training shard(s) of {args.dataset}", flush=True)
@@ -358,10 +368,13 @@ def main(args) -> None:
     print(f"trained on {text.chars:,} characters ({text.docs:,} documents) in {train_time:.1f} s")
 
     check_round_trip(tokenizer)
-    if users:
-        print(f"moved the old tokenizer to {move_aside(folder)} (restore it there for {', '.join(users)})")
+    if users and load_tokenizer(folder).enc._mergeable_ranks != tokenizer.enc._mergeable_ranks:
+        raise UserError(refusal.replace(": add", " (the same settings gave a different one, from changed shards): add"))
+    if args.overwrite and (folder / "tokenizer.pkl").exists() and dependent_checkpoints():
+        print(f"moved the old tokenizer to {move_aside(folder)}: restore it from there for the checkpoints "
+              f"trained with it")
     tokenizer.save(folder)
-    write_record(folder, dataset=args.dataset)
+    write_record(folder, **settings)
     print(f"saved {folder / 'tokenizer.pkl'} and {folder / 'token_bytes.pt'}")
 
     lengths = [n for n in tokenizer.token_byte_lengths() if n > 0]

@@ -326,6 +326,9 @@ def test_train_refuses_to_replace_the_tokenizer_checkpoints_use_and_overwrite_mo
     assert len(err.splitlines()) == 1 and "base_checkpoints/d2 was trained with" in err
     assert "--overwrite" in err and "PRIMECHAT_HOME" in err and "imported" not in err
     assert (home / "tokenizer" / "tokenizer.pkl").read_bytes() == old
+    # the same settings on the same data give the same tokenizer: a rerun (speedrun --restart) goes through
+    assert run_cli("tokenizer", "train", "--dataset", "tiny", "--vocab-size", "300") == 0
+    assert (home / "tokenizer" / "tokenizer.pkl").read_bytes() == old and not (home / "tokenizer_backup").exists()
 
     assert run_cli("tokenizer", "train", "--dataset", "tiny", "--vocab-size", "300", "--max-chars", "2e3",
                    "--overwrite") == 0
