@@ -6,8 +6,10 @@ a disconnecting client freeing its worker, requests waiting in line."""
 import asyncio
 import json
 import re
+import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 
@@ -716,3 +718,44 @@ def test_a_plain_request_whose_client_gives_up_frees_its_worker_and_its_place_in
         assert wait_for(lambda: busy_queued() == (1, 0), timeout=2)
         app.state.pool.release(held)
         assert http.post("/v1/completions", json={"prompt": "a", "max_tokens": 3}).status_code == 200
+
+
+SLOW_SERVE = """
+import sys, time
+from primechat.serve import workers
+real = workers.Engine.generate
+def slow(self, *args, **kwargs):  # as slow_engine: 40 ms a token
+    for step in real(self, *args, **kwargs):
+        time.sleep(0.04)
+        yield step
+workers.Engine.generate = slow
+from primechat.cli import main
+main(sys.argv[1:])
+"""
+
+
+def test_ctrl_c_ends_open_streams_and_stops_at_once(cli):
+    """uvicorn waits for open connections before the app's shutdown: a stream held it for its graceful-shutdown
+    timeout, which then cancelled the stream with a traceback. Now the stream ends at once, telling its client why."""
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_SERVE, "serve", "--device-type", "cpu", "--port", "0",
+                             "-t", "0"], env=cli.env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        url = re.search(r"http://127\.0\.0\.1:\d+/", proc.stdout.readline()).group(0)
+        body = {"messages": HELLO, "max_tokens": 200, "stream": True}  # greedy: 8 s
+        with httpx.stream("POST", url + "v1/chat/completions", json=body, timeout=30) as r:
+            lines = r.iter_lines()
+            assert '"role": "assistant"' in next(lines)
+            proc.send_signal(signal.SIGINT)
+            interrupted = time.monotonic()
+            rest = [line for line in lines if line]
+            ended = time.monotonic() - interrupted
+        code = proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    output = proc.stdout.read()
+    assert ended < 2, output  # 200 tokens would take 8 s, uvicorn's timeout 5 s
+    assert rest[-1] == "data: [DONE]" and json.loads(rest[-2][len("data: "):])["error"]["code"] == \
+        "server_shutting_down"
+    assert "Traceback" not in output and "ERROR" not in output, output
+    assert code == 130 and output.rstrip().endswith("primechat: interrupted")

@@ -31,7 +31,8 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from primechat.serve.workers import ApiError, Catalog, Job, QueueFull, Sampling, WorkerPool, make_workers
+from primechat.serve.workers import (ApiError, Catalog, Job, QueueFull, Sampling, ShuttingDown, WorkerPool,
+                                     make_workers, stopping_error)
 from primechat.tokenizer import ConversationError
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -370,6 +371,8 @@ def create_app(settings: Settings, pool: WorkerPool | None = None) -> FastAPI:
                 pool.max_queue, f"{pool.max_queue} requests are already waiting")
             raise ApiError(503, f"{busy} and {waiting}: retry shortly", type="server_error",
                            code="server_overloaded", headers={"Retry-After": "1"})
+        except ShuttingDown:
+            raise stopping_error() from None
         worker.submit(job, pool)
         try:
             event = await job.next()

@@ -76,9 +76,7 @@ class ServerThread:
     """
 
     def __init__(self, app, host: str = "127.0.0.1", port: int = 0):
-        import uvicorn
-        config = uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=2)
-        self.server = uvicorn.Server(config)
+        self.server = uvicorn_server(app, host=host, port=port, log_level="warning")
         self.thread = threading.Thread(target=self.server.run, daemon=True, name="primechat-uvicorn")
         self.url = None
 
@@ -98,6 +96,21 @@ class ServerThread:
         self.thread.join(timeout=10)
 
 
+def uvicorn_server(app, **config):
+    """A uvicorn server for `app` whose shutdown (Ctrl-C, SIGTERM) first ends the replies being written and turns
+    away the requests waiting for a worker. uvicorn waits for open connections before the app's own shutdown, so a
+    stream would otherwise hold it until timeout_graceful_shutdown, then be cancelled with a traceback; that timeout
+    is left for what cannot stop at once (a model loading)."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        async def shutdown(self, sockets=None):
+            app.state.pool.close()
+            await super().shutdown(sockets)
+
+    return Server(uvicorn.Config(app, timeout_graceful_shutdown=5, **config))
+
+
 def listening_socket(host: str, port: int) -> socket.socket:
     """Bound before anything else, so a busy port is one line at once rather than uvicorn's error after the banner."""
     try:
@@ -110,8 +123,6 @@ def listening_socket(host: str, port: int) -> socket.socket:
 
 
 def main(args) -> None:
-    import uvicorn
-
     settings = settings_from_args(args)
     sock = listening_socket(args.host, args.port)
     compute_init(settings.device_type)  # checks the device, sets TF32 matmuls on CUDA
@@ -124,8 +135,7 @@ def main(args) -> None:
     print(f"{count} model{'s' if count != 1 else ''}, default {default.id if default else '-'} · "
           f"{settings.num_workers} worker{'s' if settings.num_workers != 1 else ''} on {settings.device_type}"
           f"{' · API key required' if settings.api_key else ''}", flush=True)
-    config = uvicorn.Config(app, log_level="info", timeout_graceful_shutdown=5)
-    uvicorn.Server(config).run(sockets=[sock])
+    uvicorn_server(app, log_level="info").run(sockets=[sock])
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@ WorkerPool  free workers and a bounded line of requests waiting for one; a full 
 Job         one request's generation: it streams events (ready, text, finish, done / error) from the worker thread
             to the request's event loop. Text is decoded incrementally (a UTF-8 character is never split) and held
             back while it could still be the start of a stop string, so no part of a stop string is ever sent. A
-            cancelled job (the client went away) stops at the next token and frees its worker.
+            cancelled job (the client went away, or the server is stopping) stops at the next token and frees its
+            worker.
 """
 
 import asyncio
@@ -318,7 +319,7 @@ class Worker:
         final = None
         try:
             if job.cancelled.is_set():
-                final = ("error", ApiError(499, "the client went away"))
+                final = ("error", stopping_error() if pool.closed else ApiError(499, "the client went away"))
                 return
             if self.device.type == "cuda":
                 torch.cuda.set_device(self.device)
@@ -331,7 +332,9 @@ class Worker:
                                f"{loaded.context:,} tokens of context: shorten the {what}",
                                param=job.prompt_param, code="context_length_exceeded")
             job.emit(("ready", len(prompt)))
-            final = ("done", self._generate(job, loaded, prompt))
+            stats = self._generate(job, loaded, prompt)
+            # cut short: by its client, who reads no more, or by the server stopping, which its client is told
+            final = ("error", stopping_error()) if job.cancelled.is_set() and pool.closed else ("done", stats)
         except ApiError as e:
             final = ("error", e)
         except torch.OutOfMemoryError:
@@ -385,7 +388,7 @@ class Worker:
         finally:
             steps.close()
         for i in range(s.n):
-            if finish[i] is None:
+            if finish[i] is None and not job.cancelled.is_set():  # a cancelled reply did not reach its length
                 end_row(i, "length")
         end = time.perf_counter()
         completion = sum(row.tokens for row in rows)
@@ -408,6 +411,14 @@ class QueueFull(Exception):
     pass
 
 
+class ShuttingDown(Exception):
+    pass
+
+
+def stopping_error() -> ApiError:
+    return ApiError(503, "the server is shutting down", type="server_error", code="server_shutting_down")
+
+
 class WorkerPool:
     """Free workers, and requests waiting for one in arrival order: at most max_queue wait, the next is refused.
 
@@ -420,6 +431,7 @@ class WorkerPool:
         self._lock = threading.Lock()
         self._free = deque(workers)
         self._waiting = deque()  # (loop, future)
+        self.closed = False
 
     @property
     def available(self) -> int:
@@ -431,6 +443,8 @@ class WorkerPool:
 
     async def acquire(self) -> Worker:
         with self._lock:
+            if self.closed:
+                raise ShuttingDown()
             if self._free:
                 return self._free.popleft()
             if len(self._waiting) >= self.max_queue:
@@ -466,10 +480,30 @@ class WorkerPool:
         else:
             future.set_result(worker)
 
-    def shutdown(self) -> None:
+    def close(self) -> None:
+        """The server is stopping: running replies end at their next token (their clients are told), waiting requests
+        and new ones are turned away, so that open connections finish now; uvicorn waits for them."""
+        with self._lock:
+            self.closed = True
+            waiting, self._waiting = self._waiting, deque()
+        for loop, future in waiting:
+            try:
+                loop.call_soon_threadsafe(self._turn_away, future)
+            except RuntimeError:  # that request's loop is gone
+                pass
         for worker in self.workers:
-            if worker.job is not None:
-                worker.job.cancel()
+            job = worker.job
+            if job is not None:
+                job.cancel()
+
+    @staticmethod
+    def _turn_away(future) -> None:
+        if not future.done():
+            future.set_exception(ShuttingDown())
+
+    def shutdown(self) -> None:
+        self.close()
+        for worker in self.workers:
             worker.thread.shutdown(wait=False, cancel_futures=True)
 
 
