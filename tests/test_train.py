@@ -151,6 +151,10 @@ def snapshot(folder: Path) -> dict:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+def step_files(folder: Path, step: int) -> list[Path]:
+    return [p for p in folder.iterdir() if f"_{step:06d}" in p.name]
+
+
 def delete_step(folder: Path, step: int):
     for pattern in STEP_FILES:
         (folder / pattern.format(s=f"{step:06d}")).unlink()
@@ -218,8 +222,15 @@ def test_save_and_resume_bit_for_bit(run_a, corpus, tmp_path):
     strip = lambda rs: [(r["step"], r.get("raw_loss"), r.get("val_bpb")) for r in rs]  # noqa: E731
     assert strip(metrics(home)) == strip(metrics(home_a))
 
-    # an explicit step works too
-    ok(train(home, "--num-iterations", 12, "--save-every", 6, "--resume-from-step", 6))
+    # an explicit step works too; the replaced run's step 12 is set aside, not left as the latest nor lost
+    replaced_12 = {p.name: p.read_bytes() for p in step_files(folder, 12)}
+    branch = ok(train(home, "--num-iterations", 12, "--save-every", 6, "--resume-from-step", 6))
+    aside = [p for p in folder.iterdir() if p.is_dir()]
+    assert len(aside) == 1 and aside[0].name.startswith("replaced_6_"), aside
+    assert f"step 12 came from the run being replaced (resuming from step 6): moved to {aside[0]}" in branch.stdout
+    assert {p.name: p.read_bytes() for p in step_files(aside[0], 12)} == replaced_12
+    assert (aside[0] / "metrics.jsonl").exists()  # its log too, which the new run cuts back to step 6
+    shutil.rmtree(aside[0])
     assert_same_tensors(load_model(home, 12), expected, "model")
     # a resume with another learning rate trains something else: it says so
     changed = ok(train(home, "--num-iterations", 12, "--save-every", 6, "--resume-from-step", 6, "--matrix-lr", 0.03))
@@ -269,6 +280,44 @@ def test_a_warmup_longer_than_the_run_before_warmdown_is_pointed_out(run_a, corp
     home = make_home(corpus, tmp_path / "home")
     result = ok(train(home, "--num-iterations", 4, "--warmup-steps", 3, "--eval-every", -1))
     assert "note: --warmup-steps 3 runs past the warmdown's start (step 1 of 4)" in result.stdout
+    # a warmup longer than the whole run never drops abruptly: the LR only rises
+    shutil.rmtree(ckpt(home))
+    result = ok(train(home, "--num-iterations", 2, "--warmup-steps", 3, "--eval-every", -1))
+    assert "note: warmup (3 steps) is longer than the run (2 steps)" in result.stdout
+    assert "drops abruptly" not in result.stdout
+
+
+def test_later_steps_of_a_replaced_run_move_aside_and_listing_ignores_them(tmp_path, capsys):
+    """Unit test of checkpoint.set_aside_later_steps: every per-step file after the resumed step moves (meta, model,
+    each rank's optimizer and loader, anything else named <kind>_<step>...), nothing else does."""
+    from primechat.train import checkpoint
+    folder = tmp_path / "base_checkpoints" / "d2"
+    folder.mkdir(parents=True)
+    names = [f.format(s=f"{s:06d}") for s in (10, 20, 24, 30) for f in STEP_FILES]
+    names += ["optim_000030_rank1.pt", "loader_000030_rank1.pt", "metrics.jsonl", "loss_curve.png"]
+    for name in names:
+        (folder / name).write_text(name)
+    checkpoint.set_aside_later_steps(folder, 20, rank=0)
+    aside = next(p for p in folder.iterdir() if p.is_dir())
+    assert sorted(p.name for p in aside.iterdir()) == sorted(
+        [n for n in names if "_000024" in n or "_000030" in n] + ["metrics.jsonl"])
+    assert all((aside / p.name).read_text() == p.name for p in aside.iterdir() if p.name != "metrics.jsonl")
+    assert checkpoint.saved_steps(folder) == [10, 20]  # the subfolder is not read as steps
+    assert (folder / "metrics.jsonl").exists() and (folder / "loss_curve.png").exists()
+    assert f"steps 24, 30 came from the run being replaced (resuming from step 20): moved to {aside}" in \
+        capsys.readouterr().out
+    checkpoint.set_aside_later_steps(folder, 20, rank=0)  # nothing later: nothing moves, nothing printed
+    assert len([p for p in folder.iterdir() if p.is_dir()]) == 1 and capsys.readouterr().out == ""
+
+
+def test_flags_that_cannot_change_the_numbers_are_not_called_changes():
+    from primechat.train.checkpoint import changed_flags
+    saved = {"model_tag": None, "eval_every": 250, "save_every": -1, "sample_every": 2000, "metrics_every": 300,
+             "wandb": None, "matrix_lr": 0.02}
+    now = {"model_tag": "d2", "eval_every": 5, "save_every": 6, "sample_every": -1, "metrics_every": 2,
+           "wandb": "proj", "matrix_lr": 0.02}
+    assert changed_flags(saved, now) == []
+    assert changed_flags(saved, {**now, "matrix_lr": 0.03}) == ["--matrix-lr 0.02 → 0.03"]
 
 
 def test_gradient_accumulation_gives_the_same_result(run_a, corpus, tmp_path):
@@ -415,6 +464,7 @@ def test_fp8_training_learns_like_the_exact_matmuls(run_a, corpus, tmp_path):
     exact_bpb = [r["val_bpb"] for r in metrics(run_a[0]) if "val_bpb" in r]
     assert fp8_bpb[-1] < fp8_bpb[0] - 0.1  # it learns
     assert fp8_bpb[-1] != exact_bpb[-1] and abs(fp8_bpb[-1] - exact_bpb[-1]) < 0.05  # about as well, not identically
+    assert "emulated on the CPU" in result.stdout and "note: --fp8 on a CPU" in result.stdout  # not a speed-up
     state = load_model(home, 12)  # the checkpoint is an ordinary one
     assert {k: v.dtype for k, v in state.items()} == {k: v.dtype for k, v in load_model(run_a[0], 12).items()}
 
@@ -432,6 +482,29 @@ def test_fp8_training_learns_like_the_exact_matmuls(run_a, corpus, tmp_path):
 def test_speed_flags_the_device_cannot_honour(corpus, home, flags, fragment):
     make_home(corpus, home)
     assert_user_error(train(home, "--num-iterations", 2, *flags), fragment)
+    assert not (home / "base_checkpoints").exists()
+
+
+@pytest.mark.parametrize("flags,fragment", [
+    (["--model-tag", "a/b"], "--model-tag 'a/b' is not a plain name"),
+    (["--model-tag", ".."], "--model-tag '..' is not a plain name"),
+    (["--model-tag", ".hidden"], "is not a plain name"),
+    (["--data-streams", -1], "--data-streams -1: give 1 or more"),
+    (["--data-streams", 0], "--data-streams 0: give 1 or more"),
+    (["--warmdown-ratio", 2], "--warmdown-ratio 2.0 is outside [0, 1]"),
+    (["--final-lr-frac", -3], "--final-lr-frac -3.0 is outside [0, 1]"),
+    (["--matrix-lr", -1], "--matrix-lr -1.0 is negative"),
+    (["--embedding-lr", -0.1], "--embedding-lr -0.1 is negative"),
+    (["--warmup-steps", -1], "--warmup-steps -1 is negative"),
+], ids=["tag-slash", "tag-dotdot", "tag-dot", "streams-negative", "streams-zero", "warmdown", "final-lr-frac",
+        "matrix-lr", "embedding-lr", "warmup"])
+def test_bad_flags_are_one_line_before_anything_is_built(home, cli, flags, fragment):
+    """In-process and fast: the flags are checked before the tokenizer, the data or the model are looked at (this
+    home has none of them)."""
+    result = cli("train", "base", *COMMON, "--num-iterations", 2, *flags)
+    assert result.code == 2, (result.out, result.err)
+    lines = result.err.strip().splitlines()
+    assert len(lines) == 1 and fragment in lines[0], result.err
     assert not (home / "base_checkpoints").exists()
 
 

@@ -216,6 +216,14 @@ def test_resume_after_a_crash_is_exact(base_home, tmp_path, stage):
     steps = [r["step"] for r in records(folder) if "loss" in r or "reward" in r]
     assert steps == [1, 2, 3, 4]  # the log reads as one run
 
+    # a branch from step 2: the replaced run's step 4 moves aside (no longer the latest), and the branch replays it
+    branch = ok(train(stage, home, "--num-iterations", 4, "--save-every", 2, "--resume-from-step", 2))
+    aside = [p for p in folder.iterdir() if p.is_dir()]
+    assert len(aside) == 1 and "step 4 came from the run being replaced (resuming from step 2)" in branch.stdout
+    assert sorted(p.name for p in step_files(aside[0], 4)) == sorted([*final, "meta_000004.json"])
+    for name, state in final.items():
+        assert_same_tensors(state, torch.load(folder / name, weights_only=False), name)
+
 
 def test_sigterm_saves_and_resume_finishes(base_home, tmp_path):
     home = copy_home(base_home, tmp_path)
@@ -277,13 +285,24 @@ def test_bad_input_is_one_line(base_home, tmp_path, monkeypatch, cli):
                            (["mid", *mix[:2], "--metrics", "Nope"], "unknown task 'Nope'"),
                            (["mid", *mix, "--total-batch-size", "1000"], "not a multiple"),
                            (["rl", "--source", "base", "--task", "arithmetic", "--num-samples", "3",
-                             "--device-batch-size", "2"], "multiple of --device-batch-size")]:
+                             "--device-batch-size", "2"], "multiple of --device-batch-size"),
+                           (["mid", *mix, "--model-tag", "a/b"], "--model-tag 'a/b' is not a plain name"),
+                           (["sft", *mix, "--init-lr-frac", "0"], "--init-lr-frac 0.0: give a positive"),
+                           (["mid", *mix, "--warmdown-ratio", "1.5"], "--warmdown-ratio 1.5 is outside [0, 1]"),
+                           (["mid", *mix, "--unembedding-lr", "-1"], "--unembedding-lr -1.0 is negative"),
+                           (["rl", "--examples-per-step", "0"], "--examples-per-step 0: give 1 or more"),
+                           (["rl", "--device-batch-size", "0"], "--device-batch-size 0: give 1 or more"),
+                           (["rl", "--model-tag", ".."], "--model-tag '..' is not a plain name"),
+                           (["rl", "--init-lr-frac", "-1"], "--init-lr-frac -1.0: give a positive")]:
         result = cli("train", *args)
         assert result.code == 2, (args, result.out, result.err)
         lines = result.err.strip().splitlines()
         assert len(lines) == 1 and fragment in lines[0], (args, result.err)
     ok(train("mid", home, "--num-iterations", 1))
     assert_user_error(train("mid", home, "--num-iterations", 1), "already holds checkpoints", "--resume")
+    # flag mistakes come before the "already holds checkpoints" refusal, in RL too
+    shutil.copytree(home / "base_checkpoints", home / "chatrl_checkpoints")
+    assert_user_error(train("rl", home, "--source", "base", "--matrix-lr", "-1"), "--matrix-lr -1.0 is negative")
     shutil.rmtree(home / "base_checkpoints")
     assert_user_error(train("rl", home, "--source", "base"), "primechat train base")
     # two mistakes at once: the mistyped mixture comes first, not the missing base model it would train

@@ -49,8 +49,8 @@ def add_arguments(p):
     p.add_argument("--max-seq-len", type=int, default=2048, help="context length in tokens")
     p.add_argument("--window-pattern", default="SSSL", help="per-layer attention windows: S = quarter, L = full")
     add_dataset_argument(p, "pretraining dataset under base_data/")
-    p.add_argument("--data-streams", type=int, default=0, help="independent data streams (0: one per process); "
-                   "runs with equal streams and total batch see the same data whatever the process count")
+    p.add_argument("--data-streams", type=int, default=None, help="independent data streams (default: one per "
+                   "process); runs with equal streams and total batch see the same data whatever the process count")
     p.add_argument("--device-type", default="", help="cuda|cpu|mps (default: autodetect)")
     p.add_argument("--device-batch-size", type=int, default=DEVICE_BATCH_SIZE, help="rows per forward pass; lower it "
                    "to save memory (gradient accumulation keeps the result the same)")
@@ -78,8 +78,10 @@ def add_arguments(p):
     p.add_argument("--model-tag", default=None, help="checkpoint folder name (default: d<depth>)")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint of this tag (or "
                    "start if it has none)")
-    p.add_argument("--resume-from-step", type=int, default=-1, help="continue from this saved step")
-    p.add_argument("--fp8", action="store_true", help="fp8 matmuls for the transformer's matrices (H100/H200)")
+    p.add_argument("--resume-from-step", type=int, default=-1, help="continue from this saved step; its later "
+                   "steps move into a replaced_<step>_<time>/ subfolder")
+    p.add_argument("--fp8", action="store_true", help="fp8 matmuls for the transformer's matrices (H100/H200; "
+                   "emulated on a CPU, for testing)")
     add_speed_arguments(p)
     p.add_argument("--wandb", default=None, metavar="PROJECT", help="also log to this Weights & Biases project")
 
@@ -207,7 +209,32 @@ def print_plan(model: GPT, plan: Plan, args, world: int, device, step: int, spee
     print0(aligned_rows(rows))
 
 
+def check_learning_rates(args, names=("embedding_lr", "unembedding_lr", "matrix_lr", "scalar_lr")):
+    """The LR flags every trainer takes: none negative (None: not given, inherited)."""
+    for name in names:
+        if (value := getattr(args, name)) is not None and value < 0:
+            raise UserError(f"--{name.replace('_', '-')} {value} is negative: a learning rate is 0 or more")
+
+
+def check_fraction(flag: str, value: float | None, of: str):
+    if value is not None and not 0 <= value <= 1:
+        raise UserError(f"{flag} {value} is outside [0, 1]: it is a fraction of {of}")
+
+
+def check_arguments(args):
+    """Flag mistakes, found before anything is loaded or built."""
+    checkpoint.check_tag(args.model_tag)
+    if args.data_streams is not None and args.data_streams < 1:
+        raise UserError(f"--data-streams {args.data_streams}: give 1 or more (or leave it out: one per process)")
+    check_learning_rates(args)
+    check_fraction("--warmdown-ratio", args.warmdown_ratio, "the run's steps")
+    check_fraction("--final-lr-frac", args.final_lr_frac, "the peak learning rate")
+    if args.warmup_steps < 0:
+        raise UserError(f"--warmup-steps {args.warmup_steps} is negative: give 0 (no warmup) or more")
+
+
 def main(args):
+    check_arguments(args)
     device, rank, world = compute_init(args.device_type)
     master = rank == 0
     args.dataset = pick_dataset(args.dataset)
@@ -225,7 +252,11 @@ def main(args):
     model.compute_dtype = compute_dtype(device.type)
     refuse_float16(model.compute_dtype)
     plan = make_plan(args, model, world)
-    if args.warmup_steps > (start := warmdown_start(args, plan.num_steps)):  # lr_multiplier would jump down
+    if args.warmup_steps >= plan.num_steps:  # the run ends before (or as) the warmup does: no drop, no warmdown
+        longer = "as long as" if args.warmup_steps == plan.num_steps else "longer than"
+        print0(f"note: warmup ({args.warmup_steps} steps) is {longer} the run ({plan.num_steps} steps): the learning "
+               f"rate only rises and never warms down; lower --warmup-steps")
+    elif args.warmup_steps > (start := warmdown_start(args, plan.num_steps)):  # lr_multiplier would jump down
         print0(f"note: --warmup-steps {args.warmup_steps} runs past the warmdown's start (step {start} of "
                f"{plan.num_steps}), so the learning rate drops abruptly at step {args.warmup_steps}: lower "
                f"--warmup-steps or --warmdown-ratio")
@@ -248,11 +279,16 @@ def main(args):
         loader_state = checkpoint.load_rank_state(folder, step, "loader", rank)
         loop.update(meta["loop_state"])
         check_horizon(step, plan.num_steps, meta["num_iterations"])
+        checkpoint.set_aside_later_steps(folder, step, rank)
 
     speed_rows = []
     if args.fp8:
         check_fp8_device(device, args.device_batch_size * args.max_seq_len)
-        speed_rows.append(("fp8 matmuls", f"{enable_fp8(model)} matrices (tensorwise scaling)"))
+        emulated = "; emulated on the CPU: fp8 rounding, no speed-up" if device.type == "cpu" else ""
+        speed_rows.append(("fp8 matmuls", f"{enable_fp8(model)} matrices (tensorwise scaling{emulated})"))
+        if emulated:
+            print0("note: --fp8 on a CPU rounds the matmuls to fp8 as an H100 would, to test the numerics; it is "
+                   "slower, not faster (and the loss stays close to a run without it)")
     train_model, attention = training_model(model, args, device)
     print_plan(model, plan, args, world, device, step, speed_rows + [("attention", attention)])
     train_loader = DataParallelLoader(tokenizer, train_paths, args.device_batch_size, args.max_seq_len, rank, world,

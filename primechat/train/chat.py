@@ -32,7 +32,7 @@ from primechat.optim import DEFAULT_LRS, build_optimizer
 from primechat.plots import plot_training_curves
 from primechat.tasks.mixture import load_mixture, resolve as resolve_mixture
 from primechat.train import checkpoint
-from primechat.train.base import B_REF, DEVICE_BATCH_SIZE
+from primechat.train.base import B_REF, DEVICE_BATCH_SIZE, check_fraction, check_learning_rates
 from primechat.train.loop import (RunLog, StepReport, StopRequest, add_speed_arguments, note_validation,
                                   out_of_memory, refuse_float16, say, training_model, validation_batches)
 
@@ -92,7 +92,8 @@ def add_arguments(p, stage: str):
     p.add_argument("--save-every", type=int, default=-1, help="checkpoint every N steps (-1: only at the end)")
     p.add_argument("--resume", action="store_true", help="continue from this stage's latest checkpoint (or start "
                    "if it has none)")
-    p.add_argument("--resume-from-step", type=int, default=-1, help="continue from this saved step")
+    p.add_argument("--resume-from-step", type=int, default=-1, help="continue from this saved step; its later "
+                   "steps move into a replaced_<step>_<time>/ subfolder")
     add_speed_arguments(p)
     p.add_argument("--wandb", default=None, metavar="PROJECT", help="also log to this Weights & Biases project")
     p.set_defaults(stage=stage)
@@ -168,8 +169,18 @@ def measure_tasks(model, tokenizer, names: list[str], args, rank: int, world: in
     return results
 
 
+def check_arguments(args):
+    """Flag mistakes, found before anything is loaded (mid/SFT and RL share it)."""
+    checkpoint.check_tag(args.model_tag)
+    check_learning_rates(args)
+    if args.init_lr_frac is not None and args.init_lr_frac <= 0:
+        raise UserError(f"--init-lr-frac {args.init_lr_frac}: give a positive fraction of the learning rates")
+    check_fraction("--warmdown-ratio", getattr(args, "warmdown_ratio", None), "the run")  # RL has none
+
+
 def main(args):
     stage = args.stage
+    check_arguments(args)
     device, rank, world = compute_init(args.device_type)
     master = rank == 0
     user_config = {k: v for k, v in vars(args).items() if not callable(v)}
@@ -206,6 +217,7 @@ def main(args):
                                            device, user_config)
         loader_state = checkpoint.load_rank_state(folder, step, "loader", rank)
         loop.update(meta["loop_state"])
+        checkpoint.set_aside_later_steps(folder, step, rank)
     elif args.load_optimizer and warm_start(optimizer, source_folder, source_meta["step"], rank, device):
         print0(f"optimizer state warm-started from {args.source} {source_tag} step {source_meta['step']}")
     elif args.load_optimizer:

@@ -8,10 +8,14 @@
                            state: written LAST
 Every file is written to a temporary name and renamed, and meta is written only once every rank's files are on
 disk, so a step counts as saved exactly when its meta file exists; a crash mid-save leaves the previous one intact.
+A run resumed from an earlier step moves the steps after it into replaced_<S>_<time>/ (set_aside_later_steps):
+they belong to the run being replaced, and subfolders are never read as steps.
 """
 
 import json
 import re
+import shutil
+import time
 from pathlib import Path
 
 import torch
@@ -23,8 +27,19 @@ STAGE_DIRS = {"base": "base_checkpoints", "mid": "mid_checkpoints", "sft": "chat
               "rl": "chatrl_checkpoints"}
 
 
+TAG_PATTERN = re.compile(r"[A-Za-z0-9_\-][A-Za-z0-9_.\-]*")
+STEP_FILE = re.compile(r"[a-z]+_(\d+)(_rank\d+)?\.[a-z]+")  # model_S.pt, optim_S_rank0.pt, meta_S.json, ...
+
+
 def checkpoint_dir(stage: str, tag: str) -> Path:
     return home_dir() / STAGE_DIRS[stage] / tag
+
+
+def check_tag(tag: str | None, flag: str = "--model-tag"):
+    """A tag names one folder beside the others: `a/b` or `..` would write where listing and lookup never look."""
+    if tag is not None and not TAG_PATTERN.fullmatch(tag):
+        raise UserError(f"{flag} {tag!r} is not a plain name: use letters, digits, '-', '_' and '.' (not first), "
+                        f"e.g. {flag} d20-long")
 
 
 def _save(obj, path: Path):
@@ -85,8 +100,36 @@ def resume_point(folder: Path, resume: bool, resume_from_step: int, fresh_start:
     return None
 
 
-# Flags that do not change what is trained, or have their own note on a resume (the horizon: loop.check_horizon).
-BENIGN_ON_RESUME = {"resume", "resume_from_step", "num_iterations", "wandb", "save_every", "sample_every"}
+def set_aside_later_steps(folder: Path, step: int, rank: int):
+    """Resuming from `step` replaces the run that went on from it: its later steps move into a subfolder (kept, but
+    no longer the latest that eval, the next stage, chat and export pick up). Meta goes first, so a crash midway
+    leaves no later step counted as saved. Rank 0 moves; the others wait for it."""
+    later = sorted({int(m.group(1)) for p in folder.iterdir() if (m := STEP_FILE.fullmatch(p.name))
+                    and int(m.group(1)) > step}) if folder.exists() else []
+    if later and rank == 0:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        target = folder / f"replaced_{step}_{stamp}"
+        for n in range(2, 1000):  # two resumes within one second get their own folders
+            if not target.exists():
+                break
+            target = folder / f"replaced_{step}_{stamp}-{n}"
+        target.mkdir()
+        files = [p for p in folder.iterdir() if (m := STEP_FILE.fullmatch(p.name)) and int(m.group(1)) in later]
+        for p in sorted(files, key=lambda p: not p.name.startswith("meta_")):
+            p.rename(target / p.name)
+        if (folder / "metrics.jsonl").exists():  # the replaced run's log, before this run cuts it back
+            shutil.copy2(folder / "metrics.jsonl", target / "metrics.jsonl")
+        print0(f"step{'s' if len(later) > 1 else ''} {', '.join(map(str, later))} came from the run being replaced "
+               f"(resuming from step {step}): moved to {target}")
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()  # no rank reads or writes the folder before the move is done
+
+
+# Flags that do not change what is trained, or have their own note on a resume (the horizon: loop.check_horizon):
+# the folder's name, and when to save, evaluate, sample or log (evaluations are greedy or seeded and leave no trace in
+# the weights, the optimizer or the data order).
+BENIGN_ON_RESUME = {"resume", "resume_from_step", "num_iterations", "model_tag", "wandb", "save_every", "eval_every",
+                    "sample_every", "metrics_every"}
 
 
 def changed_flags(saved: dict, current: dict) -> list[str]:

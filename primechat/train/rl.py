@@ -32,6 +32,7 @@ from primechat.tasks.common import Task
 from primechat.tasks.gsm8k import GSM8K
 from primechat.tasks.mixture import GENERATED, generated_task
 from primechat.train import checkpoint
+from primechat.train.chat import check_arguments
 from primechat.train.loop import RunLog, StopRequest, check_horizon, out_of_memory, refuse_float16, say
 
 # --task: GSM8K, or a generated task that scores answers, by its name in tasks/mixture.py's GENERATED
@@ -89,7 +90,8 @@ def add_arguments(p):
     p.add_argument("--save-every", type=int, default=60, help="checkpoint every N steps (-1: only at the end)")
     p.add_argument("--resume", action="store_true", help="continue from this stage's latest checkpoint (or start "
                    "if it has none)")
-    p.add_argument("--resume-from-step", type=int, default=-1, help="continue from this saved step")
+    p.add_argument("--resume-from-step", type=int, default=-1, help="continue from this saved step; its later "
+                   "steps move into a replaced_<step>_<time>/ subfolder")
     p.add_argument("--wandb", default=None, metavar="PROJECT", help="also log to this Weights & Biases project")
 
 
@@ -126,6 +128,10 @@ def evaluate_pass_at_k(engine, task, args, rank: int, world: int, device) -> dic
 
 
 def main(args):
+    check_arguments(args)
+    for flag in ("examples_per_step", "num_samples", "device_batch_size", "max_new_tokens"):
+        if (value := getattr(args, flag)) < 1:
+            raise UserError(f"--{flag.replace('_', '-')} {value}: give 1 or more")
     device, rank, world = compute_init(args.device_type)
     master = rank == 0
     user_config = {k: v for k, v in vars(args).items() if not callable(v)}
@@ -135,6 +141,7 @@ def main(args):
         raise UserError(f"--num-samples {args.num_samples} must be a multiple of --device-batch-size "
                         f"{args.device_batch_size}")
     train_task, test_task = load_rl_task(args.task, "train", args.words), load_rl_task(args.task, "test", args.words)
+    num_steps = count_steps(args, len(train_task))  # before the model loads: flag mistakes come first
 
     source_tag = args.model_tag or checkpoint.default_tag(args.source)
     source_folder = checkpoint.checkpoint_dir(args.source, source_tag)
@@ -146,7 +153,6 @@ def main(args):
     for group in optimizer.param_groups:
         group["lr"] = group["initial_lr"] = group["initial_lr"] * args.init_lr_frac
     folder = checkpoint.checkpoint_dir("rl", source_tag)
-    num_steps = count_steps(args, len(train_task))
 
     step = 0
     loop = {"training_time": 0.0, "pass_at_k": {}, "mean_reward": None}
@@ -158,6 +164,7 @@ def main(args):
                                            user_config)
         loop.update(meta["loop_state"])
         check_horizon(step, num_steps, meta.get("num_iterations", num_steps))  # older RL checkpoints lack it
+        checkpoint.set_aside_later_steps(folder, step, rank)
     print0(f"RL on {args.task}: {len(train_task):,} problems, {num_steps} steps × {args.examples_per_step} problems "
            f"× {args.num_samples} samples, from {args.source} {source_tag} step {source_meta['step']} on {device}")
 
