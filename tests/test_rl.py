@@ -46,3 +46,21 @@ def test_a_fraction_of_an_epoch_runs_that_many_steps(base_home, tmp_path):  # no
     rl = ok(train("rl", home, "--source", "base", "--num-epochs", "0.0005"))
     assert "2 steps × 2 problems" in rl.stdout
     assert [r["step"] for r in records(home / "chatrl_checkpoints" / "d2") if "reward" in r] == [1, 2]
+
+
+def test_resume_with_a_model_tag_takes_the_saved_runs_flags(base_home, tmp_path):  # noqa: F811 (a fixture)
+    """`train rl --model-tag d2 --resume` continues on the run's own task and source, not the defaults (GSM8K, sft)."""
+    import json
+    import subprocess
+    import sys
+
+    from test_train import env_for
+    home = copy_home(base_home, tmp_path)
+    ok(train("rl", home, "--source", "base", "--num-iterations", 2, "--model-tag", "d2"))
+    bare = [sys.executable, "-m", "primechat.cli", "train", "rl", "--model-tag", "d2", "--resume", "--num-iterations",
+            "3"]
+    result = ok(subprocess.run(bare, env=env_for(home), capture_output=True, text=True, timeout=300))
+    assert "continuing d2 with its flags from step 2 where not typed" in result.stdout and "--task arithmetic" in \
+        result.stdout
+    meta = json.loads((home / "chatrl_checkpoints" / "d2" / "meta_000003.json").read_text())
+    assert meta["source"]["stage"] == "base" and meta["user_config"]["examples_per_step"] == 2

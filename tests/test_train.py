@@ -275,6 +275,24 @@ def test_resume_with_a_longer_horizon_says_the_schedule_changes(run_a, corpus, t
     assert [r["step"] for r in metrics(home) if "loss" in r][-2:] == [13, 14]
 
 
+def test_resume_with_a_model_tag_takes_the_saved_runs_flags(run_a, corpus, tmp_path):
+    """`train base --model-tag T --resume` continues run T without its flags typed again; typed ones override."""
+    home = make_home(corpus, tmp_path / "home")
+    shutil.copytree(ckpt(run_a[0]), ckpt(home, "mine"))
+    bare = [sys.executable, "-m", "primechat.cli", "train", "base", "--model-tag", "mine", "--num-iterations", 13]
+    run = lambda *args: subprocess.run([*map(str, bare), *map(str, args)], env=env_for(home),  # noqa: E731
+                                       capture_output=True, text=True, timeout=300)
+    result = ok(run("--resume"))
+    taken = next(line for line in result.stdout.splitlines() if line.startswith("continuing mine with its flags"))
+    assert "from step 12 where not typed" in taken and "--depth 2" in taken and "--dataset tiny" in taken
+    assert "--num-iterations" not in taken and "resuming" in result.stdout and "flags changed" not in result.stdout
+    saved = json.loads((ckpt(home, "mine") / "meta_000013.json").read_text())["user_config"]
+    assert saved == {**json.loads((ckpt(run_a[0]) / "meta_000012.json").read_text())["user_config"],
+                     "model_tag": "mine", "num_iterations": 13, "resume": True}
+    changed = ok(run("--resume-from-step", 12, "--matrix-lr", 0.03))
+    assert "note: flags changed since step 12 was saved: --matrix-lr 0.02 → 0.03" in changed.stdout
+
+
 def test_a_warmup_longer_than_the_run_before_warmdown_is_pointed_out(run_a, corpus, tmp_path):
     assert "note: --warmup-steps" not in run_a[1].stdout  # 2 warmup steps, warmdown from step 4 of 12
     home = make_home(corpus, tmp_path / "home")

@@ -225,6 +225,19 @@ def test_resume_after_a_crash_is_exact(base_home, tmp_path, stage):
         assert_same_tensors(state, torch.load(folder / name, weights_only=False), name)
 
 
+def test_resume_with_a_model_tag_takes_the_saved_runs_mixture_and_flags(base_home, tmp_path):
+    """`train sft --model-tag d2 --resume` continues with the run's own mixture, not the shipped sft.yaml."""
+    home = copy_home(base_home, tmp_path)
+    ok(train("sft", home, "--source", "base", "--num-iterations", 2, "--model-tag", "d2"))
+    bare = [sys.executable, "-m", "primechat.cli", "train", "sft", "--model-tag", "d2", "--resume", "--num-iterations",
+            "3"]
+    result = ok(subprocess.run(bare, env=env_for(home), capture_output=True, text=True, timeout=300))
+    assert "continuing d2 with its flags from step 2 where not typed" in result.stdout
+    assert "resuming" in result.stdout and "flags changed" not in result.stdout
+    meta = json.loads((home / "chatsft_checkpoints" / "d2" / "meta_000003.json").read_text())
+    assert meta["mixture"] == str(home / "mix.yaml") and meta["source"]["stage"] == "base"
+
+
 def test_sigterm_saves_and_resume_finishes(base_home, tmp_path):
     home = copy_home(base_home, tmp_path)
     proc = subprocess.Popen(command("mid", home, "--num-iterations", 500, "--eval-every", -1), env=env_for(home),

@@ -31,8 +31,8 @@ from primechat.plots import plot_training_curves
 from primechat.tokenizer import load_tokenizer
 from primechat.train import checkpoint
 from primechat.train.loop import (RunLog, StepReport, StopRequest, add_speed_arguments, check_horizon,
-                                  note_validation, out_of_memory, refuse_float16, say, training_model,
-                                  validation_batches)
+                                  note_validation, out_of_memory, record_typed_flags, refuse_float16, say,
+                                  training_model, validation_batches)
 
 SAMPLE_PROMPTS = ["The capital of France is", "The chemical symbol of gold is",
                   "If yesterday was Friday, then tomorrow will be", "The opposite of hot is",
@@ -77,13 +77,14 @@ def add_arguments(p):
     p.add_argument("--save-every", type=int, default=-1, help="checkpoint every N steps (-1: only at the end)")
     p.add_argument("--model-tag", default=None, help="checkpoint folder name (default: d<depth>)")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint of this tag (or "
-                   "start if it has none)")
+                   "start if it has none); with --model-tag, flags not typed take the saved run's values")
     p.add_argument("--resume-from-step", type=int, default=-1, help="continue from this saved step; its later "
                    "steps move into a replaced_<step>_<time>/ subfolder")
     p.add_argument("--fp8", action="store_true", help="fp8 matmuls for the transformer's matrices (H100/H200; "
                    "emulated on a CPU, for testing)")
     add_speed_arguments(p)
     p.add_argument("--wandb", default=None, metavar="PROJECT", help="also log to this Weights & Biases project")
+    record_typed_flags(p)
 
 
 @dataclass
@@ -235,15 +236,16 @@ def check_arguments(args):
 
 def main(args):
     check_arguments(args)
+    tag = args.model_tag or f"d{args.depth}"
+    folder = checkpoint.checkpoint_dir("base", tag)
+    checkpoint.inherit_saved_flags(args, folder)
     device, rank, world = compute_init(args.device_type)
     master = rank == 0
     args.dataset = pick_dataset(args.dataset)
-    user_config = {k: v for k, v in vars(args).items() if not callable(v)}
+    user_config = checkpoint.user_config(args)
     tokenizer = load_tokenizer()
     train_paths, val_path = list_shards(args.dataset)
     config = model_config(args, tokenizer.vocab_size)
-    tag = args.model_tag or f"d{args.depth}"
-    folder = checkpoint.checkpoint_dir("base", tag)
 
     with torch.device("meta"):
         model = GPT(config)

@@ -34,7 +34,8 @@ from primechat.tasks.mixture import load_mixture, resolve as resolve_mixture
 from primechat.train import checkpoint
 from primechat.train.base import B_REF, DEVICE_BATCH_SIZE, check_fraction, check_learning_rates
 from primechat.train.loop import (RunLog, StepReport, StopRequest, add_speed_arguments, note_validation,
-                                  out_of_memory, refuse_float16, say, training_model, validation_batches)
+                                  out_of_memory, record_typed_flags, refuse_float16, say, training_model,
+                                  validation_batches)
 
 # Per stage: the stage it starts from, its mixture, schedule and evaluation cadence. For SFT from a base model (no
 # mid-training) nanochat's 2026 recipe starts higher and decays over half the run: SFT_FROM_BASE.
@@ -91,12 +92,13 @@ def add_arguments(p, stage: str):
                    "or builtin (offline)")
     p.add_argument("--save-every", type=int, default=-1, help="checkpoint every N steps (-1: only at the end)")
     p.add_argument("--resume", action="store_true", help="continue from this stage's latest checkpoint (or start "
-                   "if it has none)")
+                   "if it has none); with --model-tag, flags not typed take the saved run's values")
     p.add_argument("--resume-from-step", type=int, default=-1, help="continue from this saved step; its later "
                    "steps move into a replaced_<step>_<time>/ subfolder")
     add_speed_arguments(p)
     p.add_argument("--wandb", default=None, metavar="PROJECT", help="also log to this Weights & Biases project")
     p.set_defaults(stage=stage)
+    record_typed_flags(p)
 
 
 def inherit(args, source_meta: dict, world: int) -> dict:
@@ -181,9 +183,11 @@ def check_arguments(args):
 def main(args):
     stage = args.stage
     check_arguments(args)
+    if args.model_tag:  # the folder of this stage's run, whose flags a resume takes back
+        checkpoint.inherit_saved_flags(args, checkpoint.checkpoint_dir(stage, args.model_tag))
     device, rank, world = compute_init(args.device_type)
     master = rank == 0
-    user_config = {k: v for k, v in vars(args).items() if not callable(v)}
+    user_config = checkpoint.user_config(args)
     metric_names = [n.strip() for n in args.metrics.split("|") if n.strip()]
     for name in metric_names:
         chat_eval.check_task(name)

@@ -132,6 +132,35 @@ BENIGN_ON_RESUME = {"resume", "resume_from_step", "num_iterations", "model_tag",
                     "sample_every", "metrics_every"}
 
 
+# Flags that say how to resume, not what the run is: never taken from the saved run.
+NOT_INHERITED = {"resume", "resume_from_step", "model_tag", "typed_flags"}
+
+
+def inherit_saved_flags(args, folder: Path) -> None:
+    """--resume / --resume-from-step with a --model-tag continue that run: every flag not typed takes the saved run's
+    value (its meta's user_config), so a run resumes without its flags typed again; typed ones win (and the "flags
+    changed" note names them). Without --model-tag nothing is taken: the folder itself derives from the flags."""
+    typed = getattr(args, "typed_flags", None)
+    if typed is None or "model_tag" not in typed or not (args.resume or args.resume_from_step >= 0):
+        return
+    steps = saved_steps(folder) if folder.exists() else []
+    step = args.resume_from_step if args.resume_from_step >= 0 else (steps[-1] if steps else None)
+    if step not in steps:
+        return  # nothing to continue from: resume_point says so (or starts the run)
+    taken = []
+    for key, value in load_meta(folder, step).get("user_config", {}).items():
+        if hasattr(args, key) and key not in typed and key not in NOT_INHERITED and getattr(args, key) != value:
+            setattr(args, key, value)
+            taken.append(f"--{key.replace('_', '-')} {value}")
+    if taken:
+        print0(f"continuing {folder.name} with its flags from step {step} where not typed: {' '.join(taken)}")
+
+
+def user_config(args) -> dict:
+    """The flags as saved in meta (what a resume compares against and takes back)."""
+    return {k: v for k, v in vars(args).items() if not callable(v) and k != "typed_flags"}
+
+
 def changed_flags(saved: dict, current: dict) -> list[str]:
     """Flags given now with another value than the saved run's (None: not given, inherited)."""
     return [f"--{k.replace('_', '-')} {saved[k]} → {v}" for k, v in current.items()

@@ -8,10 +8,13 @@
   StepReport: a training step's console line and metrics record (base and mid/SFT print the same columns).
 - refuse_float16, out_of_memory: the errors every loop gives for fp16 (no gradient scaler yet) and for OOM.
 - add_speed_arguments, training_model: --attention and --compile, the same in every trainer and in bench train.
+- record_typed_flags: parsing notes which flags were typed (args.typed_flags), so a resume can take the others from
+  the saved run (checkpoint.inherit_saved_flags).
 - check_horizon: a resumed run may change its number of steps, but not end before the step it resumes from.
 - validation_batches: this rank's share of the validation rows, packed once.
 """
 
+import argparse
 import json
 import math
 import signal
@@ -137,6 +140,28 @@ def add_speed_arguments(p):
     p.add_argument("--attention", choices=BACKENDS, default="auto", help="attention implementation (auto: "
                    "FlashAttention-3 on CUDA when it loads, else FlexAttention; SDPA on CPU/MPS)")
     p.add_argument("--compile", choices=["auto", "on", "off"], default="auto", help="torch.compile (auto: on CUDA)")
+
+
+def record_typed_flags(parser: argparse.ArgumentParser):
+    """Make parsing set args.typed_flags, the dests of the flags on the command line, which argparse does not tell
+    (a typed value may equal the default). The words are parsed a second time with every default suppressed, so
+    abbreviations and --flag=value count as typed as well."""
+    parse = parser.parse_known_args
+
+    def parse_known_args(args=None, namespace=None):
+        result, rest = parse(args, namespace)
+        defaults = {action: action.default for action in parser._actions}
+        try:
+            for action in defaults:
+                action.default = argparse.SUPPRESS
+            typed, _ = parse(args, None)
+        finally:
+            for action, default in defaults.items():
+                action.default = default
+        result.typed_flags = sorted(k for k in vars(typed) if k in {a.dest for a in defaults})
+        return result, rest
+
+    parser.parse_known_args = parse_known_args
 
 
 def training_model(model, args, device) -> tuple[torch.nn.Module, str]:

@@ -33,7 +33,8 @@ from primechat.tasks.gsm8k import GSM8K
 from primechat.tasks.mixture import GENERATED, generated_task
 from primechat.train import checkpoint
 from primechat.train.chat import check_arguments
-from primechat.train.loop import RunLog, StopRequest, check_horizon, out_of_memory, refuse_float16, say
+from primechat.train.loop import (RunLog, StopRequest, check_horizon, out_of_memory, record_typed_flags,
+                                  refuse_float16, say)
 
 # --task: GSM8K, or a generated task that scores answers, by its name in tasks/mixture.py's GENERATED
 RL_TASKS = ["gsm8k", *(name for name, task in GENERATED.items() if task.eval_type)]
@@ -89,10 +90,11 @@ def add_arguments(p):
     p.add_argument("--eval-samples", type=int, default=8, help="answers per test problem: pass@1 … pass@N")
     p.add_argument("--save-every", type=int, default=60, help="checkpoint every N steps (-1: only at the end)")
     p.add_argument("--resume", action="store_true", help="continue from this stage's latest checkpoint (or start "
-                   "if it has none)")
+                   "if it has none); with --model-tag, flags not typed take the saved run's values")
     p.add_argument("--resume-from-step", type=int, default=-1, help="continue from this saved step; its later "
                    "steps move into a replaced_<step>_<time>/ subfolder")
     p.add_argument("--wandb", default=None, metavar="PROJECT", help="also log to this Weights & Biases project")
+    record_typed_flags(p)
 
 
 def rollouts(engine, tokenizer, task, index: int, args, seed_base: tuple):
@@ -129,12 +131,14 @@ def evaluate_pass_at_k(engine, task, args, rank: int, world: int, device) -> dic
 
 def main(args):
     check_arguments(args)
+    if args.model_tag:  # the folder of this stage's run, whose flags a resume takes back
+        checkpoint.inherit_saved_flags(args, checkpoint.checkpoint_dir("rl", args.model_tag))
     for flag in ("examples_per_step", "num_samples", "device_batch_size", "max_new_tokens"):
         if (value := getattr(args, flag)) < 1:
             raise UserError(f"--{flag.replace('_', '-')} {value}: give 1 or more")
     device, rank, world = compute_init(args.device_type)
     master = rank == 0
-    user_config = {k: v for k, v in vars(args).items() if not callable(v)}
+    user_config = checkpoint.user_config(args)
     if args.examples_per_step % world:
         raise UserError(f"--examples-per-step {args.examples_per_step} must be a multiple of the {world} processes")
     if args.num_samples % args.device_batch_size:
