@@ -199,9 +199,12 @@ class Engine:
 
     @torch.inference_mode()
     def generate(self, tokens: list[int], num_samples: int = 1, max_tokens: int | None = None,
-                 temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None, seed: int = 42):
+                 temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None, seed: int = 42,
+                 frequency_penalty: float = 0.0, presence_penalty: float = 0.0):
         """Yield (token_column, token_masks) per step: one token per row, mask 1 where sampled and 0 where forced.
         Stops when every row has ended or after max_tokens steps (None: up to the end of the RoPE tables).
+        The penalties are OpenAI's: a token's logit is lowered by frequency_penalty per time the row has already
+        written it, and by presence_penalty once it has written it at all (the prompt does not count).
 
         A prompt that leaves no room (len(tokens) >= self.context) yields nothing rather than raising, so that one
         overlong RL prompt scores an empty rollout instead of stopping the training run. Callers that must tell
@@ -222,7 +225,11 @@ class Engine:
         cache = prefill.expand(num_samples, len(tokens) + min(max_tokens, 1024))
         logits = logits.expand(num_samples, -1)  # every row samples its own first token
         rows = [_Row() for _ in range(num_samples)]
+        penalised = frequency_penalty != 0 or presence_penalty != 0
+        written = torch.zeros(num_samples, logits.size(-1), device=device) if penalised else None
         for step in range(max_tokens):
+            if penalised:
+                logits = logits - frequency_penalty * written - presence_penalty * (written > 0)
             ids = sample_next_token(logits, rng, temperature, top_k, top_p)
             sampled = ids.tolist()  # the one host sync per step
             column, masks = [], []
@@ -239,6 +246,8 @@ class Engine:
                 return
             if column != sampled:  # a forced token replaced a sample: feed what was emitted
                 ids = torch.tensor(column, dtype=torch.long, device=device)
+            if penalised:
+                written[torch.arange(num_samples, device=device), ids] += 1
             logits = model(ids[:, None], kv_cache=cache)[:, -1, :]
 
     def generate_batch(self, tokens: list[int], num_samples: int = 1, **kwargs):

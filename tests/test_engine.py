@@ -128,6 +128,22 @@ def test_temperature_zero_is_greedy_and_deterministic(engine):
     assert [column[0] for column, _ in columns] == reference[:len(columns)]
 
 
+def test_penalties_lower_what_a_row_has_already_written(engine):
+    """OpenAI's frequency and presence penalties, checked against the logits they are defined on: with a penalty far
+    above the tiny model's logit spread, greedy decoding never writes a token twice; without one it repeats."""
+    def written(**penalty):
+        return [column[0] for column, _ in run(engine, max_tokens=40, temperature=0, **penalty)]
+    plain = written()
+    assert len(plain) == 40 and len(set(plain)) < 40  # a random model's greedy loop
+    for penalty in ({"presence_penalty": 2.0}, {"frequency_penalty": 2.0}):
+        tokens = written(**penalty)
+        assert len(set(tokens)) == len(tokens), penalty  # ended early on an end token is fine too
+    # a penalty only bites once the token was written: the first step is unchanged
+    assert written(frequency_penalty=2.0)[0] == plain[0]
+    # a negative penalty favours repeats: the first token again, at once
+    assert written(presence_penalty=-2.0)[:2] == [plain[0], plain[0]]
+
+
 def test_max_tokens_and_masks(engine):
     columns = run(engine, num_samples=2, max_tokens=5, temperature=1.0)
     assert 1 <= len(columns) <= 5

@@ -422,13 +422,10 @@ TOOL = {"type": "function", "function": {"name": "add", "parameters": {"type": "
     ("/v1/chat/completions", {"logprobs": True, "top_logprobs": 2}, "logprobs"),
     ("/v1/chat/completions", {"top_logprobs": 2}, "top_logprobs"),
     ("/v1/chat/completions", {"logit_bias": {"5": 10}}, "logit_bias"),
-    ("/v1/chat/completions", {"frequency_penalty": 0.5}, "frequency_penalty"),
-    ("/v1/chat/completions", {"presence_penalty": -1}, "presence_penalty"),
     ("/v1/completions", {"logprobs": 2}, "logprobs"),
     ("/v1/completions", {"echo": True}, "echo"),
     ("/v1/completions", {"best_of": 3}, "best_of"),
     ("/v1/completions", {"suffix": " the end"}, "suffix"),
-    ("/v1/completions", {"presence_penalty": 1.0}, "presence_penalty"),
 ])
 def test_features_primechat_cannot_honour_are_400_naming_the_param(client, path, change, param):
     """Ignored, they would give a 200 that looks right and is not what was asked for (a tool never called)."""
@@ -454,6 +451,24 @@ def test_the_off_values_of_those_features_pass(client, path, change):
     body = {"messages": HELLO} if path == "/v1/chat/completions" else {"prompt": "the cat"}
     r = client.post(path, json={**body, "max_tokens": 1, **change})
     assert r.status_code == 200, r.text
+
+
+def test_penalties_reach_the_engine_and_are_bounded(client, monkeypatch):
+    seen = []
+    real = workers.Engine.generate
+
+    def spy(self, *args, **kwargs):
+        seen.append((kwargs["frequency_penalty"], kwargs["presence_penalty"]))
+        return real(self, *args, **kwargs)
+    monkeypatch.setattr(workers.Engine, "generate", spy)
+    r = client.post("/v1/chat/completions", json={"messages": HELLO, "max_tokens": 2, "frequency_penalty": 0.5,
+                                                  "presence_penalty": -1})
+    assert r.status_code == 200, r.text
+    r = client.post("/v1/completions", json={"prompt": "the cat", "max_tokens": 2, "presence_penalty": 1.5})
+    assert r.status_code == 200, r.text
+    assert seen == [(0.5, -1.0), (0.0, 1.5)]
+    r = client.post("/v1/chat/completions", json={"messages": HELLO, "frequency_penalty": 2.5})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "frequency_penalty"
 
 
 def test_what_real_clients_send_is_read(client, tokenizer):

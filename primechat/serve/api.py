@@ -95,8 +95,6 @@ UNSUPPORTED = {  # OpenAI's fields that primechat cannot honour: what each asks 
     "logprobs": "primechat does not return log probabilities",
     "top_logprobs": "primechat does not return log probabilities",
     "logit_bias": "primechat does not apply logit biases",
-    "frequency_penalty": "primechat does not apply repetition penalties",
-    "presence_penalty": "primechat does not apply repetition penalties",
     "echo": "primechat does not echo the prompt",
     "best_of": "primechat does not rank samples: ask for n replies instead",
     "suffix": "primechat models cannot fill in text before a suffix",
@@ -121,17 +119,16 @@ class SamplingFields(ServerDefaulted):
     max_completion_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS)
     stop: str | list[str] | None = None
     seed: int | None = None
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)  # OpenAI's: lower a token's logit per time it was
+    presence_penalty: float | None = Field(None, ge=-2, le=2)  # written, and once if it was written at all
     # in UNSUPPORTED: only their off values (null, false, 0, {}) are accepted, which many clients send
     logprobs: bool | int | None = None  # chat: a bool; completions: how many alternatives per token
     top_logprobs: int | None = None
     logit_bias: dict[str, float] | None = None
-    frequency_penalty: float | None = None
-    presence_penalty: float | None = None
 
     def asked(self) -> dict[str, bool]:
         """Whether each field in UNSUPPORTED that this request has asks for its feature."""
-        return {name: bool(getattr(self, name)) for name in ("logprobs", "top_logprobs", "logit_bias",
-                                                             "frequency_penalty", "presence_penalty")}
+        return {name: bool(getattr(self, name)) for name in ("logprobs", "top_logprobs", "logit_bias")}
 
 
 class ChatRequest(SamplingFields):
@@ -248,7 +245,8 @@ def _sampling(body: ServerDefaulted, settings: Settings) -> Sampling:
     return Sampling(max_tokens=openai.max_completion_tokens or body.max_tokens or settings.max_tokens,
                     temperature=settings.temperature if body.temperature is None else body.temperature,
                     top_k=settings.top_k if body.top_k is None else body.top_k,
-                    top_p=openai.top_p, n=openai.n,
+                    top_p=openai.top_p, n=openai.n, frequency_penalty=openai.frequency_penalty or 0.0,
+                    presence_penalty=openai.presence_penalty or 0.0,
                     seed=random.randint(0, 2**31 - 1) if openai.seed is None else openai.seed % 2**63,
                     stops=_stops(openai.stop))
 

@@ -220,6 +220,8 @@ class Sampling:
     temperature: float
     top_k: int  # 0: off
     top_p: float | None = None
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
     n: int = 1
     seed: int = 0
     stops: list[str] = field(default_factory=list)
@@ -367,7 +369,8 @@ class Worker:
             job.emit(("finish", i, finish[i]))
 
         steps = engine.generate(prompt, num_samples=s.n, max_tokens=s.max_tokens, temperature=s.temperature,
-                                top_k=s.top_k or None, top_p=s.top_p, seed=s.seed)
+                                top_k=s.top_k or None, top_p=s.top_p, seed=s.seed,
+                                frequency_penalty=s.frequency_penalty, presence_penalty=s.presence_penalty)
         try:
             for column, _ in steps:
                 if first is None:
