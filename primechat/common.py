@@ -86,7 +86,8 @@ def run_child(command: list[str], log, on_line=None, env: dict | None = None) ->
     to `on_line`, e.g. sys.stdout.write). Returns its exit code and its own one-line reason if it gave one (a
     "primechat: error: " line, which under torchrun is buried in torchrun's failure report). Ctrl-C and SIGTERM are
     passed on, and the child runs in its own session so that a Ctrl-C at the terminal reaches it once, through us
-    (twice would kill it mid-save), and a `kill -INT` of this process alone reaches it too. The child saves a
+    (twice would kill it mid-save), and a `kill -INT` of this process alone reaches it too; a hangup (the terminal or
+    ssh session closing) reaches it as SIGTERM, since it no longer gets the terminal's own. The child saves a
     checkpoint and exits, and we keep relaying until it has: leaving early would kill it mid-save. A child that fails
     after a stop was asked for counts as stopped by it (exit 128 + signal): torchrun exits 1 once its workers have
     saved and stopped."""
@@ -96,9 +97,10 @@ def run_child(command: list[str], log, on_line=None, env: dict | None = None) ->
     with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           start_new_session=True) as proc:
         def on_stop(signum, frame):
+            signum = signal.SIGTERM if signum == signal.SIGHUP else signum
             stops.append(signum)
             proc.send_signal(signum)
-        before = {sig: signal.signal(sig, on_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+        before = {sig: signal.signal(sig, on_stop) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
         try:
             for line in proc.stdout:
                 if on_line:

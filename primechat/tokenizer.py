@@ -357,7 +357,7 @@ def main(args) -> None:
     args.dataset = shards.pick_dataset(args.dataset)
     settings = {"dataset": args.dataset, "vocab_size": args.vocab_size, "max_chars": args.max_chars,
                 "doc_cap": args.doc_cap}
-    if users and read_record(folder) != settings:
+    if users and read_record(folder) not in (settings, {}):  # unrecorded (older): trained, then compared
         raise UserError(refusal)
     text = TrainingText(args.dataset, args.max_chars, args.doc_cap)
     print(f"training a {args.vocab_size:,}-token vocabulary on up to {args.max_chars:,} characters of "
@@ -369,7 +369,7 @@ def main(args) -> None:
 
     check_round_trip(tokenizer)
     if users and load_tokenizer(folder).enc._mergeable_ranks != tokenizer.enc._mergeable_ranks:
-        raise UserError(refusal.replace(": add", " (the same settings gave a different one, from changed shards): add"))
+        raise UserError(refusal.replace(": add", " (the one this training gave differs from it): add"))
     if args.overwrite and (folder / "tokenizer.pkl").exists() and dependent_checkpoints():
         print(f"moved the old tokenizer to {move_aside(folder)}: restore it from there for the checkpoints "
               f"trained with it")

@@ -475,19 +475,16 @@ def test_errors_and_engine_not_running(page, server):
 
 def test_sampling_defaults_come_from_the_server_until_changed_here(page, server):
     server.sampling_defaults = {"temperature": 0.3, "top_k": 7, "max_tokens": 99}  # primechat serve -t 0.3 -k 7 -m 99
-    page.reload()
-    page.wait_for_function("document.getElementById('set-topk').value === '7'")
-    send(page, "one")
-    wait_answer(page, 1)
-    body = server.requests[-1]["body"]
-    assert (body["temperature"], body["top_k"], body["max_tokens"]) == (0.3, 7, 99)
-    send(page, "/temperature 1.1")  # what this browser changes wins, and is remembered across reloads
-    page.reload()
-    page.wait_for_function("document.getElementById('set-topk').value === '7'")
-    send(page, "two")
-    wait_answer(page, 2)
-    body = server.requests[-1]["body"]
-    assert (body["temperature"], body["top_k"], body["max_tokens"]) == (1.1, 7, 99)
+    # then what this browser changes wins, and is remembered across reloads
+    for turn, (command, expected) in enumerate([(None, (0.3, 7, 99)), ("/temperature 1.1", (1.1, 7, 99))], 1):
+        if command:
+            send(page, command)
+        page.reload()
+        page.wait_for_function("document.getElementById('set-topk').value === '7'")
+        send(page, f"turn {turn}")
+        wait_answer(page, turn)
+        body = server.requests[-1]["body"]
+        assert (body["temperature"], body["top_k"], body["max_tokens"]) == expected
 
 
 def test_gsm8k_answer_line_is_text_not_a_heading(page):

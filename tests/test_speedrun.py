@@ -30,11 +30,12 @@ def write_preset(tmp_path, steps):
     return path
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "sigint"])
-@pytest.mark.parametrize("nproc", [1, 2], ids=["one-process", "torchrun"])
+@pytest.mark.parametrize("nproc,sig", [(1, signal.SIGTERM), (2, signal.SIGTERM), (2, signal.SIGINT), (1, signal.SIGHUP)],
+                         ids=["one-process-sigterm", "torchrun-sigterm", "torchrun-sigint", "one-process-sighup"])
 def test_stop_then_rerun_continues_to_the_end(home, cli, tmp_path, nproc, sig):
     """Under torchrun too: its workers save and stop, and the speedrun reports a stop (torchrun itself exits 1). The
-    signal goes to the speedrun's process alone (`kill -INT PID`, a job scheduler): it must pass it on."""
+    signal goes to the speedrun's process alone (`kill -INT PID`, a job scheduler, a closed terminal): it must pass it
+    on."""
     preset = write_preset(tmp_path, steps=400)
     if nproc > 1:
         text = preset.read_text().replace("--total-batch-size 128", "--total-batch-size 256")
@@ -48,7 +49,8 @@ def test_stop_then_rerun_continues_to_the_end(home, cli, tmp_path, nproc, sig):
         time.sleep(0.2)
     proc.send_signal(sig)
     out, _ = proc.communicate(timeout=60)
-    assert proc.returncode == 128 + sig, out
+    stop = signal.SIGTERM if sig == signal.SIGHUP else sig  # a hangup (terminal closed) stops the stage as SIGTERM
+    assert proc.returncode == 128 + stop, out
     assert "run the same command again to continue" in out
     state = json.loads((home / "speedrun" / "tiny.json").read_text())
     assert state["completed"] == ["data", "tokenizer"]  # base was interrupted, so it is not complete

@@ -329,6 +329,15 @@ def test_train_refuses_to_replace_the_tokenizer_checkpoints_use_and_overwrite_mo
     # the same settings on the same data give the same tokenizer: a rerun (speedrun --restart) goes through
     assert run_cli("tokenizer", "train", "--dataset", "tiny", "--vocab-size", "300") == 0
     assert (home / "tokenizer" / "tokenizer.pkl").read_bytes() == old and not (home / "tokenizer_backup").exists()
+    # a tokenizer from before the record (training.json) is compared after training: the same one goes through,
+    # another is refused and the old one kept
+    (home / "tokenizer" / "training.json").unlink()
+    assert run_cli("tokenizer", "train", "--dataset", "tiny", "--vocab-size", "300") == 0
+    (home / "tokenizer" / "training.json").unlink()
+    capsys.readouterr()
+    assert run_cli("tokenizer", "train", "--dataset", "tiny", "--vocab-size", "300", "--max-chars", "2e3") == 2
+    assert "differs from it" in capsys.readouterr().err
+    assert (home / "tokenizer" / "tokenizer.pkl").read_bytes() == old
 
     assert run_cli("tokenizer", "train", "--dataset", "tiny", "--vocab-size", "300", "--max-chars", "2e3",
                    "--overwrite") == 0

@@ -241,6 +241,9 @@ def test_save_and_resume_bit_for_bit(run_a, corpus, tmp_path):
     line = assert_user_error(train(home, "--num-iterations", 12, "--resume-from-step", 7), "step 7")
     assert "6, 12" in line
     assert snapshot(folder) == before
+    # and a resume from step 6 that a later check refuses moves nothing aside: step 12 stays the latest
+    assert_user_error(train(home, "--num-iterations", 12, "--resume-from-step", 6, "--attention", "fa3"), "fa3")
+    assert snapshot(folder) == before
 
 
 def assert_same_training(home: Path, reference: Path, step: int):

@@ -281,7 +281,6 @@ def main(args):
         loader_state = checkpoint.load_rank_state(folder, step, "loader", rank)
         loop.update(meta["loop_state"])
         check_horizon(step, plan.num_steps, meta["num_iterations"])
-        checkpoint.set_aside_later_steps(folder, step, rank)
 
     speed_rows = []
     if args.fp8:
@@ -298,6 +297,8 @@ def main(args):
     val_batches = None
     token_bytes = torch.tensor(tokenizer.token_byte_lengths(), dtype=torch.int64, device=device)
     folder.mkdir(parents=True, exist_ok=True)
+    if resumed_at is not None:  # only now that every check has passed: a refused run changes nothing on disk
+        checkpoint.set_aside_later_steps(folder, resumed_at, rank)
     metrics_path = folder / "metrics.jsonl"
     log = RunLog(metrics_path, resumed_at, args.wandb, tag, user_config)
     report_step = StepReport(log, plan.total_batch, plan.flops_per_token, device, world)

@@ -221,7 +221,6 @@ def main(args):
                                            device, user_config)
         loader_state = checkpoint.load_rank_state(folder, step, "loader", rank)
         loop.update(meta["loop_state"])
-        checkpoint.set_aside_later_steps(folder, step, rank)
     elif args.load_optimizer and warm_start(optimizer, source_folder, source_meta["step"], rank, device):
         print0(f"optimizer state warm-started from {args.source} {source_tag} step {source_meta['step']}")
     elif args.load_optimizer:
@@ -250,6 +249,8 @@ def main(args):
     if master and (source_folder / "tokenizer.pkl").exists():  # an imported model's own tokenizer goes along
         for name in ("tokenizer.pkl", "token_bytes.pt"):
             shutil.copy2(source_folder / name, folder / name)
+    if resumed_at is not None:  # only now that every check has passed: a refused run changes nothing on disk
+        checkpoint.set_aside_later_steps(folder, resumed_at, rank)
     metrics_path = folder / "metrics.jsonl"
     log = RunLog(metrics_path, resumed_at, args.wandb, f"{stage}-{source_tag}", user_config)
     report_step = StepReport(log, settings["total_batch_size"], model.estimate_flops(), device, world)

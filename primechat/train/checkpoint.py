@@ -104,8 +104,7 @@ def set_aside_later_steps(folder: Path, step: int, rank: int):
     """Resuming from `step` replaces the run that went on from it: its later steps move into a subfolder (kept, but
     no longer the latest that eval, the next stage, chat and export pick up). Meta goes first, so a crash midway
     leaves no later step counted as saved. Rank 0 moves; the others wait for it."""
-    later = sorted({int(m.group(1)) for p in folder.iterdir() if (m := STEP_FILE.fullmatch(p.name))
-                    and int(m.group(1)) > step}) if folder.exists() else []
+    later = [s for s in saved_steps(folder) if s > step]  # complete steps: a crashed save's files are overwritten
     if later and rank == 0:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         target = folder / f"replaced_{step}_{stamp}"

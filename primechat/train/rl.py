@@ -168,7 +168,6 @@ def main(args):
                                            user_config)
         loop.update(meta["loop_state"])
         check_horizon(step, num_steps, meta.get("num_iterations", num_steps))  # older RL checkpoints lack it
-        checkpoint.set_aside_later_steps(folder, step, rank)
     print0(f"RL on {args.task}: {len(train_task):,} problems, {num_steps} steps × {args.examples_per_step} problems "
            f"× {args.num_samples} samples, from {args.source} {source_tag} step {source_meta['step']} on {device}")
 
@@ -176,6 +175,8 @@ def main(args):
     folder.mkdir(parents=True, exist_ok=True)
     if master and (source_folder / "tokenizer.pkl").exists():  # an imported model's own tokenizer goes along
         tokenizer.save(folder)
+    if resumed_at is not None:  # only now that every check has passed: a refused run changes nothing on disk
+        checkpoint.set_aside_later_steps(folder, resumed_at, rank)
     metrics_path = folder / "metrics.jsonl"
     log = RunLog(metrics_path, resumed_at, args.wandb, f"rl-{source_tag}", user_config)
     stop = StopRequest()
