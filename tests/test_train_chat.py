@@ -320,6 +320,10 @@ def test_bad_input_is_one_line(base_home, tmp_path, monkeypatch, cli):
     assert_user_error(train("rl", home, "--source", "base"), "primechat train base")
     # two mistakes at once: the mistyped mixture comes first, not the missing base model it would train
     assert_user_error(train("mid", home, "--mixture", "nope", "--model-tag", "d9"), "mixture nope not found")
+    # and the measured tasks' data before the model: offline, the word list fails now, not at the first measurement
+    offline = train("mid", home, *mix[:2], "--metrics", "SpellingBee", "--words", "http://127.0.0.1:9/w.txt")
+    error = offline.stderr.strip().splitlines()[-1]  # after the "downloading the word list" line
+    assert offline.returncode == 2 and "cannot download the word list" in error and "--words builtin" in error
 
 
 def test_help_of_mid_and_sft_documents_the_loop_they_share(cli):

@@ -157,11 +157,10 @@ def warm_start(optimizer, source_folder, source_step: int, rank: int, device) ->
     return True
 
 
-def measure_tasks(model, tokenizer, names: list[str], args, rank: int, world: int) -> dict:
+def measure_tasks(model, tokenizer, tasks: dict, args, rank: int, world: int) -> dict:
     """Accuracy per task, as `primechat eval chat` measures it (categorical ones batched, generative ones greedy)."""
     results = {}
-    for name in names:
-        task = chat_eval.load_task(name, args.words)
+    for name, task in tasks.items():
         if task.eval_type == "categorical":
             results[name] = chat_eval.evaluate_categorical(model, tokenizer, task, rank=rank, world=world,
                                                            max_problems=args.metrics_max_problems)
@@ -192,6 +191,8 @@ def main(args):
     for name in metric_names:
         chat_eval.check_task(name)
     resolve_mixture(args.mixture)  # a mistyped mixture is reported before the model is loaded
+    # the tasks' data (and SpellingBee's word list) before the model too: offline, fail now, not at the first measure
+    metric_tasks = {name: chat_eval.load_task(name, args.words) for name in metric_names}
 
     # The model: the source checkpoint, in fp32 master weights.
     source_tag = args.model_tag or checkpoint.default_tag(args.source)
@@ -289,8 +290,8 @@ def main(args):
             val_bpb = evaluate_bpb(train_model, iter(val_batches), len(val_batches), token_bytes, abandon=stop.pending)
             if note_validation(step, val_bpb, loop, log):
                 draw_curve()
-        if fresh and metric_names and (last or (args.metrics_every > 0 and step % args.metrics_every == 0)):
-            loop["metrics"] = measure_tasks(model, tokenizer, metric_names, args, rank, world)
+        if fresh and metric_tasks and (last or (args.metrics_every > 0 and step % args.metrics_every == 0)):
+            loop["metrics"] = measure_tasks(model, tokenizer, metric_tasks, args, rank, world)
             say(f"step {step:05d} | " + " | ".join(f"{k} {v:.4f}" for k, v in loop["metrics"].items()))
             log({"step": step, **{f"acc_{k}": v for k, v in loop["metrics"].items()}})
         stopping = fresh and stop.requested(device)
