@@ -203,13 +203,14 @@ def main(args) -> None:
             continue
         if not interactive:
             print(f"You: {line}")
+        before = len(chat.tokens)
         try:
             stats = chat.reply(line, heading="Assistant: " if chat.chat_format else "")
         except UserError as e:  # the conversation no longer fits: say so and keep it as it was
             print(e)
             continue
         print(dim + stats + reset)
-        if len(chat.tokens) >= model.config.sequence_len:
+        if before < model.config.sequence_len <= len(chat.tokens):  # said once, as the conversation crosses it
             print(f"(the conversation now fills the {model.config.sequence_len}-token context the model was trained "
                   "on, so replies will degrade: /clear starts a new one)")
 

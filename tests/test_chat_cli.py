@@ -190,6 +190,15 @@ def test_a_conversation_too_long_for_the_model_is_refused_in_one_line(chat_env, 
     assert out.count("/clear to start again") == 1 and out.count("Assistant: ") == 2  # the session goes on
 
 
+def test_past_the_trained_context_is_said_once_per_conversation(chat_env, cli):
+    """The tiny model was trained on 64 tokens; the note comes as a conversation crosses that, not at every turn."""
+    long_text = "the cat sat " * 20
+    proc = cli.popen("chat", "-t", "0", "-m", "4", "--device-type", "cpu", stdin=-1, stdout=-1, stderr=-1, text=True)
+    out, err = proc.communicate(f"{long_text}\nhello\nhello\n/clear\n{long_text}\n", timeout=120)
+    assert proc.returncode == 0, err
+    assert out.count("Assistant: ") == 4 and out.count("64-token context the model was trained on") == 2
+
+
 class Stop:
     """An output that raises KeyboardInterrupt, as Ctrl-C would, on its `at`-th write (a streamed token)."""
 
