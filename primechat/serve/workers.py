@@ -261,7 +261,6 @@ class Loaded:
     model: object
     tokenizer: object
     engine: Engine
-    context: int  # prompt + reply tokens the model can position (its RoPE tables)
 
 
 class Worker:
@@ -312,7 +311,7 @@ class Worker:
                     raise
             except (UserError, OSError) as e:
                 raise ApiError(404, f"could not load {ref.id}: {e}", param="model", code="model_not_found") from e
-        loaded = Loaded(model, tokenizer, Engine(model, tokenizer), model.cos.size(1))
+        loaded = Loaded(model, tokenizer, Engine(model, tokenizer))
         with self.lock:
             self.models[ref.id] = loaded
         return loaded
@@ -328,10 +327,10 @@ class Worker:
             loaded = self._load(job.ref)
             self.last_model = job.ref.id
             prompt = job.build_prompt(loaded.tokenizer)
-            if len(prompt) >= loaded.context:
+            if len(prompt) >= loaded.engine.context:
                 what = "conversation" if job.prompt_param == "messages" else job.prompt_param
                 raise ApiError(400, f"the prompt is {len(prompt):,} tokens but {job.ref.id} holds at most "
-                               f"{loaded.context:,} tokens of context: shorten the {what}",
+                               f"{loaded.engine.context:,} tokens of context: shorten the {what}",
                                param=job.prompt_param, code="context_length_exceeded")
             job.emit(("ready", len(prompt)))
             stats = self._generate(job, loaded, prompt)
