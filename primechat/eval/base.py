@@ -30,7 +30,7 @@ from primechat.data.shards import list_shards, pick_dataset
 from primechat.eval import core
 from primechat.eval.loss import evaluate_bpb
 from primechat.train.base import SAMPLE_PROMPTS
-from primechat.train.checkpoint import STAGE_DIRS, check_tag, default_tag, load_model, saved_steps
+from primechat.train.checkpoint import check_model_tag, default_tag, load_model
 from primechat.train.loop import validation_batches
 
 EVALS = ("core", "bpb", "sample")
@@ -95,18 +95,6 @@ def hf_subject(path: str, device):
 
 # --------------------------------------------------------------------------------------------------------------------
 # The three evaluations
-
-def check_model_tag(stage: str, tag: str | None) -> None:
-    """A --model-tag without checkpoints, named with the tags that have some, before any model is loaded."""
-    if tag is None:
-        return
-    check_tag(tag)
-    root = home_dir() / STAGE_DIRS[stage]
-    if not saved_steps(root / tag):
-        tags = sorted(p.name for p in root.glob("*/") if saved_steps(p)) if root.exists() else []
-        have = f"tags with checkpoints: {', '.join(tags)}" if tags else f"run `primechat train {stage}` first"
-        raise UserError(f"--model-tag {tag}: no {stage} checkpoint in {root / tag} ({have})")
-
 
 def core_bundle(args) -> Path:
     """The CORE bundle, downloaded if need be, with --max-per-task checked against its tasks' few-shot counts: each

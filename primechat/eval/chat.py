@@ -25,13 +25,12 @@ import torch.distributed as dist
 from primechat import report
 from primechat.common import UserError, compute_cleanup, compute_init, print0, progress
 from primechat.engine import Engine
-from primechat.eval.base import check_model_tag
 from primechat.tasks.arc import ARC
 from primechat.tasks.gsm8k import GSM8K
 from primechat.tasks.humaneval import HumanEval
 from primechat.tasks.mixture import GENERATED, generated_task
 from primechat.tasks.mmlu import MMLU
-from primechat.train.checkpoint import STAGE_DIRS, default_tag, load_model
+from primechat.train.checkpoint import STAGE_DIRS, check_model_tag, default_tag, load_model
 
 WORDS_URL = "https://raw.githubusercontent.com/dwyl/english-words/master/words_alpha.txt"  # nanochat's word list
 

@@ -42,6 +42,18 @@ def check_tag(tag: str | None, flag: str = "--model-tag"):
                         f"e.g. {flag} d20-long")
 
 
+def check_model_tag(stage: str, tag: str | None) -> None:
+    """A --model-tag without checkpoints, named with the tags that have some, before any model is loaded."""
+    if tag is None:
+        return
+    check_tag(tag)
+    root = home_dir() / STAGE_DIRS[stage]
+    if not saved_steps(root / tag):
+        tags = sorted(p.name for p in root.glob("*/") if saved_steps(p)) if root.exists() else []
+        have = f"tags with checkpoints: {', '.join(tags)}" if tags else f"run `primechat train {stage}` first"
+        raise UserError(f"--model-tag {tag}: no {stage} checkpoint in {root / tag} ({have})")
+
+
 def _save(obj, path: Path):
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
