@@ -51,7 +51,7 @@ COMMANDS = {
         "nanochat": ("import a nanochat checkpoint (Oct 2025 or 2026 layout)", "primechat.interop.nanochat"),
     }),
     "export": ("write a model in another framework's format", {
-        "hf": ("a Hugging Face transformers folder (NanoChat architecture, safetensors, chat template)",
+        "hf": ("a Hugging Face transformers folder (safetensors, chat template; remote code for 2026 models)",
                "primechat.interop.hf"),
     }),
     "push": ("upload a model with a model card to the Hugging Face Hub", "primechat.interop.push"),

@@ -247,18 +247,54 @@ def test_export_loads_in_transformers_with_the_same_logits_and_chat_ids(home, tm
         hf_tok.apply_chat_template([{"role": "assistant", "content": "hi"}], tokenize=False)
 
 
-def test_export_refuses_what_transformers_cannot_express(home, tmp_path, tokenizer, capsys):
+def test_2026_model_exports_as_remote_code_that_generates_like_primechat(home, tmp_path, tokenizer, capsys):
+    """primechat's own models (sliding windows, value embeddings, smear, …) load with trust_remote_code=True and give
+    primechat's logits, its loss, and its greedy continuations: past the sliding window, and in a left-padded batch."""
+    from transformers import AutoModelForCausalLM
+
     config = GPTConfig(vocab_size=tokenizer.vocab_size, **SIZES, **NEW)
     save_checkpoint(checkpoint_dir("sft", "d2"), 7, random_state(config, seed=1),
                     {"step": 7, "model_config": config.to_dict()})
     tokenizer.save(checkpoint_dir("sft", "d2"))
-    capsys.readouterr()
-    assert run(hf, tmp_path / "hf") == 2
-    err = capsys.readouterr().err
-    for feature in ("QK scale 1.2", "sliding-window attention", "value embeddings", "smear", "backout",
-                    "resid/x0 lambdas"):
-        assert feature in err
-    assert not (tmp_path / "hf").exists()
+    out = tmp_path / "hf"
+    assert run(hf, out, "--dtype", "float32") == 0
+    assert "trust_remote_code=True" in capsys.readouterr().out
+    assert (out / "modeling_primechat.py").is_file()
+
+    ours, _, _ = load_model("sft", "d2")
+    theirs = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True, dtype=torch.float32)
+    assert type(theirs).__name__ == "PrimechatForCausalLM"
+    x = ids(200, config.vocab_size)  # longer than the short window (128 tokens)
+    with torch.no_grad():
+        torch.testing.assert_close(theirs(x).logits, ours(x), atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(theirs(x, labels=x).loss, ours(x[:, :-1], targets=x[:, 1:]), atol=1e-5, rtol=1e-5)
+
+    def greedy(prompt, n):
+        return list(ours.generate(prompt.tolist(), n, temperature=0))
+
+    prompt = x[0, :120]  # decoding crosses the window: the cache is masked, not cropped
+    assert theirs.generate(prompt[None], max_new_tokens=20, do_sample=False)[0, 120:].tolist() == greedy(prompt, 20)
+    short, long = x[1, :9], x[1, 50:80]
+    batch = torch.zeros(2, 30, dtype=torch.long)
+    mask = torch.zeros(2, 30, dtype=torch.long)
+    batch[0, 21:], mask[0, 21:], batch[1], mask[1] = short, 1, long, 1
+    both = theirs.generate(input_ids=batch, attention_mask=mask, max_new_tokens=12, do_sample=False, pad_token_id=0)
+    assert both[0, 30:].tolist() == greedy(short, 12) and both[1, 30:].tolist() == greedy(long, 12)
+
+
+def test_nanochat_export_carries_no_remote_code(home, tmp_path, tokenizer):
+    """Exporting an Oct-2025 model over an earlier 2026 export leaves no modeling file that would shadow NanoChat."""
+    new = GPTConfig(vocab_size=tokenizer.vocab_size, **SIZES, **NEW)
+    old = GPTConfig(vocab_size=tokenizer.vocab_size, **SIZES, **OCT)
+    for tag, config in (("new", new), ("old", old)):
+        save_checkpoint(checkpoint_dir("sft", tag), 7, random_state(config, seed=1),
+                        {"step": 7, "model_config": config.to_dict()})
+        tokenizer.save(checkpoint_dir("sft", tag))
+    out = tmp_path / "hf"
+    assert run(hf, out, "-g", "new") == 0 and (out / "modeling_primechat.py").is_file()
+    assert run(hf, out, "-g", "old") == 0
+    assert not (out / "modeling_primechat.py").exists()
+    assert json.loads((out / "config.json").read_text())["model_type"] == "nanochat"
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -307,3 +343,28 @@ def test_push_then_pull_round_trips_through_the_hub(home, fake_hub, tokenizer, c
     assert "--force" in capsys.readouterr().err
     assert run(pull, "me/missing") == 2
     assert "no model repo me/missing" in capsys.readouterr().err
+
+
+def test_a_model_trained_here_pushes_with_its_code_and_pulls_back_exactly(home, fake_hub, tokenizer, capsys):
+    config = GPTConfig(vocab_size=tokenizer.vocab_size, **SIZES, **NEW)
+    save_checkpoint(checkpoint_dir("rl", "d2"), 5, random_state(config, seed=4), {"step": 5, "model_config": config.to_dict()})
+    tokenizer.save(checkpoint_dir("rl", "d2"))
+
+    assert run(push, "me/my-rl", "-i", "rl", "--dtype", "float32") == 0
+    repo = fake_hub.root / "models" / "me" / "my-rl"
+    assert (repo / "modeling_primechat.py").is_file()
+    card = (repo / "README.md").read_text()
+    assert 'from_pretrained("me/my-rl", trust_remote_code=True)' in card and "sliding-window attention" in card
+
+    assert run(pull, "me/my-rl") == 0
+    pulled, _, meta = load_model("rl", "my-rl")
+    original, _, _ = load_model("rl", "d2")
+    assert pulled.config == original.config and meta["step"] == 5
+    x = ids(64, config.vocab_size)
+    with torch.no_grad():
+        torch.testing.assert_close(pulled(x), original(x), atol=0, rtol=0)
+
+    (repo / "primechat.json").unlink()
+    capsys.readouterr()
+    assert run(pull, "me/my-rl", "--tag", "again") == 2
+    assert "primechat.json" in capsys.readouterr().err

@@ -1,19 +1,20 @@
 """Export a model for Hugging Face `transformers`: `primechat export hf OUT [-i sft]`.
 
-OUT then loads with `AutoModelForCausalLM.from_pretrained(OUT)` and `AutoTokenizer.from_pretrained(OUT)`, no remote
-code, through transformers' own NanoChat architecture (and so in anything that reads that format). It holds:
+OUT then loads with `AutoModelForCausalLM.from_pretrained(OUT)` and `AutoTokenizer.from_pretrained(OUT)`. Where
+transformers' own NanoChat architecture can express the model (nanochat's Oct 2025 design, e.g. an imported nanochat
+model), it is written in that architecture and needs no remote code, so anything that reads the format runs it. What
+NanoChat cannot express is nanochat's 2026 design, which every model primechat trains has: QK scale (its attention
+scale is fixed at 1/sqrt(head_dim)), sliding windows, value embeddings, smear, backout and the per-layer resid/x0
+lambdas. Those models are written with primechat's own model as remote code (modeling_primechat.py, torch and
+transformers only), loaded with `trust_remote_code=True`; other runtimes (vLLM, llama.cpp, MLX) do not run them.
 
-    config.json, generation_config.json   NanoChatConfig: sizes, RoPE base, softcap, RMSNorm eps, special ids
-    model.safetensors                     the weights under transformers' names, the padded vocab rows dropped
+    config.json, generation_config.json   NanoChatConfig, or PrimechatConfig with auto_map for the remote code
+    model.safetensors                     the weights (transformers' names for NanoChat, primechat's own otherwise),
+                                          the padded vocab rows dropped
+    modeling_primechat.py                 the remote code (only when NanoChat cannot express the model)
     tokenizer.json, tokenizer_config.json the same BPE as tokenizer.pkl (byte-level, same split regex, same merges)
     chat_template.jinja                   renders conversations into exactly the ids primechat's chat format gives
     primechat.json                        what `primechat pull` needs to install it back: config, stage, tag, step
-
-What transformers' NanoChat cannot express: QK scale (its attention scale is fixed at 1/sqrt(head_dim)), sliding
-windows, value embeddings, smear, backout and the per-layer resid/x0 lambdas: nanochat's 2026 additions. A model
-that uses any of them is refused, naming them. nanochat's Oct 2025 model (`primechat import nanochat`) exports
-exactly; primechat's own models use these additions (train base has no switch to leave them out), so they do not export
-yet. Everything else maps one to one, including RoPE base and the logit softcap.
 
 The tokenizer converts tiktoken's merges into a `tokenizers` BPE model: each token's two halves are found by
 re-running BPE on its bytes with the merges ranked before it. One difference remains: primechat never reads special
@@ -21,6 +22,7 @@ tokens out of text, while a Hugging Face tokenizer turns "<|bos|>" written in a 
 """
 
 import json
+import shutil
 from pathlib import Path
 
 import torch
@@ -29,6 +31,7 @@ from primechat.common import UserError, atomic_path
 from primechat.tokenizer import SPECIAL_TOKENS, SPLIT_PATTERN
 from primechat.train.checkpoint import STAGE_DIRS, checkpoint_dir, default_tag, load_meta, resolve_step
 
+REMOTE_CODE = Path(__file__).with_name("modeling_primechat.py")
 RMS_EPS = torch.finfo(torch.float32).eps  # F.rms_norm's default for fp32, which primechat's norm uses
 
 # Jinja rendering of Tokenizer._render: BOS; a system message folded into the first user turn; user and assistant
@@ -64,77 +67,93 @@ CHAT_TEMPLATE = (
 
 
 def unsupported_features(config) -> list[str]:
-    """The model's features that transformers' NanoChat architecture cannot express (empty: it exports exactly)."""
-    problems = []
+    """The model's features that transformers' NanoChat architecture cannot express (empty: it exports as NanoChat).
+    NanoChat scales attention by 1/sqrt(head_dim) only and attends to the whole context in every layer."""
+    features = []
     if config.qk_scale != 1.0:
-        problems.append(f"QK scale {config.qk_scale:g} (--qk-scale; transformers scales attention by 1/sqrt(head_dim) only)")
+        features.append(f"QK scale {config.qk_scale:g}")
     if any(w < config.sequence_len for w in config.window_sizes()):
-        problems.append(f"sliding-window attention (window pattern {config.window_pattern}; needs L)")
+        features.append(f"sliding-window attention ({config.window_pattern})")
     for switch, name in (("value_embeds", "value embeddings"), ("smear", "smear"), ("backout", "backout"),
                          ("skip_lambdas", "resid/x0 lambdas")):
         if getattr(config, switch):
-            problems.append(name)
-    return problems
+            features.append(name)
+    return features
 
 
 def hf_config(config, tokenizer, dtype: str) -> dict:
+    """config.json: transformers' NanoChatConfig where it can express the model, else PrimechatConfig (remote code)."""
     special = tokenizer.encode_special
+    common = {"vocab_size": config.vocab_size, "hidden_size": config.n_embd, "num_hidden_layers": config.n_layer,
+              "num_attention_heads": config.n_head, "num_key_value_heads": config.n_kv_head,
+              "max_position_embeddings": config.sequence_len, "final_logit_softcapping": float(config.softcap),
+              "tie_word_embeddings": False, "bos_token_id": special("<|bos|>"),
+              "eos_token_id": special("<|assistant_end|>"), "pad_token_id": None, "use_cache": True, "dtype": dtype}
+    if unsupported_features(config):
+        return {
+            "architectures": ["PrimechatForCausalLM"],
+            "model_type": "primechat",
+            "auto_map": {"AutoConfig": "modeling_primechat.PrimechatConfig",
+                         "AutoModelForCausalLM": "modeling_primechat.PrimechatForCausalLM"},
+            **common,
+            "window_sizes": config.window_sizes(),
+            "rope_theta": float(config.rope_base),
+            "qk_scale": float(config.qk_scale),
+            "value_embed_layers": [i for i in range(config.n_layer) if config.has_value_embed(i)],
+            "smear": config.smear, "backout": config.backout, "skip_lambdas": config.skip_lambdas,
+        }
     return {
         "architectures": ["NanoChatForCausalLM"],
         "model_type": "nanochat",
-        "vocab_size": config.vocab_size,
-        "hidden_size": config.n_embd,
+        **common,
         "intermediate_size": 4 * config.n_embd,
-        "num_hidden_layers": config.n_layer,
-        "num_attention_heads": config.n_head,
-        "num_key_value_heads": config.n_kv_head,
-        "max_position_embeddings": config.sequence_len,
         "hidden_act": "relu2",
         "rms_norm_eps": RMS_EPS,
         "rope_parameters": {"rope_type": "default", "rope_theta": float(config.rope_base)},
-        "final_logit_softcapping": float(config.softcap),
         "attention_bias": False,
         "attention_dropout": 0.0,
-        "tie_word_embeddings": False,
-        "bos_token_id": special("<|bos|>"),
-        "eos_token_id": special("<|assistant_end|>"),
-        "pad_token_id": None,
-        "use_cache": True,
-        "dtype": dtype,
     }
 
 
+# primechat's weight names → transformers NanoChat's, for the ones a NanoChat model has
+NANOCHAT_NAMES = {"attn.c_q": "self_attn.q_proj", "attn.c_k": "self_attn.k_proj", "attn.c_v": "self_attn.v_proj",
+                  "attn.c_proj": "self_attn.o_proj", "mlp.c_fc": "mlp.fc1", "mlp.c_proj": "mlp.fc2"}
+
+
+def is_vocab_table(name: str) -> bool:
+    """Whether a weight (primechat's name) has one row per token, so padding rows are dropped and restored."""
+    return name in ("transformer.wte.weight", "lm_head.weight") or name.startswith("value_embeds.")
+
+
 def hf_state(state: dict, config, dtype: torch.dtype) -> dict:
-    """primechat's weights under transformers' NanoChat names; rows of the padded vocabulary are dropped."""
+    """The weights to export, rows of the padded vocabulary dropped: under transformers' NanoChat names where it can
+    express the model, else under primechat's own (which modeling_primechat.py uses)."""
     V = config.vocab_size
-    out = {"model.embed_tokens.weight": state["transformer.wte.weight"][:V], "lm_head.weight": state["lm_head.weight"][:V]}
-    names = {"attn.c_q": "self_attn.q_proj", "attn.c_k": "self_attn.k_proj", "attn.c_v": "self_attn.v_proj",
-             "attn.c_proj": "self_attn.o_proj", "mlp.c_fc": "mlp.fc1", "mlp.c_proj": "mlp.fc2"}
-    for i in range(config.n_layer):
-        for ours, theirs in names.items():
-            out[f"model.layers.{i}.{theirs}.weight"] = state[f"transformer.h.{i}.{ours}.weight"]
+    out = {k: v[:V] if is_vocab_table(k) else v for k, v in state.items()}
+    if not unsupported_features(config):
+        out = {"model.embed_tokens.weight": out["transformer.wte.weight"], "lm_head.weight": out["lm_head.weight"],
+               **{f"model.layers.{i}.{theirs}.weight": out[f"transformer.h.{i}.{ours}.weight"]
+                  for i in range(config.n_layer) for ours, theirs in NANOCHAT_NAMES.items()}}
     return {k: v.detach().to("cpu", dtype).contiguous() for k, v in out.items()}
 
 
 def primechat_state(tensors: dict, config) -> dict:
-    """The inverse of hf_state: transformers' names back to primechat's, the vocab padded again (with zeros)."""
-    names = {"self_attn.q_proj": "attn.c_q", "self_attn.k_proj": "attn.c_k", "self_attn.v_proj": "attn.c_v",
-             "self_attn.o_proj": "attn.c_proj", "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj"}
+    """The inverse of hf_state: primechat's names (NanoChat's translated back), the vocab padded again (zeros)."""
+    names = {theirs: ours for ours, theirs in NANOCHAT_NAMES.items()}
     state = {}
     for key, value in tensors.items():
+        ours = key
         if key == "model.embed_tokens.weight":
             ours = "transformer.wte.weight"
-        elif key == "lm_head.weight":
-            ours = "lm_head.weight"
         elif key.startswith("model.layers.") and key.endswith(".weight"):
             layer, _, module = key.removeprefix("model.layers.").removesuffix(".weight").partition(".")
             if module not in names:
                 raise UserError(f"the weights hold {key}, which primechat's model has no place for")
             ours = f"transformer.h.{layer}.{names[module]}.weight"
-        else:
+        elif key.startswith("model."):
             raise UserError(f"the weights hold {key}, which primechat's model has no place for")
         value = value.float()
-        if ours in ("transformer.wte.weight", "lm_head.weight") and value.shape[0] < config.padded_vocab:
+        if is_vocab_table(ours) and value.shape[0] < config.padded_vocab:
             value = torch.cat([value, value.new_zeros(config.padded_vocab - value.shape[0], value.shape[1])])
         state[ours] = value
     return state
@@ -234,7 +253,7 @@ def _write_json(path: Path, obj) -> None:
 
 def export_hf(out, stage: str = "sft", tag: str | None = None, step: int | None = None,
               dtype: str = "bfloat16") -> dict:
-    """Write the transformers folder; returns {"out", "stage", "tag", "step", "config", "meta"}."""
+    """Write the transformers folder; returns {"out", "stage", "tag", "step", "config", "meta", "remote_code"}."""
     from safetensors.torch import save_file
 
     from primechat.model import GPTConfig
@@ -246,11 +265,6 @@ def export_hf(out, stage: str = "sft", tag: str | None = None, step: int | None 
     step = resolve_step(folder, step)
     meta = load_meta(folder, step)
     config = GPTConfig(**meta["model_config"])
-    problems = unsupported_features(config)
-    if problems:
-        raise UserError(f"{stage} {tag} uses features transformers' NanoChat architecture cannot express: "
-                        f"{'; '.join(problems)}. Export works for models with these off (e.g. an imported Oct 2025 "
-                        f"nanochat model); nothing was written")
     tokenizer = load_tokenizer(folder if (folder / "tokenizer.pkl").exists() else None)
     if tokenizer.vocab_size != config.vocab_size:
         raise UserError(f"{stage} {tag} has a {config.vocab_size:,}-token vocabulary but its tokenizer has "
@@ -273,10 +287,17 @@ def export_hf(out, stage: str = "sft", tag: str | None = None, step: int | None 
     })
     with atomic_path(out / "chat_template.jinja") as tmp:
         tmp.write_text(CHAT_TEMPLATE)
+    remote_code = bool(unsupported_features(config))
+    if remote_code:
+        with atomic_path(out / REMOTE_CODE.name) as tmp:
+            shutil.copyfile(REMOTE_CODE, tmp)
+    else:
+        (out / REMOTE_CODE.name).unlink(missing_ok=True)  # left by an earlier export of another model
     _write_json(out / "primechat.json", {"format": "primechat", "stage": stage, "tag": tag, "step": step,
                                          "model_config": config.to_dict(),
                                          **{k: meta[k] for k in ("val_bpb", "imported_from") if k in meta}})
-    return {"out": out, "stage": stage, "tag": tag, "step": step, "config": config, "meta": meta}
+    return {"out": out, "stage": stage, "tag": tag, "step": step, "config": config, "meta": meta,
+            "remote_code": remote_code}
 
 
 def add_arguments(p) -> None:
@@ -295,9 +316,13 @@ def add_model_arguments(p) -> None:
 
 def main(args) -> None:
     done = export_hf(args.out, args.source, args.model_tag, args.step, args.dtype)
+    architecture = ("PrimechatForCausalLM as remote code (modeling_primechat.py)" if done["remote_code"]
+                    else "transformers NanoChatForCausalLM")
     print(f"exported {done['stage']} {done['tag']} step {done['step']} to {done['out']} "
-          f"(transformers NanoChatForCausalLM, {args.dtype} safetensors, chat template)")
-    print(f"load it: AutoModelForCausalLM.from_pretrained({str(done['out'])!r}) and AutoTokenizer.from_pretrained(…)")
+          f"({architecture}, {args.dtype} safetensors, chat template)")
+    remote = ", trust_remote_code=True" if done["remote_code"] else ""
+    print(f"load it: AutoModelForCausalLM.from_pretrained({str(done['out'])!r}{remote}) and "
+          f"AutoTokenizer.from_pretrained(…)")
 
 
 if __name__ == "__main__":

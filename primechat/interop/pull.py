@@ -2,9 +2,10 @@
 
 Downloads the repo (huggingface_hub's snapshot_download: cached, resumable, HF_TOKEN/HF_ENDPOINT honoured) and installs
 it as a primechat checkpoint, <home>/<stage>_checkpoints/<tag>/, so chat, serve, eval and training find it. The repo is
-one `primechat push` wrote (its primechat.json gives the config, stage and step), or any transformers NanoChat repo
-whose tokenizer.json is primechat's kind of BPE (then the config comes from config.json and the stage is sft unless
---stage says otherwise). Only safetensors and JSON are read: nothing from the repo is unpickled or executed.
+one `primechat push` wrote (its primechat.json gives the config, stage and step, whether the weights are in NanoChat's
+layout or primechat's own with remote code), or any transformers NanoChat repo whose tokenizer.json is primechat's kind
+of BPE (then the config comes from config.json and the stage is sft unless --stage says otherwise). Only safetensors
+and JSON are read: nothing from the repo is unpickled or executed, its remote code included.
 """
 
 import json
@@ -22,6 +23,9 @@ def config_from_hf(cfg: dict):
     """primechat's GPTConfig for a transformers NanoChat config (the Oct 2025 architecture plus RoPE base, softcap)."""
     from primechat.model import GPTConfig
 
+    if cfg.get("model_type") == "primechat":
+        raise UserError("the repo holds a primechat model but not its primechat.json, which says how to install it: "
+                        "push it again with `primechat push`")
     if cfg.get("model_type") != "nanochat":
         raise UserError(f"the repo's model is a {cfg.get('model_type')!r}, not a nanochat one: primechat cannot run it")
     d = cfg["hidden_size"]

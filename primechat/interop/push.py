@@ -1,17 +1,21 @@
 """Publish a model on the Hugging Face Hub: `primechat push me/my-chat-d20 [-i sft]`.
 
-Exports the model as `primechat export hf` does (a folder transformers loads with no remote code), writes a model card
-README.md (architecture, how to use it from transformers and from primechat, and the report card's sections from
-<home>/report/ when the model was trained in this home), creates the repo if needed and uploads it all in one commit
-through huggingface_hub, so HF_TOKEN, HF_ENDPOINT and `hf auth login` work as usual. `primechat pull` brings it back.
+Exports the model as `primechat export hf` does (a folder transformers loads, with remote code for what its NanoChat
+architecture cannot express), writes a model card README.md (architecture, how to use it from transformers and from
+primechat, and the report card's sections from <home>/report/ when the model was trained in this home), creates the
+repo if needed and uploads it all in one commit through huggingface_hub, so HF_TOKEN, HF_ENDPOINT and `hf auth login`
+work as usual. `primechat pull` brings it back.
 """
 
 import tempfile
 from pathlib import Path
 
+import torch
+
 from primechat import report
 from primechat.common import UserError
-from primechat.interop.hf import add_model_arguments, export_hf
+from primechat.interop.hf import add_model_arguments, export_hf, unsupported_features
+from primechat.model import GPT
 
 STAGE_NAMES = {"base": "base (pretrained) model", "mid": "mid-trained chat model", "sft": "chat model (SFT)",
                "rl": "chat model (SFT + RL on GSM8K)"}
@@ -33,15 +37,15 @@ def report_card() -> list[str]:
 
 def model_card(repo_id: str, info: dict) -> str:
     c, meta = info["config"], info["meta"]
-    d, L, V = c.n_embd, c.n_layer, c.vocab_size
-    params = L * (10 * d * d + 2 * d * c.n_kv_head * c.head_dim) + 2 * V * d  # q, proj, MLP; k, v; wte, lm_head
+    with torch.device("meta"):
+        params = GPT(c).num_params()["total"]
     imported = meta.get("imported_from")
     origin = (f"Imported from a {imported['format']} checkpoint ({imported.get('layout', '')} layout) with primechat."
               if imported else "Trained from scratch with primechat.")
     rows = [("stage", STAGE_NAMES[info["stage"]]), ("checkpoint", f"{info['tag']} step {info['step']}"),
-            ("parameters", f"{params / 1e6:,.1f}M"), ("layers", L), ("width", d),
+            ("parameters", f"{params / 1e6:,.1f}M"), ("layers", c.n_layer), ("width", c.n_embd),
             ("heads / kv heads", f"{c.n_head} / {c.n_kv_head}"), ("context", f"{c.sequence_len:,} tokens"),
-            ("vocabulary", f"{V:,} (byte-level BPE, 9 special tokens)"), ("RoPE base", f"{c.rope_base:,.0f}"),
+            ("vocabulary", f"{c.vocab_size:,} (byte-level BPE, 9 special tokens)"), ("RoPE base", f"{c.rope_base:,.0f}"),
             ("logit softcap", c.softcap)]
     if "val_bpb" in meta:
         rows.append(("validation bits per byte", f"{meta['val_bpb']:.4f}"))
@@ -50,11 +54,17 @@ def model_card(repo_id: str, info: dict) -> str:
         "---", "", f"# {repo_id.split('/')[-1]}", "",
         f"A small GPT, {STAGE_NAMES[info['stage']]}, in the architecture of karpathy's nanochat. {origin}", "",
         "| | |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows], "",
-        "## Use it with transformers", "", "```python",
-        "from transformers import AutoModelForCausalLM, AutoTokenizer",
-        f'tokenizer = AutoTokenizer.from_pretrained("{repo_id}")',
-        f'model = AutoModelForCausalLM.from_pretrained("{repo_id}")',
+        "## Use it with transformers", "",
     ]
+    if info["remote_code"]:
+        lines += ["It uses nanochat's 2026 design (" + ", ".join(unsupported_features(c)) + "), which transformers' "
+                  "built-in NanoChat architecture cannot express, so the model's code comes with it "
+                  "(`modeling_primechat.py`, torch and transformers only): load it with `trust_remote_code=True`. "
+                  "Runtimes that need a built-in architecture (vLLM, llama.cpp, MLX) do not run it.", ""]
+    remote = ", trust_remote_code=True" if info["remote_code"] else ""
+    lines += ["```python", "from transformers import AutoModelForCausalLM, AutoTokenizer",
+              f'tokenizer = AutoTokenizer.from_pretrained("{repo_id}")',
+              f'model = AutoModelForCausalLM.from_pretrained("{repo_id}"{remote})']
     if info["stage"] == "base":
         lines += ['inputs = tokenizer("<|bos|>The capital of France is", return_tensors="pt")']
     else:
