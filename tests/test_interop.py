@@ -250,7 +250,7 @@ def test_export_loads_in_transformers_with_the_same_logits_and_chat_ids(home, tm
 def test_2026_model_exports_as_remote_code_that_generates_like_primechat(home, tmp_path, tokenizer, capsys):
     """primechat's own models (sliding windows, value embeddings, smear, …) load with trust_remote_code=True and give
     primechat's logits, its loss, and its greedy continuations: past the sliding window, and in a left-padded batch."""
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     config = GPTConfig(vocab_size=tokenizer.vocab_size, **SIZES, **NEW)
     save_checkpoint(checkpoint_dir("sft", "d2"), 7, random_state(config, seed=1),
@@ -274,6 +274,11 @@ def test_2026_model_exports_as_remote_code_that_generates_like_primechat(home, t
 
     prompt = x[0, :120]  # decoding crosses the window: the cache is masked, not cropped
     assert theirs.generate(prompt[None], max_new_tokens=20, do_sample=False)[0, 120:].tolist() == greedy(prompt, 20)
+    hf_tok = AutoTokenizer.from_pretrained(out, trust_remote_code=True)
+    for conversation in CONVERSATIONS:
+        rendered = hf_tok.apply_chat_template(conversation, tokenize=True, return_dict=True)["input_ids"]
+        assert rendered == tokenizer.render_conversation(conversation)[0]
+
     short, long = x[1, :9], x[1, 50:80]
     batch = torch.zeros(2, 30, dtype=torch.long)
     mask = torch.zeros(2, 30, dtype=torch.long)
@@ -354,7 +359,9 @@ def test_a_model_trained_here_pushes_with_its_code_and_pulls_back_exactly(home, 
     repo = fake_hub.root / "models" / "me" / "my-rl"
     assert (repo / "modeling_primechat.py").is_file()
     card = (repo / "README.md").read_text()
-    assert 'from_pretrained("me/my-rl", trust_remote_code=True)' in card and "sliding-window attention" in card
+    assert 'AutoModelForCausalLM.from_pretrained("me/my-rl", trust_remote_code=True)' in card
+    assert 'AutoTokenizer.from_pretrained("me/my-rl", trust_remote_code=True)' in card
+    assert "sliding-window attention" in card
 
     assert run(pull, "me/my-rl") == 0
     pulled, _, meta = load_model("rl", "my-rl")

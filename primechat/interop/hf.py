@@ -6,7 +6,8 @@ model), it is written in that architecture and needs no remote code, so anything
 NanoChat cannot express is nanochat's 2026 design, which every model primechat trains has: QK scale (its attention
 scale is fixed at 1/sqrt(head_dim)), sliding windows, value embeddings, smear, backout and the per-layer resid/x0
 lambdas. Those models are written with primechat's own model as remote code (modeling_primechat.py, torch and
-transformers only), loaded with `trust_remote_code=True`; other runtimes (vLLM, llama.cpp, MLX) do not run them.
+transformers only): model and tokenizer load with `trust_remote_code=True` (AutoTokenizer reads the config too);
+other runtimes (vLLM, llama.cpp, MLX) do not run them.
 
     config.json, generation_config.json   NanoChatConfig, or PrimechatConfig with auto_map for the remote code
     model.safetensors                     the weights (transformers' names for NanoChat, primechat's own otherwise),
@@ -322,7 +323,7 @@ def main(args) -> None:
           f"({architecture}, {args.dtype} safetensors, chat template)")
     remote = ", trust_remote_code=True" if done["remote_code"] else ""
     print(f"load it: AutoModelForCausalLM.from_pretrained({str(done['out'])!r}{remote}) and "
-          f"AutoTokenizer.from_pretrained(…)")
+          f"AutoTokenizer.from_pretrained(…{remote})")
 
 
 if __name__ == "__main__":

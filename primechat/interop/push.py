@@ -59,11 +59,12 @@ def model_card(repo_id: str, info: dict) -> str:
     if info["remote_code"]:
         lines += ["It uses nanochat's 2026 design (" + ", ".join(unsupported_features(c)) + "), which transformers' "
                   "built-in NanoChat architecture cannot express, so the model's code comes with it "
-                  "(`modeling_primechat.py`, torch and transformers only): load it with `trust_remote_code=True`. "
+                  "(`modeling_primechat.py`, torch and transformers only): load it, and its tokenizer, with "
+                  "`trust_remote_code=True`. "
                   "Runtimes that need a built-in architecture (vLLM, llama.cpp, MLX) do not run it.", ""]
     remote = ", trust_remote_code=True" if info["remote_code"] else ""
     lines += ["```python", "from transformers import AutoModelForCausalLM, AutoTokenizer",
-              f'tokenizer = AutoTokenizer.from_pretrained("{repo_id}")',
+              f'tokenizer = AutoTokenizer.from_pretrained("{repo_id}"{remote})',
               f'model = AutoModelForCausalLM.from_pretrained("{repo_id}"{remote})']
     if info["stage"] == "base":
         lines += ['inputs = tokenizer("<|bos|>The capital of France is", return_tensors="pt")']
