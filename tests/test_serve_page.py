@@ -553,6 +553,8 @@ def test_real_server_with_a_tiny_model(browser, tmp_path, monkeypatch):
             real.on("pageerror", lambda error: errors.append(str(error)))
             real.goto(server.url + "/")
             expect(real.locator("#error-text")).to_contain_text("API key")
+            assert real.locator("#model option").all_text_contents() == ["no models"]
+            expect(real.locator("#model")).to_be_disabled()
             real.click("#open-settings")
             real.fill("#set-api-key", "sesame")
             real.locator("#set-api-key").dispatch_event("change")

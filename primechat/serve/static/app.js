@@ -406,9 +406,16 @@
       option.textContent = conv.model + " (not available)";
       options.push(option);
     }
+    if (!options.length) {
+      // none listed yet (a wrong API key, a server still starting): say so rather than show an empty box
+      const option = document.createElement("option");
+      option.value = "";
+      option.textContent = "no models";
+      options.push(option);
+    }
     select.replaceChildren(...options);
     if (conv && conv.model) select.value = conv.model;
-    select.disabled = !!state.generating || options.length === 0;
+    select.disabled = !!state.generating || !select.value;
   }
 
   let nearBottom = true;
@@ -478,7 +485,7 @@
   function setBusy(busy) {
     $("send").hidden = busy;
     $("stop").hidden = !busy;
-    $("model").disabled = busy || $("model").options.length === 0;
+    $("model").disabled = busy || !$("model").value;
     updateSendButton();
   }
 
