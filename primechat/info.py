@@ -5,10 +5,22 @@ datasets (shards, validation shard), the tokenizer, checkpoints by stage/tag/ste
 """
 
 import platform
+from pathlib import Path
 
 from primechat.common import autodetect_device, compute_dtype, home_dir, human_bytes, tokenizer_dir
 from primechat.data.shards import read_manifest
 from primechat.train.checkpoint import STAGE_DIRS, saved_steps
+
+
+def dataset_source(manifest: dict) -> str:
+    """Where a dataset's shards came from: its Hub repo, the demo's source, the files `data add` read, or by hand."""
+    if manifest.get("repo") or manifest.get("source"):
+        return manifest.get("repo") or manifest.get("source")
+    files = manifest.get("sources") or []
+    if not files:
+        return "shards copied in by hand"
+    more = f" and {len(files) - 1} more" if len(files) > 1 else ""
+    return f"{Path(files[0]).name}{more} (data add)"
 
 
 def add_arguments(parser):
@@ -35,7 +47,7 @@ def main(args):
         shards = sorted(folder.glob("shard_*.parquet"))
         manifest = read_manifest(folder)
         val = manifest.get("val_shard", shards[-1].name)
-        source = manifest.get("repo") or manifest.get("source") or "copied in"
+        source = dataset_source(manifest)
         print(f"  {folder.name}: {len(shards)} shards ({human_bytes(folder_size(folder))}), val {val}, from {source}")
     if not datasets:
         print("  none yet: `primechat data demo` (offline) or `primechat data download -n 8`")
@@ -58,5 +70,8 @@ def main(args):
     if not found:
         print("  none yet: `primechat train base`")
 
-    sections = sorted(p.stem for p in (home / "report").glob("*.md"))
-    print(f"\nreport sections: {', '.join(sections) if sections else 'none yet'}")
+    from primechat.report import read_sections
+    sections = list(read_sections())
+    card = home / "report" / "report.md"
+    print(f"\nreport sections: {', '.join(sections) if sections else 'none yet'}"
+          + (f"; card {card}" if card.exists() else ""))

@@ -213,6 +213,8 @@ def test_add_turns_txt_jsonl_and_parquet_into_shards(tmp_path, home, cli):
     assert len(read_all([val])) == round(len(docs) * 0.2)
     assert all(sum(map(len, read_all([p]))) >= 100 for p in train[:-1])  # shards are cut at ~--shard-chars
     assert datasets(home) == ["mine"]  # no temporary folder left beside it
+    info = cli("info").out
+    assert f"mine: {len(names)} shards" in info and f"val {names[-1]}, from a.txt and 3 more (data add)" in info
 
     # The same inputs give the same shards; an existing dataset is kept unless --overwrite.
     before = {n: (folder / n).read_bytes() for n in names}
