@@ -351,6 +351,9 @@ def test_push_then_pull_round_trips_through_the_hub(home, fake_hub, tokenizer, c
 
 
 def test_a_model_trained_here_pushes_with_its_code_and_pulls_back_exactly(home, fake_hub, tokenizer, capsys):
+    """transformers loads it from the Hub with its remote code; `primechat pull` installs it without running that code."""
+    from transformers import AutoModelForCausalLM
+
     config = GPTConfig(vocab_size=tokenizer.vocab_size, **SIZES, **NEW)
     save_checkpoint(checkpoint_dir("rl", "d2"), 5, random_state(config, seed=4), {"step": 5, "model_config": config.to_dict()})
     tokenizer.save(checkpoint_dir("rl", "d2"))
@@ -362,6 +365,7 @@ def test_a_model_trained_here_pushes_with_its_code_and_pulls_back_exactly(home, 
     assert 'AutoModelForCausalLM.from_pretrained("me/my-rl", trust_remote_code=True)' in card
     assert 'AutoTokenizer.from_pretrained("me/my-rl", trust_remote_code=True)' in card
     assert "sliding-window attention" in card
+    from_hub = AutoModelForCausalLM.from_pretrained("me/my-rl", trust_remote_code=True, dtype=torch.float32)
 
     assert run(pull, "me/my-rl") == 0
     pulled, _, meta = load_model("rl", "my-rl")
@@ -370,6 +374,7 @@ def test_a_model_trained_here_pushes_with_its_code_and_pulls_back_exactly(home, 
     x = ids(64, config.vocab_size)
     with torch.no_grad():
         torch.testing.assert_close(pulled(x), original(x), atol=0, rtol=0)
+        torch.testing.assert_close(from_hub(x).logits, original(x), atol=1e-4, rtol=1e-4)
 
     (repo / "primechat.json").unlink()
     capsys.readouterr()
