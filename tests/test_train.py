@@ -24,6 +24,7 @@ from primechat.common import dataset_dir, tokenizer_dir
 from primechat.data import shards
 from primechat.model import GPT, GPTConfig, config_for_depth
 from primechat.tokenizer import train_tokenizer
+from primechat.train import checkpoint
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 VOCAB = 384
@@ -184,7 +185,7 @@ def test_a_run_leaves_metrics_checkpoint_curve_and_report(run_a):
     assert all(0 < bpb < 10 for _, bpb in evals)
 
     assert sorted(p.name for p in folder.iterdir()) == sorted(
-        [f.format(s="000012") for f in STEP_FILES] + ["metrics.jsonl", "loss_curve.png"])
+        [f.format(s="000012") for f in STEP_FILES] + ["metrics.jsonl", "loss_curve.png", ".lock"])
     meta = json.loads((folder / "meta_000012.json").read_text())
     assert meta["step"] == 12
     assert meta["val_bpb"] == evals[-1][1]
@@ -272,10 +273,13 @@ def assert_same_training(home: Path, reference: Path, step: int):
 def test_resume_with_a_longer_horizon_says_the_schedule_changes(run_a, corpus, tmp_path):
     home = make_home(corpus, tmp_path / "home")
     shutil.copytree(ckpt(run_a[0]), ckpt(home))
+    with open(ckpt(home) / "metrics.jsonl", "a") as f:
+        f.write('{"step": 13, "loss": 8.2')  # the half line a run killed mid-write leaves
     result = ok(train(home, "--num-iterations", 14, "--resume"))
     assert "the saved run had 12 steps, this one 14: the learning-rate schedule changes from step 12 on" in \
         result.stdout
-    assert [r["step"] for r in metrics(home) if "loss" in r][-2:] == [13, 14]
+    assert "had a damaged line, dropped" in result.stdout
+    assert [r["step"] for r in metrics(home) if "loss" in r][-3:] == [12, 13, 14]
 
 
 def test_resume_with_a_model_tag_takes_the_saved_runs_flags(run_a, corpus, tmp_path):
@@ -311,7 +315,6 @@ def test_a_warmup_longer_than_the_run_before_warmdown_is_pointed_out(run_a, corp
 def test_later_steps_of_a_replaced_run_move_aside_and_listing_ignores_them(tmp_path, capsys):
     """Unit test of checkpoint.set_aside_later_steps: every per-step file after the resumed step moves (meta, model,
     each rank's optimizer and loader, anything else named <kind>_<step>...), nothing else does."""
-    from primechat.train import checkpoint
     folder = tmp_path / "base_checkpoints" / "d2"
     folder.mkdir(parents=True)
     names = [f.format(s=f"{s:06d}") for s in (10, 20, 24, 30) for f in STEP_FILES]
@@ -332,13 +335,12 @@ def test_later_steps_of_a_replaced_run_move_aside_and_listing_ignores_them(tmp_p
 
 
 def test_flags_that_cannot_change_the_numbers_are_not_called_changes():
-    from primechat.train.checkpoint import changed_flags
     saved = {"model_tag": None, "eval_every": 250, "save_every": -1, "sample_every": 2000, "metrics_every": 300,
              "wandb": None, "matrix_lr": 0.02}
     now = {"model_tag": "d2", "eval_every": 5, "save_every": 6, "sample_every": -1, "metrics_every": 2,
            "wandb": "proj", "matrix_lr": 0.02}
-    assert changed_flags(saved, now) == []
-    assert changed_flags(saved, {**now, "matrix_lr": 0.03}) == ["--matrix-lr 0.02 → 0.03"]
+    assert checkpoint.changed_flags(saved, now) == []
+    assert checkpoint.changed_flags(saved, {**now, "matrix_lr": 0.03}) == ["--matrix-lr 0.02 → 0.03"]
 
 
 def test_gradient_accumulation_gives_the_same_result(run_a, corpus, tmp_path):
@@ -469,6 +471,9 @@ def test_torchrun_two_processes_match_one_process_with_two_streams(corpus, tmp_p
     assert (meta_dist["plan"]["grad_accum"], meta_one["plan"]["grad_accum"]) == (1, 2)
 
     assert_same_training(home_dist, home_one, 8)
+    # the optimizer state is split across the processes: a resume needs as many
+    assert_user_error(train(home_dist, *args, "--resume"), "saved by 2 process(es), this run has 1",
+                      "under torchrun with 2 processes")
     # Here even the noise-driven scalars agree: each process's micro-batch is the one process's micro-batch, and
     # (g0 + g1) / 2 all-reduced equals g0/2 + g1/2 accumulated (halving is exact in binary floating point).
     expected, got = load_model(home_one, 8), load_model(home_dist, 8)
@@ -597,3 +602,93 @@ def test_ranks_that_see_different_checkpoints_refuse_together(tmp_path):
              nprocs=2, join=True)
     answers = dict(results.get() for _ in range(2))
     assert all("filesystem that every node shares" in answers[r] for r in (0, 1)), answers
+
+
+def wait_for_loss_records(proc, home: Path, count: int, tag: str = "d2", timeout: float = 120):
+    """Wait until the run has logged `count` training steps (it is then past its start-up)."""
+    path, deadline = ckpt(home, tag) / "metrics.jsonl", time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if path.exists() and sum('"loss"' in line for line in path.read_text().splitlines()) >= count:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"the run ended (or stalled) before {count} steps were logged")
+
+
+def test_a_stop_during_the_final_validation_is_a_stop_and_resume_validates(corpus, tmp_path):
+    """The last step's validation cut short by SIGTERM: not a finished run (exit 143, no report section); --resume
+    runs that validation and finishes. Intermediate ones alike: no step keeps a validation a stop abandoned."""
+    home = make_home(corpus, tmp_path / "home")
+    args = ["--num-iterations", 3, "--eval-every", -1, "--eval-tokens", 2_000_000]  # one long final validation
+    proc = subprocess.Popen(train_command(*args), env=env_for(home), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for_loss_records(proc, home, 3)
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, out[-3000:]
+    assert "validation abandoned" in out and "done:" not in out and "--resume" in out
+    meta = json.loads((ckpt(home) / "meta_000003.json").read_text())
+    assert meta["val_bpb"] is None and not (home / "report" / "base-model-training.md").exists()
+
+    resumed = ok(train(home, *args, "--eval-tokens", 2048, "--resume"))  # a shorter validation, to be quick
+    assert "step 00003 | validation bpb" in resumed.stdout and "done: min val bpb" in resumed.stdout
+    assert [r["step"] for r in metrics(home) if "val_bpb" in r] == [3]
+    assert json.loads((ckpt(home) / "meta_000003.json").read_text())["val_bpb_step"] == 3
+    assert (home / "report" / "base-model-training.md").exists()
+
+
+def torchrun_worker(torchrun_pid: int, rank: int) -> int:
+    """The pid of one rank among a torchrun's workers (its children whose environment says RANK=rank)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            environ = (stat.parent / "environ").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == torchrun_pid and f"RANK={rank}".encode() in environ:
+            return int(stat.parent.name)
+    raise AssertionError(f"no rank {rank} worker under pid {torchrun_pid}")
+
+
+def test_a_signal_to_one_rank_stops_every_rank_as_a_stop(corpus, tmp_path):
+    """One node preempted: only rank 1 gets SIGTERM. Every rank saves the same step and leaves as stopped; rank 0
+    must not call the run done (nor write the report card's section)."""
+    home = make_home(corpus, tmp_path / "home")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "primechat.train.base", *COMMON, "--num-iterations", "400"]
+    proc = subprocess.Popen(command, env=env_for(home), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for_loss_records(proc, home, 3)
+        os.kill(torchrun_worker(proc.pid, 1), signal.SIGTERM)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    saved = [int(p.stem.split("_")[1]) for p in ckpt(home).glob("meta_*.json")]
+    assert len(saved) == 1 and 3 <= saved[0] < 400, out[-3000:]
+    assert (ckpt(home) / f"optim_{saved[0]:06d}_rank1.pt").exists()
+    assert f"stopped at step {saved[0]}" in out and "done:" not in out
+    assert not (home / "report" / "base-model-training.md").exists()
+
+
+def test_one_run_at_a_time_writes_a_model_tag(corpus, tmp_path):
+    """A second run into a tag that a run is writing is refused; what a killed save left behind is cleared."""
+    home = make_home(corpus, tmp_path / "home")
+    leftover = ckpt(home) / ".model_000005.pt.tmp999999"
+    leftover.parent.mkdir(parents=True)
+    leftover.write_bytes(b"half a checkpoint")
+    first = subprocess.Popen(train_command("--num-iterations", 400), env=env_for(home), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    try:
+        wait_for_loss_records(first, home, 1)
+        assert not leftover.exists()
+        assert_user_error(train(home, "--num-iterations", 400, "--resume"), "another run is writing",
+                          str(ckpt(home)))
+    finally:
+        first.kill()
+        first.wait()
+    checkpoint.lock_for_writing(ckpt(home), 0, torch.device("cpu"))  # the lock went with the killed run

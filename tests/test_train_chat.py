@@ -10,6 +10,7 @@ import json
 import shutil
 import signal
 import subprocess
+import time
 import sys
 from pathlib import Path
 
@@ -254,6 +255,26 @@ def test_sigterm_saves_and_resume_finishes(base_home, tmp_path):
     assert 2 <= saved < 500
     ok(train("mid", home, "--num-iterations", saved + 2, "--resume"))
     assert json.loads((folder / f"meta_{saved + 2:06d}.json").read_text())["step"] == saved + 2
+
+
+def test_a_stop_during_the_final_validation_is_a_stop_and_resume_finishes(base_home, tmp_path):
+    """With --eval-every -1 the last validation is the only one: a stop that cuts it short must not end the stage as
+    done (it has no val bpb), and --resume runs it."""
+    home = copy_home(base_home, tmp_path)
+    args = ["--num-iterations", 2, "--eval-every", -1, "--eval-tokens", 3_000_000]
+    proc = subprocess.Popen(command("mid", home, *args), env=env_for(home), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    for line in proc.stdout:
+        if line.startswith("step 00002"):
+            time.sleep(0.5)
+            proc.send_signal(signal.SIGTERM)
+            break
+    out = proc.stdout.read()
+    assert proc.wait(timeout=120) == 128 + signal.SIGTERM, out
+    assert "validation abandoned" in out and "done:" not in out
+    resumed = ok(train("mid", home, *args, "--eval-tokens", 1024, "--resume"))
+    assert "step 00002 | validation bpb" in resumed.stdout and "done: 2 steps, val bpb" in resumed.stdout
+    assert json.loads((home / "mid_checkpoints" / "d2" / "meta_000002.json").read_text())["val_bpb_step"] == 2
 
 
 def test_torchrun_two_processes_evaluate_like_one(base_home, tmp_path):

@@ -1,7 +1,7 @@
 """Models in and out of primechat: nanochat checkpoints in, Hugging Face `transformers` folders and Hub repos out and in.
 
     nanochat.py   `primechat import nanochat DIR`   a nanochat checkpoint (Oct 2025 or 2026 layout) becomes a primechat one
-    hf.py         `primechat export hf OUT`         a folder transformers loads (safetensors; remote code for 2026 models)
+    hf.py         `primechat export hf OUT`         a folder transformers loads (remote code for 2026 models)
     modeling_primechat.py                           that remote code: primechat's model for transformers, standalone
     push.py       `primechat push REPO_ID`          that folder plus a model card, uploaded to the Hub
     pull.py       `primechat pull REPO_ID`          a pushed model downloaded and installed as a primechat checkpoint

@@ -32,7 +32,8 @@ class PrimechatConfig(PretrainedConfig):
         self.vocab_size, self.hidden_size, self.num_hidden_layers = vocab_size, hidden_size, num_hidden_layers
         self.num_attention_heads, self.num_key_value_heads = num_attention_heads, num_key_value_heads
         self.max_position_embeddings = max_position_embeddings
-        self.window_sizes = list(window_sizes or [max_position_embeddings] * num_hidden_layers)  # left context per layer
+        # each layer's left context in tokens (primechat's GPTConfig.window_sizes())
+        self.window_sizes = list(window_sizes or [max_position_embeddings] * num_hidden_layers)
         self.rope_theta, self.qk_scale, self.final_logit_softcapping = rope_theta, qk_scale, final_logit_softcapping
         self.value_embed_layers = list(value_embed_layers)
         self.smear, self.backout, self.skip_lambdas = smear, backout, skip_lambdas

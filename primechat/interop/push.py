@@ -45,7 +45,8 @@ def model_card(repo_id: str, info: dict) -> str:
     rows = [("stage", STAGE_NAMES[info["stage"]]), ("checkpoint", f"{info['tag']} step {info['step']}"),
             ("parameters", f"{params / 1e6:,.1f}M"), ("layers", c.n_layer), ("width", c.n_embd),
             ("heads / kv heads", f"{c.n_head} / {c.n_kv_head}"), ("context", f"{c.sequence_len:,} tokens"),
-            ("vocabulary", f"{c.vocab_size:,} (byte-level BPE, 9 special tokens)"), ("RoPE base", f"{c.rope_base:,.0f}"),
+            ("vocabulary", f"{c.vocab_size:,} (byte-level BPE, 9 special tokens)"),
+            ("RoPE base", f"{c.rope_base:,.0f}"),
             ("logit softcap", c.softcap)]
     if "val_bpb" in meta:
         rows.append(("validation bits per byte", f"{meta['val_bpb']:.4f}"))

@@ -30,7 +30,7 @@ from primechat.optim import DEFAULT_LRS, build_optimizer
 from primechat.plots import plot_training_curves
 from primechat.tokenizer import load_tokenizer
 from primechat.train import checkpoint
-from primechat.train.loop import (RunLog, StepReport, StopRequest, add_speed_arguments, check_horizon,
+from primechat.train.loop import (RunLog, StepReport, StopRequest, add_speed_arguments, check_horizon, due,
                                   note_validation, out_of_memory, record_typed_flags, refuse_float16, say,
                                   training_model, validation_batches)
 
@@ -276,7 +276,7 @@ def main(args):
     resumed_at = checkpoint.resume_point(folder, args.resume, args.resume_from_step, "from scratch")
     if resumed_at is not None:
         step = resumed_at
-        meta = checkpoint.resume_training(folder, step, config.to_dict(), model, optimizer, rank, device,
+        meta = checkpoint.resume_training(folder, step, config.to_dict(), model, optimizer, rank, world, device,
                                            user_config)
         loader_state = checkpoint.load_rank_state(folder, step, "loader", rank)
         loop.update(meta["loop_state"])
@@ -296,7 +296,7 @@ def main(args):
                                       args.data_streams or world, device, state=loader_state)
     val_batches = None
     token_bytes = torch.tensor(tokenizer.token_byte_lengths(), dtype=torch.int64, device=device)
-    folder.mkdir(parents=True, exist_ok=True)
+    checkpoint.lock_for_writing(folder, rank, device)
     if resumed_at is not None:  # only now that every check has passed: a refused run changes nothing on disk
         checkpoint.set_aside_later_steps(folder, resumed_at, rank)
     metrics_path = folder / "metrics.jsonl"
@@ -322,22 +322,24 @@ def main(args):
 
     while True:
         last = step == num_steps
-        fresh = step != resumed_at  # the resumed step was evaluated and saved by the run that stopped
-        if fresh and (last or (args.eval_every > 0 and step % args.eval_every == 0)):
+        fresh = step != resumed_at  # a resumed step was saved already: only what a stop cut short is left to do
+        validated = False
+        if due(step, args.eval_every, last) and loop.get("val_bpb_step") != step:
             if val_batches is None:
                 packer = PretrainLoader(tokenizer, [val_path], args.device_batch_size, args.max_seq_len)
                 val_batches = validation_batches(packer, args.eval_tokens, rank, world)
             with torch.no_grad():
                 val_bpb = evaluate_bpb(train_model, (tuple(t.to(device) for t in b) for b in val_batches),
                                        len(val_batches), token_bytes, abandon=stop.pending)
-            if note_validation(step, val_bpb, loop, log):
+            if validated := note_validation(step, val_bpb, loop, log):
                 draw_curve()
-        if fresh and master and (last or (args.sample_every > 0 and step % args.sample_every == 0 and step > 0)):
+        stopping = stop.requested(device)
+        if fresh and master and not stopping and due(step, args.sample_every, last) and step > 0:
             for prompt in SAMPLE_PROMPTS:
                 ids = tokenizer.encode(prompt, prepend=tokenizer.bos_id)
                 say(tokenizer.decode(ids[1:] + list(model.generate(ids, 16, temperature=0))))
-        stopping = step != resumed_at and stop.requested(device)
-        if fresh and (last or stopping or (args.save_every > 0 and step % args.save_every == 0 and step > 0)):
+        saving = last or stopping or (args.save_every > 0 and step % args.save_every == 0 and step > 0)
+        if saving and (fresh or validated):
             save(step)
         if last or stopping:
             break
@@ -376,10 +378,9 @@ def main(args):
                     lrm, dt)
     bar.close()
 
-    if stop.signum and step != num_steps:
-        print0(f"stopped at step {step}; checkpoint saved in {folder}. Continue with --resume")
+    if loop.get("val_bpb_step") != num_steps:  # a stop came before the end, or cut the final validation short
         compute_cleanup()
-        raise SystemExit(128 + stop.signum)
+        stop.exit_stopped(step, folder)
     peak_mem = torch.cuda.max_memory_allocated() / 2 ** 30 if device.type == "cuda" else None
     summary = {"model tag": tag, "depth": args.depth, "parameters": model.num_params()["total"],
                "scaling parameters": model.num_params()["scaling"], "FLOPs per token": f"{plan.flops_per_token:e}",

@@ -33,7 +33,7 @@ from primechat.plots import plot_training_curves
 from primechat.tasks.mixture import load_mixture, resolve as resolve_mixture
 from primechat.train import checkpoint
 from primechat.train.base import B_REF, DEVICE_BATCH_SIZE, check_fraction, check_learning_rates
-from primechat.train.loop import (RunLog, StepReport, StopRequest, add_speed_arguments, note_validation,
+from primechat.train.loop import (RunLog, StepReport, StopRequest, add_speed_arguments, due, note_validation,
                                   out_of_memory, record_typed_flags, refuse_float16, say, training_model,
                                   validation_batches)
 
@@ -157,10 +157,13 @@ def warm_start(optimizer, source_folder, source_step: int, rank: int, device) ->
     return True
 
 
-def measure_tasks(model, tokenizer, tasks: dict, args, rank: int, world: int) -> dict:
-    """Accuracy per task, as `primechat eval chat` measures it (categorical ones batched, generative ones greedy)."""
+def measure_tasks(model, tokenizer, tasks: dict, args, rank: int, world: int, stop, device) -> dict | None:
+    """Accuracy per task, as `primechat eval chat` measures it (categorical ones batched, generative ones greedy);
+    None when a stop comes first (asked before each task, so a preemption's grace period is not spent on them)."""
     results = {}
     for name, task in tasks.items():
+        if stop.requested(device):
+            return None
         if task.eval_type == "categorical":
             results[name] = chat_eval.evaluate_categorical(model, tokenizer, task, rank=rank, world=world,
                                                            max_problems=args.metrics_max_problems)
@@ -219,7 +222,7 @@ def main(args):
     if resumed_at is not None:
         step = resumed_at
         meta = checkpoint.resume_training(folder, step, source_meta["model_config"], model, optimizer, rank,
-                                           device, user_config)
+                                           world, device, user_config)
         loader_state = checkpoint.load_rank_state(folder, step, "loader", rank)
         loop.update(meta["loop_state"])
     elif args.load_optimizer and warm_start(optimizer, source_folder, source_meta["step"], rank, device):
@@ -246,7 +249,7 @@ def main(args):
 
     token_bytes = torch.tensor(tokenizer.token_byte_lengths(), dtype=torch.int64, device=device)
     val_batches = None
-    folder.mkdir(parents=True, exist_ok=True)
+    checkpoint.lock_for_writing(folder, rank, device)
     if master and (source_folder / "tokenizer.pkl").exists():  # an imported model's own tokenizer goes along
         for name in ("tokenizer.pkl", "token_bytes.pt"):
             shutil.copy2(source_folder / name, folder / name)
@@ -281,21 +284,28 @@ def main(args):
 
     while True:
         last = run_progress() >= 1.0
-        fresh = step != resumed_at  # the resumed step was evaluated and saved by the run that stopped
-        if fresh and (last or (args.eval_every > 0 and step % args.eval_every == 0)):
+        fresh = step != resumed_at  # a resumed step was saved already: only what a stop cut short is left to do
+        measured = False
+        if due(step, args.eval_every, last) and loop.get("val_bpb_step") != step:
             if val_batches is None:
                 packer = ChatLoader(tokenizer, val_set, settings["device_batch_size"], settings["max_seq_len"],
                                     device=device)
                 val_batches = validation_batches(packer, args.eval_tokens, rank, world)
             val_bpb = evaluate_bpb(train_model, iter(val_batches), len(val_batches), token_bytes, abandon=stop.pending)
-            if note_validation(step, val_bpb, loop, log):
+            if measured := note_validation(step, val_bpb, loop, log):
                 draw_curve()
-        if fresh and metric_tasks and (last or (args.metrics_every > 0 and step % args.metrics_every == 0)):
-            loop["metrics"] = measure_tasks(model, tokenizer, metric_tasks, args, rank, world)
-            say(f"step {step:05d} | " + " | ".join(f"{k} {v:.4f}" for k, v in loop["metrics"].items()))
-            log({"step": step, **{f"acc_{k}": v for k, v in loop["metrics"].items()}})
-        stopping = fresh and stop.requested(device)
-        if fresh and (last or stopping or (args.save_every > 0 and step % args.save_every == 0 and step > 0)):
+        stopping = stop.requested(device)
+        if metric_tasks and due(step, args.metrics_every, last) and loop.get("metrics_step") != step and not stopping:
+            metrics = measure_tasks(model, tokenizer, metric_tasks, args, rank, world, stop, device)
+            if metrics is None:
+                stopping = True
+                say(f"step {step:05d} | task metrics abandoned: stopping")
+            else:
+                loop["metrics"], loop["metrics_step"], measured = metrics, step, True
+                say(f"step {step:05d} | " + " | ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+                log({"step": step, **{f"acc_{k}": v for k, v in metrics.items()}})
+        saving = last or stopping or (args.save_every > 0 and step % args.save_every == 0 and step > 0)
+        if saving and (fresh or measured):
             save(step)
         if last or stopping:
             break
@@ -337,10 +347,10 @@ def main(args):
         report_step(loop, step, of, done, eta, loss_value, lrm, dt, progress=done)
     bar.close()
 
-    if stop.signum and not last:
-        print0(f"stopped at step {step}; checkpoint saved in {folder}. Continue with --resume")
+    measured = loop.get("val_bpb_step") == step and (not metric_tasks or loop.get("metrics_step") == step)
+    if not (last and measured):  # a stop came before the end, or cut the last validation or metrics short
         compute_cleanup()
-        raise SystemExit(128 + stop.signum)
+        stop.exit_stopped(step, folder)
     summary = {"source": f"{args.source} {source_tag} step {source_meta['step']}", "mixture": str(mixture.path),
                "training conversations": len(train_set), "steps": step,
                "total batch size": settings["total_batch_size"], "min validation bpb": loop["min_val_bpb"],

@@ -9,7 +9,8 @@
 Every file is written to a temporary name and renamed, and meta is written only once every rank's files are on
 disk, so a step counts as saved exactly when its meta file exists; a crash mid-save leaves the previous one intact.
 A run resumed from an earlier step moves the steps after it into replaced_<S>_<time>/ (set_aside_later_steps):
-they belong to the run being replaced, and subfolders are never read as steps.
+they belong to the run being replaced, and subfolders are never read as steps. A training run holds <tag>/.lock
+while it writes (lock_for_writing), so a second run into the same tag is refused rather than mixed in.
 """
 
 import json
@@ -112,6 +113,34 @@ def resume_point(folder: Path, resume: bool, resume_from_step: int, fresh_start:
     return None
 
 
+_held_locks = []  # kept for the life of the process; the OS releases them when it ends, however it ends
+
+
+def lock_for_writing(folder: Path, rank: int, device) -> None:
+    """One run at a time writes a checkpoint folder: rank 0 takes <folder>/.lock, then deletes the temporary files
+    of saves that a killed run left half written (no run but this one writes here now). Every rank gets the same
+    error when another run holds the lock."""
+    from filelock import FileLock, Timeout
+
+    folder.mkdir(parents=True, exist_ok=True)
+    free = torch.ones((), device=device)
+    if rank == 0:
+        lock = FileLock(folder / ".lock")
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            free.zero_()
+        else:
+            _held_locks.append(lock)
+            for leftover in folder.glob(".*.tmp*"):  # atomic_path's temporary names
+                leftover.unlink(missing_ok=True)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(free, op=dist.ReduceOp.MIN)
+    if not free.item():
+        raise UserError(f"another run is writing {folder}: wait for it to end (or stop it), or pick another "
+                        f"--model-tag")
+
+
 def set_aside_later_steps(folder: Path, step: int, rank: int):
     """Resuming from `step` replaces the run that went on from it: its later steps move into a subfolder (kept, but
     no longer the latest that eval, the next stage, chat and export pick up). Meta goes first, so a crash midway
@@ -178,11 +207,16 @@ def changed_flags(saved: dict, current: dict) -> list[str]:
             if k in saved and v is not None and saved[k] != v and k not in BENIGN_ON_RESUME]
 
 
-def resume_training(folder: Path, step: int, model_config: dict, model, optimizer, rank: int, device,
+def resume_training(folder: Path, step: int, model_config: dict, model, optimizer, rank: int, world: int, device,
                     user_config: dict | None = None) -> dict:
     """Load a saved step's model and this rank's optimizer shard into a run built for model_config; its meta.
     Flags that differ from the saved run's (user_config) are pointed out: the run no longer replays the original."""
     meta = load_meta(folder, step)
+    saved_world = meta.get("world_size", world)
+    if saved_world != world:  # the optimizer state is split across the processes (ZeRO-2), one shard per rank
+        how = "without torchrun" if saved_world == 1 else f"under torchrun with {saved_world} processes in all"
+        raise UserError(f"step {step} in {folder} was saved by {saved_world} process(es), this run has {world}: "
+                        f"resume it {how}")
     if meta["model_config"] != model_config:
         changed = [k for k, v in model_config.items() if meta["model_config"].get(k) != v]
         raise UserError(f"checkpoint {folder} step {step} has another model config ({', '.join(changed)} differ): "

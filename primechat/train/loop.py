@@ -1,7 +1,7 @@
 """What every training loop (base, mid/SFT, RL) shares: stopping on a signal, the metrics log, console lines.
 
 - StopRequest: SIGTERM or Ctrl-C asks the loop to finish its step, save and exit (code 128 + signal); resuming with
-  --resume then continues exactly.
+  --resume then continues exactly, and first does what the stop cut short (a validation, the task metrics).
 - RunLog: metrics.jsonl beside the checkpoints (rank 0 only), cut back to the resumed step so a resumed run's log
   reads as one run, mirrored to Weights & Biases when the user asked for it (--wandb PROJECT).
 - say: a console line from rank 0, printed above the progress bar; note_validation: a validation result recorded;
@@ -28,10 +28,13 @@ from primechat.common import UserError, atomic_path, is_master, peak_flops, prin
 
 
 class StopRequest:
-    """SIGTERM or the first Ctrl-C asks the loop to save and stop after the current step; a second Ctrl-C kills."""
+    """SIGTERM or the first Ctrl-C asks the loop to save and stop after the current step; a second Ctrl-C kills.
+
+    A signal may reach only some processes (one node preempted), so the loop asks `requested`, which every rank
+    answers alike, and leaves with 128 + `agreed`, the signal the ranks agreed on."""
 
     def __init__(self):
-        self.signum = 0
+        self.signum = self.agreed = 0
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._handle)
 
@@ -45,10 +48,16 @@ class StopRequest:
         return self.signum > 0
 
     def requested(self, device) -> bool:
-        flag = torch.tensor(float(self.signum > 0), device=device)
-        if dist.is_initialized():  # every rank must stop (and save) at the same step
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return flag.item() > 0
+        """Whether any rank got a signal (a collective: every rank must stop, and save, at the same step)."""
+        signum = torch.tensor(float(self.signum), device=device)
+        if dist.is_initialized():
+            dist.all_reduce(signum, op=dist.ReduceOp.MAX)
+        self.agreed = int(signum.item())
+        return self.agreed > 0
+
+    def exit_stopped(self, step: int, folder) -> None:
+        print0(f"stopped at step {step}; checkpoint saved in {folder}. Continue with --resume")
+        raise SystemExit(128 + self.agreed)
 
 
 class RunLog:
@@ -58,8 +67,13 @@ class RunLog:
             return
         path.parent.mkdir(parents=True, exist_ok=True)
         if resumed_step is not None and path.exists():  # drop records written after the checkpoint we resume from
-            records = [line for line in path.read_text().splitlines()
-                       if line and json.loads(line)["step"] <= resumed_step]
+            records = []
+            for line in path.read_text().splitlines():
+                try:
+                    if json.loads(line)["step"] <= resumed_step:
+                        records.append(line)
+                except (json.JSONDecodeError, KeyError, TypeError):  # a line half written when a run was killed
+                    print0(f"note: {path} had a damaged line, dropped: {line[:60]!r}")
             with atomic_path(path) as tmp:
                 tmp.write_text("".join(r + "\n" for r in records))
         if wandb_project:
@@ -102,6 +116,11 @@ class StepReport:
             f"time {loop['training_time'] / 60:.1f}m | eta {eta / 60:.1f}m")
         self.log({"step": step, "loss": smooth, "raw_loss": loss, "lrm": lrm, "dt": dt, "tok_per_sec": tok_per_sec,
                   "mfu": mfu, "training_time": loop["training_time"], **extra})
+
+
+def due(step: int, every: int, last: bool) -> bool:
+    """Whether a periodic task (validation, metrics, saving) runs at this step: every `every` steps and at the end."""
+    return last or (every > 0 and step % every == 0)
 
 
 def note_validation(step: int, val_bpb: float | None, loop: dict, log: RunLog) -> bool:

@@ -33,7 +33,7 @@ from primechat.tasks.gsm8k import GSM8K
 from primechat.tasks.mixture import GENERATED, generated_task
 from primechat.train import checkpoint
 from primechat.train.chat import check_arguments
-from primechat.train.loop import (RunLog, StopRequest, check_horizon, out_of_memory, record_typed_flags,
+from primechat.train.loop import (RunLog, StopRequest, check_horizon, due, out_of_memory, record_typed_flags,
                                   refuse_float16, say)
 
 # --task: GSM8K, or a generated task that scores answers, by its name in tasks/mixture.py's GENERATED
@@ -164,15 +164,15 @@ def main(args):
                                          f"from {args.source} {source_tag}")
     if resumed_at is not None:
         step = resumed_at
-        meta = checkpoint.resume_training(folder, step, source_meta["model_config"], model, optimizer, rank, device,
-                                           user_config)
+        meta = checkpoint.resume_training(folder, step, source_meta["model_config"], model, optimizer, rank,
+                                           world, device, user_config)
         loop.update(meta["loop_state"])
         check_horizon(step, num_steps, meta.get("num_iterations", num_steps))  # older RL checkpoints lack it
     print0(f"RL on {args.task}: {len(train_task):,} problems, {num_steps} steps × {args.examples_per_step} problems "
            f"× {args.num_samples} samples, from {args.source} {source_tag} step {source_meta['step']} on {device}")
 
     engine = Engine(model, tokenizer)
-    folder.mkdir(parents=True, exist_ok=True)
+    checkpoint.lock_for_writing(folder, rank, device)
     if master and (source_folder / "tokenizer.pkl").exists():  # an imported model's own tokenizer goes along
         tokenizer.save(folder)
     if resumed_at is not None:  # only now that every check has passed: a refused run changes nothing on disk
@@ -192,12 +192,12 @@ def main(args):
 
     while True:
         last = step == num_steps
-        fresh = step != resumed_at
-        if fresh and (last or (args.eval_every > 0 and step % args.eval_every == 0)):
+        fresh = step != resumed_at  # a resumed step was evaluated (a stop does not cut pass@k short) and saved
+        if fresh and due(step, args.eval_every, last):
             loop["pass_at_k"] = evaluate_pass_at_k(engine, test_task, args, rank, world, device)
             say(f"step {step:05d} | " + " | ".join(f"{k} {v:.4f}" for k, v in loop["pass_at_k"].items()))
             log({"step": step, **loop["pass_at_k"]})
-        stopping = fresh and stop.requested(device)
+        stopping = stop.requested(device)
         if fresh and (last or stopping or (args.save_every > 0 and step % args.save_every == 0 and step > 0)):
             save(step)
         if last or stopping:
@@ -247,10 +247,9 @@ def main(args):
         plot_training_curves(metrics_path, folder / "reward_curve.png", title=f"rl {source_tag}",
                              left=("reward", "mean reward"), right=("pass@1", "pass@1 (test)"))
 
-    if stop.signum and not last:
-        print0(f"stopped at step {step}; checkpoint saved in {folder}. Continue with --resume")
+    if not last:
         compute_cleanup()
-        raise SystemExit(128 + stop.signum)
+        stop.exit_stopped(step, folder)
     report.log_section("Chat RL", {"source": f"{args.source} {source_tag} step {source_meta['step']}",
                                    "task": args.task, "steps": step, "final mean reward": loop["mean_reward"],
                                    **loop["pass_at_k"], "training time (min)": loop["training_time"] / 60})
