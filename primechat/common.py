@@ -81,16 +81,17 @@ def quiet_hub_progress():
             disable_progress_bars()
 
 
-def run_child(command: list[str], log, on_line=None, env: dict | None = None) -> tuple[int, str | None]:
+def run_child(command: list[str], log, on_line=None, env: dict | None = None) -> tuple[int, str | None, int]:
     """Run a `primechat` subprocess to its end, its output appended to the open text file `log` (and each line handed
-    to `on_line`, e.g. sys.stdout.write). Returns its exit code and its own one-line reason if it gave one (a
-    "primechat: error: " line, which under torchrun is buried in torchrun's failure report). Ctrl-C and SIGTERM are
-    passed on, and the child runs in its own session so that a Ctrl-C at the terminal reaches it once, through us
-    (twice would kill it mid-save), and a `kill -INT` of this process alone reaches it too; a hangup (the terminal or
-    ssh session closing) reaches it as SIGTERM, since it no longer gets the terminal's own. The child saves a
-    checkpoint and exits, and we keep relaying until it has: leaving early would kill it mid-save. A child that fails
-    after a stop was asked for counts as stopped by it (exit 128 + signal): torchrun exits 1 once its workers have
-    saved and stopped."""
+    to `on_line`, e.g. sys.stdout.write). Returns its exit code, its own one-line reason if it gave one (a
+    "primechat: error: " line, which under torchrun is buried in torchrun's failure report) and the stop signal passed
+    on to it (0: none). Ctrl-C and SIGTERM are passed on, and the child runs in its own session so that a Ctrl-C at
+    the terminal reaches it once, through us (twice would kill it mid-save), and a `kill -INT` of this process alone
+    reaches it too; a hangup (the terminal or ssh session closing) reaches it as SIGTERM, since it no longer gets the
+    terminal's own. The child saves a checkpoint and exits, and we keep relaying until it has: leaving early would
+    kill it mid-save. A child that fails after a stop was asked for counts as stopped by it (exit 128 + signal):
+    torchrun exits 1 once its workers have saved and stopped. One that exits 0 had finished its work when the stop
+    came: the caller keeps that work and stops before starting the next child."""
     import signal
     import subprocess
     error, stops = None, []
@@ -112,9 +113,10 @@ def run_child(command: list[str], log, on_line=None, env: dict | None = None) ->
         finally:
             for sig, handler in before.items():
                 signal.signal(sig, handler)
-    if stops and proc.returncode not in (0, 128 + stops[0]):
-        return 128 + stops[0], error
-    return proc.returncode, error
+    stop = int(stops[0]) if stops else 0
+    if stop and proc.returncode not in (0, 128 + stop):
+        return 128 + stop, error, stop
+    return proc.returncode, error, stop
 
 
 def shipped_configs(key: str) -> dict[str, Path]:

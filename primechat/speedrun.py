@@ -108,7 +108,7 @@ def main(args):
             print(f"== {stage['name']}: {shown(command)}", flush=True)
             log.write(f"== {stage['name']}: {shlex.join(command)}\n")
             started = datetime.datetime.now()
-            code, error = run_child(command, log, on_line=sys.stdout.write)
+            code, error, stop = run_child(command, log, on_line=sys.stdout.write)
             elapsed = (datetime.datetime.now() - started).total_seconds()
             if (exit_code := stopped_exit_code(code)) is not None:
                 record(stage["name"], elapsed)
@@ -119,5 +119,10 @@ def main(args):
                                 f"command again: completed stages are skipped (output in {log_path})")
             done.append(stage["name"])
             record(stage["name"], elapsed)
+            left = [s["name"] for s in preset["stages"] if s["name"] not in done]
+            if stop and left:  # the stage had finished when the stop came: keep it, and honour the stop now
+                print(f"== {stage['name']}: done in {elapsed:.0f}s; stopped before {left[0]}: run the same command "
+                      f"again to continue", flush=True)
+                raise SystemExit(128 + stop)
             print(f"== {stage['name']}: done in {elapsed:.0f}s")
     print(f"speedrun {name}: all {len(preset['stages'])} stages complete")

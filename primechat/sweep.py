@@ -13,9 +13,9 @@ tokenizer is a link to the main home's.
 
 The whole grid is planned with train base's own arithmetic before anything trains, so a bad flag or a horizon of
 zero steps fails at once. A point whose final checkpoint exists is reused; an interrupted one resumes. Ctrl-C or
-SIGTERM stops the running point after it saves, and the same command continues. Results come from the checkpoints'
-meta files and go to <home>/sweeps/<name>/: results.csv, results.md (best marked) and sweep.png (val bpb against
-FLOPs).
+SIGTERM stops the running point after it saves (or, if it was finishing, before the next), and the same command
+continues. Results come from the checkpoints' meta files and go to <home>/sweeps/<name>/: results.csv, results.md
+(best marked) and sweep.png (val bpb against FLOPs).
 """
 
 import argparse
@@ -129,13 +129,14 @@ def plan_points(args, points: list[Point], vocab_sizes: dict) -> None:
         point.scaling_params = model.num_params()["scaling"]
 
 
-def run_logged(command: list[str], env: dict, log_path: Path, on_line=None) -> None:
-    """Run one `primechat …` subprocess (common.run_child: stops cleanly), its output into log_path."""
+def run_logged(command: list[str], env: dict, log_path: Path, on_line=None) -> int:
+    """Run one `primechat …` subprocess (common.run_child: stops cleanly), its output into log_path. Returns the stop
+    signal passed on to a subprocess that finished its work all the same (0: none), for stop_before."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "a") as log:
         log.write(f"$ {' '.join(command)}\n")
         log.flush()
-        code, error = run_child(command, log, on_line=on_line, env=env)
+        code, error, stop = run_child(command, log, on_line=on_line, env=env)
     if (exit_code := stopped_exit_code(code)) is not None:
         print("stopped; run the same command again to continue", flush=True)
         raise SystemExit(exit_code)
@@ -144,6 +145,14 @@ def run_logged(command: list[str], env: dict, log_path: Path, on_line=None) -> N
         print(tail, file=sys.stderr, end="")
         raise UserError(f"`primechat {' '.join(command[3:5])}` failed ({error or f'exit {code}'}); the full output "
                         f"is in {log_path}. Fix it and run the same command again: finished points are kept")
+    return stop
+
+
+def stop_before(stop: int, what: str) -> None:
+    """Honour a stop that came as a subprocess finished its work: that work is kept, and nothing more starts."""
+    if stop:
+        print(f"stopped before {what}: run the same command again to continue", flush=True)
+        raise SystemExit(128 + stop)
 
 
 def vocab_home(sweep_dir: Path, vocab: int | None) -> Path:
@@ -294,9 +303,10 @@ def main(args):
         if meta is None:
             if point.vocab and not has_tokenizer(home / "tokenizer"):
                 print(f"tokenizer: training a {point.vocab:,}-token vocabulary on {args.dataset}", flush=True)
-                run_logged([sys.executable, "-m", "primechat.cli", "tokenizer", "train", "--dataset", args.dataset,
-                           f"--vocab-size={point.vocab}", f"--max-chars={args.tokenizer_max_chars}"],
-                          env, home / "tokenizer.log")
+                stop = run_logged([sys.executable, "-m", "primechat.cli", "tokenizer", "train", "--dataset",
+                                   args.dataset, f"--vocab-size={point.vocab}",
+                                   f"--max-chars={args.tokenizer_max_chars}"], env, home / "tokenizer.log")
+                stop_before(stop, f"point {i}/{len(points)}")
             print(f"point {i}/{len(points)}: {point.label} …", flush=True)
             t0 = time.time()
             with progress(desc=point.tag, unit="step") as bar:
@@ -305,8 +315,8 @@ def main(args):
                         bar.total, bar.n = int(m.group(2)), int(m.group(1))
                         bar.refresh()
 
-                run_logged([sys.executable, "-m", "primechat.cli", "train", "base", *point.argv], env,
-                           sweep_dir / "logs" / f"{home.name}-{point.tag}.log", on_line=follow_steps)
+                stop = run_logged([sys.executable, "-m", "primechat.cli", "train", "base", *point.argv], env,
+                                  sweep_dir / "logs" / f"{home.name}-{point.tag}.log", on_line=follow_steps)
             meta = final_meta(folder)
             if meta is None:
                 raise UserError(f"point {point.label} ended without its final checkpoint in {folder}")
@@ -314,12 +324,14 @@ def main(args):
             flops_run += point.planned_flops
             done = "done"
         else:
-            done = "skipped, already trained"
+            done, stop = "skipped, already trained", 0
         rows.append(result_row(point, meta))
         left = sum(p.planned_flops for p in points[i:])
         eta = f", ETA {left * seconds_run / flops_run / 60:.1f} min" if flops_run and left else ""
         print(f"point {i}/{len(points)}: {point.label} → val bpb {rows[-1]['val_bpb']:.4f} ({done}{eta})",
               flush=True)
+        if i < len(points):
+            stop_before(stop, f"point {i + 1}/{len(points)}")
 
     write_results(rows, sweep_dir, args.name)
     print(f"\n{markdown_table(rows)}")

@@ -2,9 +2,11 @@
 same command again skips completed stages and finishes. Uses a tiny preset written by the test."""
 
 import json
+import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -28,6 +30,42 @@ def write_preset(tmp_path, steps):
     path = tmp_path / "tiny.yaml"
     path.write_text(PRESET.format(steps=steps))
     return path
+
+
+# Python runs a sitecustomize module found on PYTHONPATH at start-up, in every process: `hold` uses that to make one
+# command a stage that waits for its stop.
+HOLD = """
+import os, signal, sys, time
+words = os.environ["HOLD_COMMAND"].split()
+if sys.orig_argv[1:3] == ["-m", "primechat.cli"] and sys.orig_argv[3:3 + len(words)] == words:
+    stops = []
+    signal.signal(signal.SIGTERM, lambda signum, frame: stops.append(signum))
+    with open(os.environ["HOLD_PID"], "w") as f:
+        f.write(str(os.getpid()))
+    while not stops:
+        time.sleep(0.05)
+"""
+
+
+def hold(monkeypatch, tmp_path, command: str) -> Path:
+    """Make `primechat COMMAND ...` subprocesses wait for a SIGTERM, absorb it, then run as usual and exit 0: a stage
+    whose work was complete when the stop came. Returns the file where such a process writes its pid."""
+    folder = tmp_path / "hold"
+    folder.mkdir()
+    (folder / "sitecustomize.py").write_text(HOLD)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(folder), os.environ.get("PYTHONPATH")])))
+    monkeypatch.setenv("HOLD_COMMAND", command)
+    monkeypatch.setenv("HOLD_PID", str(folder / "pid"))
+    return folder / "pid"
+
+
+def wait_for(path: Path, proc: subprocess.Popen, seconds: float = 60) -> int:
+    """The pid a held stage wrote to `path`, once it has."""
+    deadline = time.time() + seconds
+    while not (path.exists() and path.read_text()):
+        assert proc.poll() is None and time.time() < deadline, proc.stdout.read()
+        time.sleep(0.05)
+    return int(path.read_text())
 
 
 @pytest.mark.parametrize("nproc,sig", [(1, signal.SIGTERM), (2, signal.SIGTERM), (2, signal.SIGINT), (1, signal.SIGHUP)],
@@ -66,6 +104,27 @@ def test_stop_then_rerun_continues_to_the_end(home, cli, tmp_path, nproc, sig):
     assert json.loads((home / "speedrun" / "tiny.json").read_text())["completed"] == ["data", "tokenizer", "base"]
     assert (home / "base_checkpoints" / "d1" / "meta_000400.json").exists()
     assert list((home / "speedrun").glob("tiny-*.log"))  # one log file per run
+
+
+def test_a_stage_that_finishes_despite_a_stop_is_kept_and_the_speedrun_stops(home, cli, tmp_path, monkeypatch):
+    """A stop that reaches a stage as it finishes its work (training that had just saved its last step) still stops
+    the speedrun, before the next stage; the finished stage counts as complete."""
+    pid_file = hold(monkeypatch, tmp_path, "info")
+    preset = tmp_path / "two.yaml"
+    preset.write_text("stages:\n  - name: first\n    run: info\n  - name: second\n    run: plan --depth 1\n")
+    proc = cli.popen("speedrun", "--preset", preset, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    wait_for(pid_file, proc)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, out
+    assert "== first: done in" in out and "stopped before second: run the same command again to continue" in out
+    assert "== second" not in out
+    assert json.loads((home / "speedrun" / "two.json").read_text())["completed"] == ["first"]
+
+    again = cli.run("speedrun", "--preset", preset)
+    assert again.code == 0, again.out + again.err
+    assert "== first: already complete, skipped" in again.out and "== second: done in" in again.out
+    assert json.loads((home / "speedrun" / "two.json").read_text())["completed"] == ["first", "second"]
 
 
 def test_failed_stage_stops_the_run_with_one_line(home, cli, tmp_path):

@@ -4,8 +4,11 @@ and plot agree with the checkpoints, a rerun reuses every point, and bad input f
 import csv
 import json
 import math
+import signal
+import subprocess
 
 import pytest
+from test_speedrun import hold, wait_for
 
 # The smallest models train base accepts, as in test_speedrun.py; ratio 0.05 gives a handful of steps.
 TINY = ["--depth", "1,2", "--ratio", "0.05", "--vocab-size", "300,400", "--total-batch-size", "128",
@@ -63,6 +66,29 @@ def test_interrupted_point_resumes(home, cli):
     assert resumed.code == 0, resumed.out + resumed.err
     log = (home / "sweeps" / "tiny" / "logs" / "vocab-300-d1-r0.05-b128.log").read_text()
     assert f"resuming {folder} from step" in log and final_meta(folder)["step"] == final
+
+
+def test_a_point_that_finishes_despite_a_stop_is_kept_and_the_sweep_stops(home, cli, tmp_path, monkeypatch):
+    """A stop that reaches a point's training as it finishes stops the sweep before the next point; the same command
+    then reuses the finished point and trains the rest."""
+    assert cli("data", "demo").code == 0
+    pid_file = hold(monkeypatch, tmp_path, "train base --depth=1")
+    args = [{"300,400": "300"}.get(a, a) for a in TINY]  # depth 1 then depth 2
+    proc = cli.popen("sweep", *args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    wait_for(pid_file, proc, seconds=120)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, out
+    assert "point 1/2: depth 1" in out and "stopped before point 2/2: run the same command again to continue" in out
+    checkpoints = home / "sweeps" / "tiny" / "vocab-300" / "base_checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["d1-r0.05-b128"]
+
+    again = cli.run("sweep", *args, timeout=120)
+    assert again.code == 0, again.out + again.err
+    lines = [line for line in again.out.splitlines() if "→ val bpb" in line]
+    assert lines[0].startswith("point 1/2: depth 1") and lines[0].endswith("(skipped, already trained)")
+    assert lines[1].startswith("point 2/2: depth 2") and "(done" in lines[1]
+    assert (checkpoints / "d2-r0.05-b128").exists()
 
 
 BAD_INPUT = [
