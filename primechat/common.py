@@ -91,12 +91,22 @@ def run_child(command: list[str], log, on_line=None, env: dict | None = None) ->
     terminal's own. The child saves a checkpoint and exits, and we keep relaying until it has: leaving early would
     kill it mid-save. A child that fails after a stop was asked for counts as stopped by it (exit 128 + signal):
     torchrun exits 1 once its workers have saved and stopped. One that exits 0 had finished its work when the stop
-    came: the caller keeps that work and stops before starting the next child."""
+    came: the caller keeps that work and stops before starting the next child. If we are killed (SIGKILL: no
+    chance to relay anything), Linux kills the child too, rather than leave it running unseen where a rerun would
+    collide with it; every file is written atomically, so its last checkpoint is whole and the rerun resumes from it."""
+    import ctypes
     import signal
     import subprocess
     error, stops = None, []
+    prctl, parent = ctypes.CDLL(None).prctl if sys.platform == "linux" else None, os.getpid()  # looked up before fork
+
+    def die_with_us():  # runs in the child between fork and exec
+        # SIGKILL, not SIGTERM: its output goes to our pipe, so it could not print its way through a save anyway
+        prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # we died before prctl: no signal will come
+            os._exit(1)
     with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          start_new_session=True) as proc:
+                          start_new_session=True, preexec_fn=die_with_us if prctl else None) as proc:
         def on_stop(signum, frame):
             signum = signal.SIGTERM if signum == signal.SIGHUP else signum
             stops.append(signum)

@@ -5,6 +5,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -125,6 +126,35 @@ def test_a_stage_that_finishes_despite_a_stop_is_kept_and_the_speedrun_stops(hom
     assert again.code == 0, again.out + again.err
     assert "== first: already complete, skipped" in again.out and "== second: done in" in again.out
     assert json.loads((home / "speedrun" / "two.json").read_text())["completed"] == ["first", "second"]
+
+
+def running(pid: int) -> bool:
+    """Whether a process exists and has not exited (a zombie has: only its exit status waits to be collected)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="a child is killed with its parent by Linux's PR_SET_PDEATHSIG")
+def test_a_killed_speedrun_takes_its_stage_with_it(home, cli, tmp_path, monkeypatch):
+    """SIGKILL leaves the speedrun no time to stop its stage; the stage must not go on alone in the background, where
+    a rerun would collide with it."""
+    pid_file = hold(monkeypatch, tmp_path, "info")
+    preset = tmp_path / "one.yaml"
+    preset.write_text("stages:\n  - name: held\n    run: info\n")
+    proc = cli.popen("speedrun", "--preset", preset, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    stage = wait_for(pid_file, proc)
+    proc.kill()
+    proc.communicate()
+    try:
+        deadline = time.time() + 5
+        while running(stage):
+            assert time.time() < deadline, "the stage outlived the killed speedrun"
+            time.sleep(0.05)
+    finally:
+        if running(stage):
+            os.kill(stage, signal.SIGKILL)
 
 
 def test_failed_stage_stops_the_run_with_one_line(home, cli, tmp_path):
