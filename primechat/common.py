@@ -56,6 +56,9 @@ def atomic_path(path: str | os.PathLike):
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         yield tmp
+        # the data on disk before the rename: after a power cut the name must not point at blocks never written
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
