@@ -80,8 +80,9 @@ def main(args):
     fresh = args.restart or not state_path.exists()
     state = {"completed": [], "seconds": {}} if fresh else json.loads(state_path.read_text())
     done, seconds = state["completed"], state.setdefault("seconds", {})
+    about = (preset.get("description") or "").strip()
+    print(f"speedrun {name}" + (" (dry run, nothing is run)" if args.dry_run else "") + (f": {about}" if about else ""))
     if args.dry_run:
-        print(f"speedrun {name} (dry run, nothing is run): {preset.get('description', '').strip()}")
         for stage in preset["stages"]:
             what = "complete, would be skipped" if stage["name"] in done else "would run"
             print(f"== {stage['name']}: {what}: {shown(stage_command(stage, num_procs))}")
@@ -98,7 +99,7 @@ def main(args):
 
     log_path = home_dir() / "speedrun" / f"{name}-{datetime.datetime.now():%Y%m%d-%H%M%S}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    print(f"speedrun {name}: {preset.get('description', '').strip()}\nlog: {log_path}")
+    print(f"log: {log_path}")
     with open(log_path, "w") as log:
         for stage in preset["stages"]:
             if stage["name"] in done:

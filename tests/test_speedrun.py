@@ -182,6 +182,16 @@ def test_dry_run_prints_the_stages_and_runs_nothing(home, cli, tmp_path):
     assert json.loads((home / "speedrun" / "tiny.json").read_text())["completed"] == ["data"]
 
 
+def test_a_preset_without_description_is_headed_by_its_name(home, cli, tmp_path):
+    preset = tmp_path / "plain.yaml"
+    preset.write_text("stages:\n  - name: info\n    run: info\n")
+    dry = cli("speedrun", "--preset", preset, "--dry-run")
+    assert dry.out.splitlines()[0] == "speedrun plain (dry run, nothing is run)"
+    result = cli.run("speedrun", "--preset", preset)
+    assert result.code == 0, result.err
+    assert result.out.splitlines()[0] == "speedrun plain"
+
+
 def test_distributed_stages_run_under_torchrun(home, cli, tmp_path):
     """Stages marked distributed run on every process (torchrun; gloo on the CPU here, NCCL on GPUs)."""
     preset = tmp_path / "two.yaml"
