@@ -82,6 +82,8 @@ def main(args):
     done, seconds = state["completed"], state.setdefault("seconds", {})
     about = (preset.get("description") or "").strip()
     print(f"speedrun {name}" + (" (dry run, nothing is run)" if args.dry_run else "") + (f": {about}" if about else ""))
+    if num_procs > 1 and not any(stage.get("distributed") for stage in preset["stages"]):
+        print(f"note: preset {name} has no distributed stages: every stage runs in one process")
     if args.dry_run:
         for stage in preset["stages"]:
             what = "complete, would be skipped" if stage["name"] in done else "would run"

@@ -180,6 +180,14 @@ def test_dry_run_prints_the_stages_and_runs_nothing(home, cli, tmp_path):
     assert lines[2].startswith("== base: would run: python -m torch.distributed.run --standalone --nproc_per_node=2")
     assert sorted(p.name for p in home.iterdir()) == ["speedrun"]  # no data, no tokenizer, no report card
     assert json.loads((home / "speedrun" / "tiny.json").read_text())["completed"] == ["data"]
+    assert "note:" not in result.out
+
+
+def test_nproc_on_a_preset_without_distributed_stages_says_so(home, cli):
+    result = cli("speedrun", "--preset", "demo", "--dry-run", "--nproc", "2")
+    assert result.code == 0, result.err
+    assert result.out.splitlines()[1] == "note: preset demo has no distributed stages: every stage runs in one process"
+    assert "note:" not in cli("speedrun", "--preset", "demo", "--dry-run", "--nproc", "1").out
 
 
 def test_a_preset_without_description_is_headed_by_its_name(home, cli, tmp_path):
