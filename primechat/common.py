@@ -24,7 +24,8 @@ class UserError(Exception):
 
 
 def home_dir() -> Path:
-    home = Path(os.environ.get("PRIMECHAT_HOME") or Path.home() / ".cache" / "primechat").expanduser()
+    # absolute, so that a relative $PRIMECHAT_HOME names the same folder for a child started in another folder
+    home = Path(os.environ.get("PRIMECHAT_HOME") or Path.home() / ".cache" / "primechat").expanduser().resolve()
     home.mkdir(parents=True, exist_ok=True)
     return home
 

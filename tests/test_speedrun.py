@@ -200,6 +200,15 @@ def test_a_preset_without_description_is_headed_by_its_name(home, cli, tmp_path)
     assert result.out.splitlines()[0] == "speedrun plain"
 
 
+def test_a_relative_home_is_made_absolute(home, tmp_path, monkeypatch):
+    """A stage or command started in another folder must find the same home."""
+    from primechat.common import home_dir
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PRIMECHAT_HOME", "relhome")
+    assert home_dir() == tmp_path.resolve() / "relhome"
+
+
 def test_distributed_stages_run_under_torchrun(home, cli, tmp_path):
     """Stages marked distributed run on every process (torchrun; gloo on the CPU here, NCCL on GPUs)."""
     preset = tmp_path / "two.yaml"
