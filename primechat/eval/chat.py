@@ -1,15 +1,16 @@
 """Chat-model evaluation: `primechat eval chat -i sft`, on CPU, one GPU or under torchrun.
 
-Each task on its test split: nanochat's six (ARC-Easy, ARC-Challenge, MMLU, GSM8K, HumanEval, SpellingBee, the
-default) and every other generated task that scores answers (Arithmetic: offline, what the demo's RL trains on).
+Each task on its test split: ChatCORE's five (ARC-Easy, ARC-Challenge, MMLU, GSM8K, HumanEval, the default) and every
+generated task that scores answers (SpellingBee; Arithmetic, offline, what the demo's RL trains on).
 - categorical (ARC-Easy, ARC-Challenge, MMLU): the prompt is the question with the assistant turn opened; the model's
   answer is whichever allowed letter has the highest logit at that position. No sampling, so any model gets a clean
   reading, even one that would ramble instead of writing a letter.
 - generative (GSM8K, HumanEval, SpellingBee, Arithmetic): the Engine samples up to --max-new-tokens per reply (with the
   calculator tool), and the task checks the reply. With -n N samples per problem the score is pass@N: solved if any
   sample is.
-ChatCORE, when nanochat's six ran, is the mean over them of the accuracy rescaled so that chance is 0 and perfect is 1;
-other tasks never enter it, so it stays comparable with nanochat's.
+ChatCORE, when its five ran, is the mean over them of the accuracy rescaled so that chance is 0 and perfect is 1.
+Those five are nanochat's Oct 2025 definition, the one its published ChatCORE figures use (nanochat added SpellingBee
+from Nov 2025 and removed the task again in Jul 2026); other tasks never enter it, so it stays comparable.
 Problems are strided over ranks and the counts summed, so every process count gives the same figures. Results are
 printed as a table and written to the report section "Chat evaluation <source>".
 
@@ -46,9 +47,9 @@ TASKS = {
     **{task.__name__: partial(generated_task, name, size=256, split="test")
        for name, task in GENERATED.items() if task.eval_type},
 }
-# ChatCORE's tasks and their random baselines: nanochat's definition, so a task added to TASKS leaves ChatCORE as it is
-CHATCORE_BASELINES = {"ARC-Easy": 0.25, "ARC-Challenge": 0.25, "MMLU": 0.25, "GSM8K": 0.0, "HumanEval": 0.0,
-                      "SpellingBee": 0.0}
+# ChatCORE's tasks and their random baselines: nanochat's Oct 2025 definition (see above), so a task added to TASKS
+# leaves ChatCORE as it is
+CHATCORE_BASELINES = {"ARC-Easy": 0.25, "ARC-Challenge": 0.25, "MMLU": 0.25, "GSM8K": 0.0, "HumanEval": 0.0}
 
 
 def check_task(name: str) -> None:
@@ -166,7 +167,7 @@ def chatcore(accuracies: dict[str, float]) -> float | None:
 def add_arguments(p):
     p.add_argument("-i", "--source", required=True, choices=tuple(STAGE_DIRS), help="which stage's model")
     p.add_argument("-a", "--task-name", default=None,  # None: the help names the default once, in words
-                   help=f"tasks separated by |, of {'|'.join(TASKS)} (default: ChatCORE's six, "
+                   help=f"tasks separated by |, of {'|'.join(TASKS)} (default: ChatCORE's five, "
                         f"{'|'.join(CHATCORE_BASELINES)})")
     p.add_argument("-t", "--temperature", type=float, default=0.0,
                    help="sampling temperature for generative tasks (0: greedy)")
