@@ -4,7 +4,7 @@ The conversation is kept as one growing list of token ids (<|bos|>, then <|user_
 <|assistant_start|>…<|assistant_end|> per turn), so history is never re-encoded. A base model has no chat format:
 with -i base each prompt is completed as plain text instead.
 
-Commands: /clear (new conversation), /temperature [value], /topk [k], /help, /quit (or quit, exit, Ctrl-D).
+Commands: /clear (or clear: new conversation), /temperature [value], /topk [k], /help, /quit (or quit, exit, Ctrl-D).
 Ctrl-C stops the reply being written (it stays in the conversation) or, at the prompt, clears the line.
 """
 
@@ -195,8 +195,8 @@ def main(args) -> None:
             continue
         if not line:
             continue
-        if line in ("quit", "exit"):
-            break
+        if line in ("quit", "exit", "clear"):  # nanochat's chat_cli commands, without the slash
+            line = "/" + line
         if line.startswith("/"):
             if not chat.command(line):
                 break

@@ -692,3 +692,42 @@ def test_one_run_at_a_time_writes_a_model_tag(corpus, tmp_path):
         first.kill()
         first.wait()
     checkpoint.lock_for_writing(ckpt(home), 0, torch.device("cpu"))  # the lock went with the killed run
+
+
+def test_a_stop_before_the_first_step_saves_nothing(corpus, tmp_path):
+    """Ctrl-C during the first validation: the initial weights are not saved (a step-0 checkpoint would become the
+    latest, or the deepest d<N>, that eval and chat pick up)."""
+    home = make_home(corpus, tmp_path / "home")
+    proc = subprocess.Popen(train_command("--eval-tokens", 2_000_000), env=env_for(home), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 60
+        while not (ckpt(home) / ".lock").exists() and time.time() < deadline:  # taken just before the loop
+            time.sleep(0.02)
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + signal.SIGINT, out[-3000:]
+    assert "stopped before the first step: nothing saved" in out
+    assert not list(ckpt(home).glob("*_000000*"))
+
+
+def test_imported_and_nanochat_checkpoints_say_what_to_do(run_a, corpus, tmp_path):
+    """An imported model has no optimizer state to resume; a nanochat home's checkpoint needs `import nanochat`."""
+    home = make_home(corpus, tmp_path / "home")
+    shutil.copytree(ckpt(run_a[0]), ckpt(home))
+    meta_path = ckpt(home) / "meta_000012.json"
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({**meta, "imported_from": {"format": "nanochat"}}))
+    assert_user_error(train(home, "--num-iterations", 14, "--resume"), "was imported (from nanochat) without "
+                      "optimizer", "train the next stage from it")
+
+    sizes = {k: meta["model_config"][k] for k in ("sequence_len", "vocab_size", "n_layer", "n_head", "n_kv_head",
+                                                  "n_embd")}
+    meta_path.write_text(json.dumps({"step": 12, "model_config": sizes}))  # as nanochat writes it
+    chat = subprocess.run([sys.executable, "-m", "primechat.cli", "chat", "-i", "base", "-p", "hi"],
+                          env=env_for(home), capture_output=True, text=True, timeout=120)
+    assert_user_error(chat, "holds a nanochat checkpoint", "primechat import nanochat")

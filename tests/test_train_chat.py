@@ -288,7 +288,7 @@ def test_torchrun_two_processes_evaluate_like_one(base_home, tmp_path):
         return ok(subprocess.run(command, env=env_for(dist_home), capture_output=True, text=True, timeout=300))
 
     mid = torchrun("mid", "--num-iterations", 2)
-    assert "saved by 2 process(es): starting it fresh" in mid.stdout  # base was saved by one process
+    assert "none was saved by 2 process(es)): starting it fresh" in mid.stdout  # base was saved by one process
     folder = dist_home / "mid_checkpoints" / "d2"
     for name in ("optim_000002_rank0.pt", "optim_000002_rank1.pt", "loader_000002_rank0.pt",
                  "loader_000002_rank1.pt"):

@@ -228,7 +228,9 @@ def main(args):
     elif args.load_optimizer and warm_start(optimizer, source_folder, source_meta["step"], rank, device):
         print0(f"optimizer state warm-started from {args.source} {source_tag} step {source_meta['step']}")
     elif args.load_optimizer:
-        print0(f"no optimizer state of {args.source} {source_tag} saved by {world} process(es): starting it fresh")
+        why = ("it was imported without one" if "imported_from" in source_meta
+               else f"none was saved by {world} process(es)")
+        print0(f"no optimizer state of {args.source} {source_tag} to warm-start from ({why}): starting it fresh")
 
     train_loader = ChatLoader(tokenizer, train_set, settings["device_batch_size"], settings["max_seq_len"], rank,
                               world, device, state=loader_state)
@@ -304,8 +306,8 @@ def main(args):
                 loop["metrics"], loop["metrics_step"], measured = metrics, step, True
                 say(f"step {step:05d} | " + " | ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
                 log({"step": step, **{f"acc_{k}": v for k, v in metrics.items()}})
-        saving = last or stopping or (args.save_every > 0 and step % args.save_every == 0 and step > 0)
-        if saving and (fresh or measured):
+        saving = last or stopping or (args.save_every > 0 and step % args.save_every == 0)
+        if saving and step > 0 and (fresh or measured):
             save(step)
         if last or stopping:
             break

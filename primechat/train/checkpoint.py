@@ -212,6 +212,10 @@ def resume_training(folder: Path, step: int, model_config: dict, model, optimize
     """Load a saved step's model and this rank's optimizer shard into a run built for model_config; its meta.
     Flags that differ from the saved run's (user_config) are pointed out: the run no longer replays the original."""
     meta = load_meta(folder, step)
+    if "imported_from" in meta:
+        raise UserError(f"{folder} step {step} was imported (from {meta['imported_from'].get('format', 'elsewhere')}) "
+                        f"without optimizer or data-loader state, so its training cannot be resumed: train the next "
+                        f"stage from it, or train this one anew under another --model-tag")
     saved_world = meta.get("world_size", world)
     if saved_world != world:  # the optimizer state is split across the processes (ZeRO-2), one shard per rank
         how = "without torchrun" if saved_world == 1 else f"under torchrun with {saved_world} processes in all"
@@ -271,6 +275,10 @@ def load_model(stage: str, tag: str | None = None, step: int | None = None, devi
     folder = checkpoint_dir(stage, tag)
     step = resolve_step(folder, step)
     meta = load_meta(folder, step)
+    if "imported_from" not in meta and set(GPTConfig.__dataclass_fields__) - set(meta["model_config"]):
+        # nanochat's meta names only the sizes: its architecture (Oct 2025 or 2026) is told apart by the import
+        raise UserError(f"{folder} holds a nanochat checkpoint, not a primechat one: bring it in with `primechat "
+                        f"import nanochat {folder}` (PRIMECHAT_HOME cannot point at a nanochat home)")
     config = GPTConfig(**meta["model_config"])
     tokenizer = load_tokenizer(folder if (folder / "tokenizer.pkl").exists() else None)
     if tokenizer.vocab_size != config.vocab_size:

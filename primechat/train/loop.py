@@ -56,7 +56,10 @@ class StopRequest:
         return self.agreed > 0
 
     def exit_stopped(self, step: int, folder) -> None:
-        print0(f"stopped at step {step}; checkpoint saved in {folder}. Continue with --resume")
+        if step == 0:  # nothing was trained: a checkpoint of the initial weights would only shadow real ones
+            print0("stopped before the first step: nothing saved")
+        else:
+            print0(f"stopped at step {step}; checkpoint saved in {folder}. Continue with --resume")
         raise SystemExit(128 + self.agreed)
 
 
