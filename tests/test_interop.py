@@ -160,6 +160,33 @@ def test_import_2026_checkpoint_matches_primechats_model(home, tmp_path, tokeniz
         torch.testing.assert_close(model(x), reference(x), atol=1e-5, rtol=1e-5)
 
 
+def test_import_keeps_nanochats_training_settings_for_mid_and_sft(home, tmp_path, tokenizer):
+    """`train mid` from an imported base inherits its batch sizes and learning rates, as from a model trained here."""
+    from primechat.train import chat
+
+    config = GPTConfig(vocab_size=tokenizer.vocab_size, **SIZES, **OCT)
+    write_nanochat(tmp_path / "nanochat", "base_checkpoints", config, tokenizer)
+    path = tmp_path / "nanochat" / "base_checkpoints" / "d2" / "meta_001234.json"
+    meta = json.loads(path.read_text())  # an Oct 2025 base_train meta: all its flags, and the sizes it used
+    meta["user_config"] = {"depth": 2, "device_batch_size": 4, "max_seq_len": 256, "total_batch_size": 8192,
+                           "embedding_lr": 0.2, "unembedding_lr": 0.004, "matrix_lr": 0.02, "run": "dummy",
+                           "model_tag": None}
+    meta.update(device_batch_size=4, max_seq_len=256)
+    path.write_text(json.dumps(meta))
+    assert run(nanochat, path.parent) == 0
+
+    imported = load_meta(checkpoint_dir("base", "d2"), 1234)
+    assert imported["user_config"] == {k: v for k, v in meta["user_config"].items() if v is not None}
+    assert (imported["device_batch_size"], imported["max_seq_len"], imported["total_batch_size"]) == (4, 256, 8192)
+    parser = argparse.ArgumentParser()
+    chat.add_arguments(parser, "mid")
+    settings = chat.inherit(parser.parse_args([]), imported, world=1)
+    assert {k: settings[k] for k in ("device_batch_size", "max_seq_len", "total_batch_size", "embedding_lr",
+                                     "unembedding_lr", "matrix_lr")} == \
+           dict(device_batch_size=4, max_seq_len=256, total_batch_size=8192, embedding_lr=0.2, unembedding_lr=0.004,
+                matrix_lr=0.02)
+
+
 @pytest.mark.parametrize("problem,message", [
     ("no-meta", "meta_001234.json is missing"),
     ("unknown-key", "does not know: transformer.h.0.attn.bias"),

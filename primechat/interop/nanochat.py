@@ -125,6 +125,17 @@ def find_tokenizer(folder: Path, explicit: str | None) -> Path:
                     f"holds the tokenizer this model was trained with (nanochat's <base dir>/tokenizer)")
 
 
+def training_settings(meta: dict) -> dict:
+    """nanochat's training settings in the form of primechat's meta, so that mid/SFT from the import inherit its batch
+    sizes and learning rates as from a model trained here (nanochat's chat_sft does the same, B7): its flags as
+    user_config, and the batch sizes at the top level too. The sizes base_train wrote beside its flags win over them:
+    a flag may be None (2026 chat_sft: "inherit") or -1 (2026 base_train's total batch: "from depth")."""
+    flags = {k: v for k, v in meta.get("user_config", {}).items() if v is not None}
+    sizes = {k: v for k in ("device_batch_size", "max_seq_len", "total_batch_size")
+             if isinstance(v := meta.get(k, flags.get(k)), int) and v > 0}
+    return {**sizes, "user_config": {**flags, **sizes}} if flags or sizes else {}
+
+
 def guess_stage(folder: Path) -> str:
     return FOLDER_STAGES.get(folder.parent.name, "sft")
 
@@ -148,8 +159,8 @@ def import_nanochat(folder, stage: str | None = None, tag: str | None = None, st
     kept = {k: meta[k] for k in ("val_bpb", "val_loss", "mmlu_acc", "arc_easy_acc") if k in meta}
     imported_from = {"format": "nanochat", "layout": layout, "path": str(folder), "step": step,
                      "model_config": meta["model_config"]}
-    out = install_checkpoint(config, state, tokenizer, stage, tag, step, {**kept, "imported_from": imported_from},
-                             force=force)
+    out = install_checkpoint(config, state, tokenizer, stage, tag, step,
+                             {**kept, **training_settings(meta), "imported_from": imported_from}, force=force)
     return {"stage": stage, "tag": tag, "step": step, "layout": layout, "folder": out, "config": config}
 
 
