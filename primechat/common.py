@@ -231,6 +231,10 @@ def compute_init(device_type: str = ""):
         torch.cuda.set_device(device)
     else:
         device = torch.device(device_type)
+    if ddp and sys.platform == "linux":  # a worker dies with its torchrun, as run_child's children die with theirs
+        import ctypes
+        import signal
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     if ddp and not dist.is_initialized():
         backend = "nccl" if device_type == "cuda" else "gloo"
         dist.init_process_group(backend, device_id=device if device_type == "cuda" else None)

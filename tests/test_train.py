@@ -731,3 +731,23 @@ def test_imported_and_nanochat_checkpoints_say_what_to_do(run_a, corpus, tmp_pat
     chat = subprocess.run([sys.executable, "-m", "primechat.cli", "chat", "-i", "base", "-p", "hi"],
                           env=env_for(home), capture_output=True, text=True, timeout=120)
     assert_user_error(chat, "holds a nanochat checkpoint", "primechat import nanochat")
+
+
+def test_torchrun_workers_die_with_their_torchrun(corpus, tmp_path):
+    """A kill -9 of torchrun (or of the speedrun above it) leaves no worker writing on in the background."""
+    home = make_home(corpus, tmp_path / "home")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "primechat.train.base", *COMMON, "--num-iterations", "400"]
+    proc = subprocess.Popen(command, env=env_for(home), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_loss_records(proc, home, 1)
+        workers = [torchrun_worker(proc.pid, rank) for rank in (0, 1)]
+        proc.kill()
+        proc.wait()
+        deadline = time.time() + 10
+        while any(Path(f"/proc/{pid}").exists() for pid in workers) and time.time() < deadline:
+            time.sleep(0.05)
+        assert not any(Path(f"/proc/{pid}").exists() for pid in workers)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
