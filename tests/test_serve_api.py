@@ -568,6 +568,8 @@ def test_nanochat_endpoints(client):
     assert stats["queue_length"] == 0
     assert stats["workers"][0]["gpu_id"] == 0 and stats["workers"][0]["device"] == "cpu"
     assert stats["workers"][0]["model"] == "sft/d2/10"
+    logo = client.get("/logo.svg")  # nanochat's chat_web serves its logo there
+    assert logo.status_code == 200 and logo.headers["content-type"].startswith("image/svg")
 
 
 def test_models_are_cached_per_worker_least_recently_used_out(env):

@@ -490,6 +490,10 @@ def create_app(settings: Settings, pool: WorkerPool | None = None) -> FastAPI:
             raise StarletteHTTPException(404, "the web page is not installed (primechat/serve/static/index.html)")
         return FileResponse(page, headers={"Cache-Control": "no-cache"})
 
+    @app.get("/logo.svg", include_in_schema=False)
+    async def logo():  # where nanochat's chat_web serves it (pages written for nanochat link it there)
+        return FileResponse(STATIC_DIR / "logo.svg")
+
     app.mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static")
 
     # ---- OpenAI-compatible API ----
