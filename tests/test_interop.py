@@ -187,6 +187,28 @@ def test_import_keeps_nanochats_training_settings_for_mid_and_sft(home, tmp_path
                 matrix_lr=0.02)
 
 
+@pytest.mark.parametrize("meta,stage", [  # the fields each of nanochat's Oct 2025 stages writes (A1)
+    ({"val_bpb": 1.2, "user_config": {"depth": 2}, "device_batch_size": 4, "max_seq_len": 256}, "base"),
+    ({"val_bpb": 1.2, "user_config": {"device_batch_size": 4}}, "mid"),
+    ({"val_loss": 1.1, "mmlu_acc": 0.3, "arc_easy_acc": 0.4}, "sft"),
+    ({}, "rl"),
+    ({"val_loss": 1.1, "user_config": {"depth": 2}, "device_batch_size": 4}, "sft"),  # sft's accuracies win
+])
+def test_import_from_another_folder_tells_the_stage_from_the_meta_and_says_so(home, tmp_path, tokenizer, capsys,
+                                                                              meta, stage):
+    config = GPTConfig(vocab_size=tokenizer.vocab_size, **SIZES, **OCT)
+    write_nanochat(tmp_path / "nanochat", "downloads", config, tokenizer)
+    path = tmp_path / "nanochat" / "downloads" / "d2" / "meta_001234.json"
+    path.write_text(json.dumps({"step": 1234, "model_config": json.loads(path.read_text())["model_config"], **meta}))
+    assert run(nanochat, path.parent) == 0
+    out = capsys.readouterr().out
+    assert f"as {stage} d2" in out and f"filed as {stage} from its meta" in out and "--stage changes it" in out
+    assert checkpoint_dir(stage, "d2").is_dir()
+    # --stage, or a folder of nanochat's layout, decides without a note
+    assert run(nanochat, path.parent, "--stage", "mid", "--tag", "m") == 0
+    assert "filed as" not in capsys.readouterr().out and checkpoint_dir("mid", "m").is_dir()
+
+
 @pytest.mark.parametrize("problem,message", [
     ("no-meta", "meta_001234.json is missing"),
     ("unknown-key", "does not know: transformer.h.0.attn.bias"),

@@ -136,8 +136,21 @@ def training_settings(meta: dict) -> dict:
     return {**sizes, "user_config": {**flags, **sizes}} if flags or sizes else {}
 
 
-def guess_stage(folder: Path) -> str:
-    return FOLDER_STAGES.get(folder.parent.name, "sft")
+def guess_stage(folder: Path, meta: dict, layout: str) -> tuple[str, str | None]:
+    """The stage to file a checkpoint under, and how it was told when not by its parent folder (base_checkpoints →
+    base, …): by the fields each nanochat stage writes in its meta (A1), else sft."""
+    if folder.parent.name in FOLDER_STAGES:
+        return FOLDER_STAGES[folder.parent.name], None
+    if {"val_loss", "mmlu_acc", "arc_easy_acc"} & meta.keys():
+        return "sft", "from its meta (chat_sft's accuracies)"
+    if {"device_batch_size", "max_seq_len", "total_batch_size"} & meta.keys():
+        return "base", "from its meta (base_train's batch sizes)"
+    if "user_config" in meta:  # mid_train's flags; from 2026 on chat_sft's, which replaced mid training
+        return ("mid", "from its meta (mid_train's flags)") if layout == "oct2025" else \
+            ("sft", "from its meta (chat_sft's flags)")
+    if set(meta) <= {"step", "model_config"}:
+        return "rl", "from its meta (chat_rl's: the model's sizes alone)"
+    return "sft", "by default (its meta does not tell either)"
 
 
 def import_nanochat(folder, stage: str | None = None, tag: str | None = None, step: int | None = None,
@@ -154,21 +167,25 @@ def import_nanochat(folder, stage: str | None = None, tag: str | None = None, st
     if tokenizer.vocab_size != config.vocab_size:
         raise UserError(f"the tokenizer at {tokenizer_path} has {tokenizer.vocab_size:,} tokens but the model was "
                         f"trained with {config.vocab_size:,}: pass --tokenizer with the one it was trained with")
-    stage = stage or guess_stage(folder)
+    guessed = None
+    if stage is None:
+        stage, guessed = guess_stage(folder, meta, layout)
     tag = tag or folder.name
     kept = {k: meta[k] for k in ("val_bpb", "val_loss", "mmlu_acc", "arc_easy_acc") if k in meta}
     imported_from = {"format": "nanochat", "layout": layout, "path": str(folder), "step": step,
                      "model_config": meta["model_config"]}
     out = install_checkpoint(config, state, tokenizer, stage, tag, step,
                              {**kept, **training_settings(meta), "imported_from": imported_from}, force=force)
-    return {"stage": stage, "tag": tag, "step": step, "layout": layout, "folder": out, "config": config}
+    return {"stage": stage, "tag": tag, "step": step, "layout": layout, "folder": out, "config": config,
+            "guessed": guessed}
 
 
 def add_arguments(p) -> None:
     p.add_argument("dir", help="nanochat checkpoint folder (holds model_<step>.pt and meta_<step>.json)")
     p.add_argument("--stage", choices=list(STAGE_DIRS),
                    help="stage to file it under (default: from the folder's parent, base_checkpoints → base, "
-                        "mid_checkpoints → mid, chatsft_checkpoints → sft, chatrl_checkpoints → rl; else sft)")
+                        "mid_checkpoints → mid, chatsft_checkpoints → sft, chatrl_checkpoints → rl; else from the "
+                        "fields of its meta file, or sft)")
     p.add_argument("--tag", help="tag to file it under (default: the folder's name, e.g. d20)")
     p.add_argument("--step", type=int, help="step to import (default: the latest)")
     p.add_argument("--tokenizer", help="folder with the model's tokenizer.pkl (default: beside the checkpoint, else "
@@ -184,6 +201,9 @@ def main(args) -> None:
     c = done["config"]
     print(f"imported nanochat {done['layout']} checkpoint step {done['step']} ({c.n_layer} layers, width {c.n_embd}, "
           f"vocab {c.vocab_size:,}) as {done['stage']} {done['tag']} → {done['folder']}")
+    if done["guessed"]:  # not filed by a folder of nanochat's layout: say so, a wrong stage misleads chat and serve
+        print(f"filed as {done['stage']} {done['guessed']}: its parent folder is not one of nanochat's "
+              f"({', '.join(FOLDER_STAGES)}); --stage changes it")
     print(f"talk to it: primechat chat -i {done['stage']} -g {done['tag']}")
 
 
