@@ -216,6 +216,8 @@ def test_import_from_another_folder_tells_the_stage_from_the_meta_and_says_so(ho
     ("no-tokenizer", "pass --tokenizer"),
     ("already-there", "--force"),
     ("not-a-folder", "not a folder"),
+    ("base-dir", "no model_<step>.pt in {root}, but in mid_checkpoints/d2 below it: give one of them"),
+    ("stage-dir", "but in d2 below it: give one of them"),
 ])
 def test_import_problems_are_one_line_errors(home, tmp_path, tokenizer, capsys, problem, message):
     config = GPTConfig(vocab_size=tokenizer.vocab_size, **SIZES, **OCT)
@@ -239,6 +241,9 @@ def test_import_problems_are_one_line_errors(home, tmp_path, tokenizer, capsys, 
         assert run(nanochat, folder) == 0
     elif problem == "not-a-folder":
         argv = [tmp_path / "nope"]
+    elif problem in ("base-dir", "stage-dir"):  # nanochat's base dir, or a stage's folder, instead of a checkpoint's
+        argv = [root if problem == "base-dir" else folder.parent]
+        message = message.format(root=root.resolve())
     capsys.readouterr()
     assert run(nanochat, *argv) == 2
     err = capsys.readouterr().err.strip()

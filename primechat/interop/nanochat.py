@@ -45,8 +45,12 @@ def read_checkpoint(folder: Path, step: int | None = None) -> tuple[dict, dict, 
         raise UserError(f"{folder} is not a folder: give a nanochat checkpoint folder such as "
                         f"~/.cache/nanochat/chatsft_checkpoints/d20")
     steps = model_steps(folder)
-    if not steps:
-        raise UserError(f"no model_<step>.pt in {folder}: give the folder that holds nanochat's model and meta files")
+    if not steps:  # often nanochat's base dir or a stage folder: name the checkpoint folders below it
+        below = sorted({p.parent.relative_to(folder).as_posix() for pattern in ("*/model_*.pt", "*/*/model_*.pt")
+                        for p in folder.glob(pattern)})
+        hint = f", but in {', '.join(below)} below it: give one of them" if below else \
+            ": give the folder that holds nanochat's model and meta files"
+        raise UserError(f"no model_<step>.pt in {folder}{hint}")
     if step is None:
         step = steps[-1]
     elif step not in steps:
