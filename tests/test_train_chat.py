@@ -319,7 +319,7 @@ def test_bad_input_is_one_line(base_home, tmp_path, monkeypatch, cli):
                            (["mid", *mix[:2], "--metrics", "Nope"], "unknown task 'Nope'"),
                            (["mid", *mix, "--total-batch-size", "1000"], "not a multiple"),
                            (["rl", "--source", "base", "--task", "arithmetic", "--num-samples", "3",
-                             "--device-batch-size", "2"], "multiple of --device-batch-size"),
+                             "--device-batch-size", "2"], "of --device-batch-size 2: e.g. --device-batch-size 1"),
                            (["mid", *mix, "--model-tag", "a/b"], "--model-tag 'a/b' is not a plain name"),
                            (["sft", *mix, "--init-lr-frac", "0"], "--init-lr-frac 0.0: give a positive"),
                            (["mid", *mix, "--warmdown-ratio", "1.5"], "--warmdown-ratio 1.5 is outside [0, 1]"),

@@ -142,8 +142,9 @@ def main(args):
     if args.examples_per_step % world:
         raise UserError(f"--examples-per-step {args.examples_per_step} must be a multiple of the {world} processes")
     if args.num_samples % args.device_batch_size:
+        fits = max(d for d in range(1, args.device_batch_size + 1) if args.num_samples % d == 0)
         raise UserError(f"--num-samples {args.num_samples} must be a multiple of --device-batch-size "
-                        f"{args.device_batch_size}")
+                        f"{args.device_batch_size}: e.g. --device-batch-size {fits}")
     train_task, test_task = load_rl_task(args.task, "train", args.words), load_rl_task(args.task, "test", args.words)
     num_steps = count_steps(args, len(train_task))  # before the model loads: flag mistakes come first
 
