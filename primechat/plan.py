@@ -380,10 +380,11 @@ def print_figures(f: Figures):
         ("step time", f"{f.step_seconds:,.3f} s"),
         ("price", f.price_source if f.price is None else
          f"${f.price:.2f} per {'' if on_cpu else 'GPU-'}hour ({f.price_source})"),
-        ("base training", f"{hours_text(f.base_hours)}, {money(f.base_cost)}"),
+        ("base training", f"{hours_text(f.base_hours)}, {money(f.base_cost)} (the steps; validation not counted)"),
     ] + ([
         ("whole pipeline", f"{hours_text(f.pipeline_hours)}, {money(f.pipeline_cost)}"),
-        ("", "base + tokenizer, evaluations, mid-training and SFT, which took nanochat's d20 speedrun 3h51m in all;"),
+        ("", "base training plus tokenizer, evaluations, mid-training and SFT (all of which took nanochat's d20"),
+        ("", "speedrun 3h51m);"),
         ("", f"they are scaled by FLOPs per token: {other_stage_tokens() / 1e9:.1f}B base-token equivalents"),
     ] if f.pipeline_hours is not None else [
         ("whole pipeline", "not estimated on a CPU: `primechat speedrun --preset demo` is the CPU pipeline")]))
