@@ -18,6 +18,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from primechat import report
 from primechat.common import dataset_dir, tokenizer_dir
 from primechat.data import shards
 from primechat.eval import core
@@ -204,10 +205,16 @@ def test_hf_model_through_the_same_core_code(home, fake_hub, cli, tmp_path):
     assert accuracy in (0.0, 1.0)
 
     url = fake_hub.add_static("eval_bundle.zip", bundle_zip(tmp_path))
+    report.log_section("Base model evaluation", {"model": "base_d4_000300", "CORE metric": 0.2219})
     r = cli("eval", "base", "--hf-model", folder, "--bundle-url", url)
     assert r.code == 0, r.err
     slug = "hf-tiny-gpt2"
     rows = list(csv.reader(open(home / "base_eval" / f"{slug}.csv")))
     assert [row[0] for row in rows] == ["Task", *TASKS, "CORE"]
     assert all(0 <= float(row[1]) <= 1 for row in rows[1:-1]) and not math.isnan(float(rows[-1][2]))
+    # its own report section: the card's BASE column keeps the base model's CORE
+    sections = report.read_sections()
+    assert sections["hf-model-evaluation-tiny-gpt2"].startswith("## HF model evaluation tiny-gpt2\n")
+    assert f"- model: {slug}\n" in sections["hf-model-evaluation-tiny-gpt2"]
+    assert "| CORE | 0.2219 | - | - | - |" in report.summary_table(sections)
     one_line_error(cli("eval", "base", "--hf-model", folder, "--eval", "bpb"), "--hf-model")

@@ -13,7 +13,8 @@ PRIMECHAT_EVAL_BUNDLE_URL at another copy (a mirror, a file:// URL). If the bund
 are evaluated and the score is labelled `CORE (partial, N/22 tasks)`; --strict makes that an error.
 
 --hf-model PATH evaluates a Hugging Face transformers causal LM (a saved folder, or a Hub id) with its own tokenizer
-through the same CORE code, so a primechat model can be put beside public ones (pip install 'primechat[hf]').
+through the same CORE code, so a primechat model can be put beside public ones (pip install 'primechat[hf]'). Its
+report section is "HF model evaluation <name>", so the card's BASE column keeps the base model's CORE.
 """
 
 import os
@@ -111,7 +112,7 @@ def core_bundle(args) -> Path:
     return bundle
 
 
-def run_core(subject, device, args, slug: str, bundle: Path) -> core.CoreResult:
+def run_core(subject, device, args, slug: str, bundle: Path, title: str) -> core.CoreResult:
     result = core.evaluate_core(subject.forward, subject.encode, subject.bos, device, bundle, args.max_per_task,
                                 subject.max_seq_len, args.strict, log=print0)
     width = max([len(result.label)] + [len(r["task"]) for r in result.rows])
@@ -130,7 +131,7 @@ def run_core(subject, device, args, slug: str, bundle: Path) -> core.CoreResult:
     summary = {"model": slug, f"{result.label} metric": result.core, "max per task": args.max_per_task}
     if result.missing:
         summary["missing tasks"] = ", ".join(result.missing)
-    report.log_section("Base model evaluation", summary, core.markdown_table(result))
+    report.log_section(title, summary, core.markdown_table(result))
     return result
 
 
@@ -181,17 +182,20 @@ def main(args):
     if args.hf_model:
         subject = hf_subject(args.hf_model, device)
         path = Path(args.hf_model)  # a local folder is named by its name, a Hub id by owner-name
-        slug = "hf-" + (path.name if path.is_dir() else args.hf_model.strip("/").replace("/", "-"))
+        name = path.name if path.is_dir() else args.hf_model.strip("/").replace("/", "-")
+        slug = "hf-" + name
+        title = f"HF model evaluation {name}"  # not "Base model evaluation": an outside model is not the base stage
         model = tokenizer = meta = None
     else:
         model, tokenizer, meta = load_model("base", args.model_tag, args.step, device)
         tag = args.model_tag or default_tag("base")
         slug = f"base_{tag}_{meta['step']:06d}"
+        title = "Base model evaluation"
         subject = primechat_subject(model, tokenizer)
     print0(f"evaluating {slug} on {device} ({world} process{'es' if world > 1 else ''}): {', '.join(evals)}")
 
     if "core" in evals:
-        run_core(subject, device, args, slug, bundle)
+        run_core(subject, device, args, slug, bundle, title)
     loss_section = {}
     if "bpb" in evals:
         bpb = run_bpb(model, tokenizer, meta, device, args, rank, world)
