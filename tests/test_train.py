@@ -751,3 +751,21 @@ def test_torchrun_workers_die_with_their_torchrun(corpus, tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_core_during_training_as_nanochats_core_metric_every(corpus, home, fake_hub, tmp_path):
+    """--core-metric-every N: a capped CORE every N steps and at the end, in the log, the console and the report; a
+    bundle that cannot be had is a mistake found before training."""
+    from test_core import bundle_zip
+
+    make_home(corpus, home)
+    url = fake_hub.add_static("eval_bundle.zip", bundle_zip(tmp_path))
+    result = ok(train(home, "--num-iterations", 5, "--core-metric-every", 2, "--core-metric-max-per-task", 3,
+                      "--bundle-url", url))
+    cores = [(r["step"], r["core_metric"]) for r in metrics(home) if "core_metric" in r]
+    assert [s for s, _ in cores] == [2, 4, 5] and all(-1 <= c <= 1 for _, c in cores)
+    assert f"step 00005 | CORE {cores[-1][1]:.4f} (at most 3 examples per task)" in result.stdout
+    assert f"- final CORE: {cores[-1][1]:.4f} (at most 3" in (home / "report" / "base-model-training.md").read_text()
+
+    assert_user_error(train(home, "--model-tag", "other", "--core-metric-every", 2, "--core-metric-max-per-task", 1,
+                            "--bundle-url", url), "--core-metric-max-per-task 1 is too few")

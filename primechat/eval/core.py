@@ -21,6 +21,7 @@ compares it with a full CORE.
 import csv
 import http.client
 import json
+import os
 import random
 import shutil
 import tempfile
@@ -98,6 +99,21 @@ def ensure_bundle(url: str | None = None) -> Path:
                 shutil.rmtree(bundle, ignore_errors=True)  # a half-deleted folder without core.yaml
                 unpacked.rename(bundle)
                 return bundle
+
+
+def bundle_for(url: str | None, max_per_task: int, flag: str = "--max-per-task") -> Path:
+    """The bundle for an evaluation of at most max_per_task examples per task (-1: all; the user's flag), checked
+    first: each example draws its few-shot examples from the others, so a task needs more examples than shots.
+    url: --bundle-url, else $PRIMECHAT_EVAL_BUNDLE_URL, else nanochat's copy."""
+    if max_per_task == 0 or max_per_task < -1:
+        raise UserError(f"{flag} {max_per_task}: give a number of examples, or -1 for all")
+    bundle = ensure_bundle(url or os.environ.get("PRIMECHAT_EVAL_BUNDLE_URL") or BUNDLE_URL)
+    if max_per_task > 0:
+        shots = max((task.num_fewshot for task in load_tasks(bundle)), default=0)
+        if max_per_task <= shots:
+            raise UserError(f"{flag} {max_per_task} is too few: the {shots}-shot tasks draw their shots from the "
+                            f"other examples, so give {shots + 1} or more")
+    return bundle
 
 
 # --------------------------------------------------------------------------------------------------------------------

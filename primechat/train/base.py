@@ -23,6 +23,7 @@ from primechat.common import (UserError, aligned_rows, compute_cleanup, compute_
                               hours_text, print0, progress)
 from primechat.data.loader import DataParallelLoader, PretrainLoader
 from primechat.data.shards import add_dataset_argument, list_shards, pick_dataset
+from primechat.eval.core import bundle_for, evaluate_core
 from primechat.eval.loss import evaluate_bpb
 from primechat.fp8 import check_device as check_fp8_device, enable_fp8
 from primechat.model import GPT, GPTConfig, config_for_depth
@@ -74,6 +75,11 @@ def add_arguments(p):
     p.add_argument("--eval-every", type=int, default=250, help="validation bpb every N steps (-1: only at the end)")
     p.add_argument("--eval-tokens", type=int, default=80 * 524288, help="validation tokens per evaluation")
     p.add_argument("--sample-every", type=int, default=2000, help="print greedy samples every N steps (-1: end)")
+    p.add_argument("--core-metric-every", type=int, default=-1, help="CORE every N steps and at the end (-1: never; "
+                   "nanochat's runs use 2000): a quick one, on at most --core-metric-max-per-task examples per task")
+    p.add_argument("--core-metric-max-per-task", type=int, default=500, help="CORE examples per task during training")
+    p.add_argument("--bundle-url", default=None, help="where to download the CORE bundle from (default: "
+                   "$PRIMECHAT_EVAL_BUNDLE_URL, else nanochat's public copy)")
     p.add_argument("--save-every", type=int, default=-1, help="checkpoint every N steps (-1: only at the end)")
     p.add_argument("--model-tag", default=None, help="checkpoint folder name (default: d<depth>)")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint of this tag (or "
@@ -246,6 +252,9 @@ def main(args):
     tokenizer = load_tokenizer()
     train_paths, val_path = list_shards(args.dataset)
     config = model_config(args, tokenizer.vocab_size)
+    bundle = None
+    if args.core_metric_every > 0:  # fetched before anything is built: a missing bundle is a mistake found early
+        bundle = bundle_for(args.bundle_url, args.core_metric_max_per_task, "--core-metric-max-per-task")
 
     with torch.device("meta"):
         model = GPT(config)
@@ -323,7 +332,7 @@ def main(args):
     while True:
         last = step == num_steps
         fresh = step != resumed_at  # a resumed step was saved already: only what a stop cut short is left to do
-        validated = False
+        measured = False
         if due(step, args.eval_every, last) and loop.get("val_bpb_step") != step:
             if val_batches is None:
                 packer = PretrainLoader(tokenizer, [val_path], args.device_batch_size, args.max_seq_len)
@@ -331,15 +340,24 @@ def main(args):
             with torch.no_grad():
                 val_bpb = evaluate_bpb(train_model, (tuple(t.to(device) for t in b) for b in val_batches),
                                        len(val_batches), token_bytes, abandon=stop.pending)
-            if validated := note_validation(step, val_bpb, loop, log):
+            if measured := note_validation(step, val_bpb, loop, log):
                 draw_curve()
         stopping = stop.requested(device)
+        core_due = bundle and step > 0 and due(step, args.core_metric_every, last)
+        if core_due and loop.get("core_step") != step and not stopping:
+            with torch.no_grad():  # the uncompiled model: CORE's prompts come in every length
+                result = evaluate_core(model, tokenizer.encode, tokenizer.bos_id, device, bundle,
+                                       args.core_metric_max_per_task, model.cos.size(1), log=lambda line: None)
+            loop["core_metric"], loop["core_step"], measured = result.core, step, True
+            say(f"step {step:05d} | {result.label} {result.core:.4f} (at most {args.core_metric_max_per_task} "
+                f"examples per task)")
+            log({"step": step, "core_metric": result.core})
         if fresh and master and not stopping and due(step, args.sample_every, last) and step > 0:
             for prompt in SAMPLE_PROMPTS:
                 ids = tokenizer.encode(prompt, prepend=tokenizer.bos_id)
                 say(tokenizer.decode(ids[1:] + list(model.generate(ids, 16, temperature=0))))
         saving = last or stopping or (args.save_every > 0 and step % args.save_every == 0)
-        if saving and step > 0 and (fresh or validated):
+        if saving and step > 0 and (fresh or measured):
             save(step)
         if last or stopping:
             break
@@ -378,7 +396,8 @@ def main(args):
                     lrm, dt)
     bar.close()
 
-    if loop.get("val_bpb_step") != num_steps:  # a stop came before the end, or cut the final validation short
+    complete = loop.get("val_bpb_step") == num_steps and (not bundle or loop.get("core_step") == num_steps)
+    if not complete:  # a stop came before the end, or cut the last validation or CORE short
         compute_cleanup()
         stop.exit_stopped(step, folder)
     peak_mem = torch.cuda.max_memory_allocated() / 2 ** 30 if device.type == "cuda" else None
@@ -386,6 +405,8 @@ def main(args):
                "scaling parameters": model.num_params()["scaling"], "FLOPs per token": f"{plan.flops_per_token:e}",
                "steps": num_steps, "total batch size": plan.total_batch, "tokens": plan.target_tokens,
                "min validation bpb": loop["min_val_bpb"], "final validation bpb": loop["val_bpb"],
+               **({"final CORE": f"{loop['core_metric']:.4f} (at most {args.core_metric_max_per_task} examples per "
+                                 f"task; `primechat eval base` for the full one)"} if bundle else {}),
                "training time (min)": loop["training_time"] / 60,
                "peak memory (GiB)": f"{peak_mem:.2f}" if peak_mem else "-", "dataset": args.dataset,
                "processes": world}

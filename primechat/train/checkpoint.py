@@ -169,7 +169,7 @@ def set_aside_later_steps(folder: Path, step: int, rank: int):
 # the folder's name, and when to save, evaluate, sample or log (evaluations are greedy or seeded and leave no trace in
 # the weights, the optimizer or the data order).
 BENIGN_ON_RESUME = {"resume", "resume_from_step", "num_iterations", "model_tag", "wandb", "save_every", "eval_every",
-                    "sample_every", "metrics_every"}
+                    "sample_every", "metrics_every", "core_metric_every", "bundle_url"}
 
 
 # Flags that say how to resume, not what the run is: never taken from the saved run.
