@@ -17,7 +17,6 @@ through the same CORE code, so a primechat model can be put beside public ones (
 report section is "HF model evaluation <name>", so the card's BASE column keeps the base model's CORE.
 """
 
-import os
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -97,21 +96,6 @@ def hf_subject(path: str, device):
 # --------------------------------------------------------------------------------------------------------------------
 # The three evaluations
 
-def core_bundle(args) -> Path:
-    """The CORE bundle, downloaded if need be, with --max-per-task checked against its tasks' few-shot counts: each
-    example draws its shots from the others, so a task needs more examples than shots."""
-    if args.max_per_task == 0 or args.max_per_task < -1:
-        raise UserError(f"--max-per-task {args.max_per_task}: give a number of examples, or -1 for all")
-    url = args.bundle_url or os.environ.get("PRIMECHAT_EVAL_BUNDLE_URL") or core.BUNDLE_URL
-    bundle = core.ensure_bundle(url)
-    if args.max_per_task > 0:
-        shots = max((task.num_fewshot for task in core.load_tasks(bundle)), default=0)
-        if args.max_per_task <= shots:
-            raise UserError(f"--max-per-task {args.max_per_task} is too few: the {shots}-shot tasks draw their shots "
-                            f"from the other examples, so give {shots + 1} or more")
-    return bundle
-
-
 def run_core(subject, device, args, slug: str, bundle: Path, title: str) -> core.CoreResult:
     result = core.evaluate_core(subject.forward, subject.encode, subject.bos, device, bundle, args.max_per_task,
                                 subject.max_seq_len, args.strict, log=print0)
@@ -177,7 +161,8 @@ def main(args):
     evals = parse_evals(args.eval, bool(args.hf_model))
     if not args.hf_model:
         check_model_tag("base", args.model_tag)
-    bundle = core_bundle(args) if "core" in evals else None  # checks come before the minutes of loading a model
+    # checks come before the minutes of loading a model
+    bundle = core.bundle_for(args.bundle_url, args.max_per_task) if "core" in evals else None
     device, rank, world = compute_init(args.device_type)
     if args.hf_model:
         subject = hf_subject(args.hf_model, device)
