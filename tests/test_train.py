@@ -614,22 +614,29 @@ def wait_for_loss_records(proc, home: Path, count: int, tag: str = "d2", timeout
     raise AssertionError(f"the run ended (or stalled) before {count} steps were logged")
 
 
+def stop_during(home: Path, args: list, wait, sig) -> tuple[int, str]:
+    """Start `train base` with args, wait(proc) for the moment, then half a second more (into the long validation
+    that follows), send sig: (exit code, output)."""
+    proc = subprocess.Popen(train_command(*args), env=env_for(home), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    try:
+        wait(proc)
+        time.sleep(0.5)
+        proc.send_signal(sig)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return proc.returncode, out
+
+
 def test_a_stop_during_the_final_validation_is_a_stop_and_resume_validates(corpus, tmp_path):
     """The last step's validation cut short by SIGTERM: not a finished run (exit 143, no report section); --resume
     runs that validation and finishes. Intermediate ones alike: no step keeps a validation a stop abandoned."""
     home = make_home(corpus, tmp_path / "home")
     args = ["--num-iterations", 3, "--eval-every", -1, "--eval-tokens", 2_000_000]  # one long final validation
-    proc = subprocess.Popen(train_command(*args), env=env_for(home), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    try:
-        wait_for_loss_records(proc, home, 3)
-        time.sleep(0.5)
-        proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 128 + signal.SIGTERM, out[-3000:]
+    code, out = stop_during(home, args, lambda proc: wait_for_loss_records(proc, home, 3), signal.SIGTERM)
+    assert code == 128 + signal.SIGTERM, out[-3000:]
     assert "validation abandoned" in out and "done:" not in out and "--resume" in out
     meta = json.loads((ckpt(home) / "meta_000003.json").read_text())
     assert meta["val_bpb"] is None and not (home / "report" / "base-model-training.md").exists()
@@ -698,19 +705,14 @@ def test_a_stop_before_the_first_step_saves_nothing(corpus, tmp_path):
     """Ctrl-C during the first validation: the initial weights are not saved (a step-0 checkpoint would become the
     latest, or the deepest d<N>, that eval and chat pick up)."""
     home = make_home(corpus, tmp_path / "home")
-    proc = subprocess.Popen(train_command("--eval-tokens", 2_000_000), env=env_for(home), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    try:
+
+    def in_the_first_validation(proc):
         deadline = time.time() + 60
         while not (ckpt(home) / ".lock").exists() and time.time() < deadline:  # taken just before the loop
             time.sleep(0.02)
-        time.sleep(0.5)
-        proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 128 + signal.SIGINT, out[-3000:]
+
+    code, out = stop_during(home, ["--eval-tokens", 2_000_000], in_the_first_validation, signal.SIGINT)
+    assert code == 128 + signal.SIGINT, out[-3000:]
     assert "stopped before the first step: nothing saved" in out
     assert not list(ckpt(home).glob("*_000000*"))
 
