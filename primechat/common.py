@@ -231,7 +231,9 @@ def compute_init(device_type: str = ""):
         torch.cuda.set_device(device)
     else:
         device = torch.device(device_type)
-    if ddp and sys.platform == "linux":  # a worker dies with its torchrun, as run_child's children die with theirs
+    # a torchrun worker dies with its torchrun, as run_child's children die with theirs (only under torchrun: other
+    # launchers may mean their workers to outlive them)
+    if "TORCHELASTIC_RUN_ID" in os.environ and sys.platform == "linux":
         import ctypes
         import signal
         ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG

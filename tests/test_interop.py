@@ -326,6 +326,8 @@ def test_2026_model_exports_as_remote_code_that_generates_like_primechat(home, t
     def greedy(prompt, n):
         return list(ours.generate(prompt.tolist(), n, temperature=0))
 
+    with pytest.raises(ValueError, match="DynamicCache"):  # a static cache would need masks it does not build
+        theirs.generate(x[:1, :10], max_new_tokens=2, do_sample=False, cache_implementation="static")
     prompt = x[0, :120]  # decoding crosses the window: the cache is masked, not cropped
     assert theirs.generate(prompt[None], max_new_tokens=20, do_sample=False)[0, 120:].tolist() == greedy(prompt, 20)
     hf_tok = AutoTokenizer.from_pretrained(out, trust_remote_code=True)
@@ -333,12 +335,12 @@ def test_2026_model_exports_as_remote_code_that_generates_like_primechat(home, t
         rendered = hf_tok.apply_chat_template(conversation, tokenize=True, return_dict=True)["input_ids"]
         assert rendered == tokenizer.render_conversation(conversation)[0]
 
-    short, long = x[1, :9], x[1, 50:80]
-    batch = torch.zeros(2, 30, dtype=torch.long)
-    mask = torch.zeros(2, 30, dtype=torch.long)
-    batch[0, 21:], mask[0, 21:], batch[1], mask[1] = short, 1, long, 1
+    short, long = x[1, :9], x[1, 50:190]  # the long one decodes past the 128-token window, beside 131 pads
+    batch = torch.zeros(2, 140, dtype=torch.long)
+    mask = torch.zeros(2, 140, dtype=torch.long)
+    batch[0, 131:], mask[0, 131:], batch[1], mask[1] = short, 1, long, 1
     both = theirs.generate(input_ids=batch, attention_mask=mask, max_new_tokens=12, do_sample=False, pad_token_id=0)
-    assert both[0, 30:].tolist() == greedy(short, 12) and both[1, 30:].tolist() == greedy(long, 12)
+    assert both[0, 140:].tolist() == greedy(short, 12) and both[1, 140:].tolist() == greedy(long, 12)
 
 
 def test_nanochat_export_carries_no_remote_code(home, tmp_path, tokenizer):

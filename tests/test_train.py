@@ -508,7 +508,7 @@ def test_fp8_training_learns_like_the_exact_matmuls(run_a, corpus, tmp_path):
 def test_speed_flags_the_device_cannot_honour(corpus, home, flags, fragment):
     make_home(corpus, home)
     assert_user_error(train(home, "--num-iterations", 2, *flags), fragment)
-    assert not (home / "base_checkpoints").exists()
+    assert not list(home.glob("base_checkpoints/*/*_*"))  # no checkpoint (the tag's lock is all it took)
 
 
 @pytest.mark.parametrize("flags,fragment", [
@@ -581,7 +581,7 @@ def _resume_point_worker(rank, world, init_file, homes, results):
     from primechat.train.checkpoint import resume_point
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
-        resume_point(Path(homes[rank]), True, -1, "from scratch")
+        resume_point(Path(homes[rank]), True, -1, "from scratch", rank, torch.device("cpu"))
         results.put((rank, "resumed"))
     except UserError as e:
         results.put((rank, str(e)))
@@ -698,7 +698,7 @@ def test_one_run_at_a_time_writes_a_model_tag(corpus, tmp_path):
     finally:
         first.kill()
         first.wait()
-    checkpoint.lock_for_writing(ckpt(home), 0, torch.device("cpu"))  # the lock went with the killed run
+    checkpoint.lock_for_writing(ckpt(home), 0, torch.device("cpu")).release()  # the lock went with the killed run
 
 
 def test_a_stop_before_the_first_step_saves_nothing(corpus, tmp_path):
@@ -723,9 +723,11 @@ def test_imported_and_nanochat_checkpoints_say_what_to_do(run_a, corpus, tmp_pat
     shutil.copytree(ckpt(run_a[0]), ckpt(home))
     meta_path = ckpt(home) / "meta_000012.json"
     meta = json.loads(meta_path.read_text())
-    meta_path.write_text(json.dumps({**meta, "imported_from": {"format": "nanochat"}}))
-    assert_user_error(train(home, "--num-iterations", 14, "--resume"), "was imported (from nanochat) without "
-                      "optimizer", "train the next stage from it")
+    saved_flags = {**meta["user_config"], "core_metric_every": 2000}  # nanochat's default: would fetch the bundle
+    meta_path.write_text(json.dumps({**meta, "user_config": saved_flags, "imported_from": {"format": "nanochat"}}))
+    for resume in (["--num-iterations", 14, "--resume"], ["--model-tag", "d2", "--resume"]):
+        assert_user_error(train(home, *resume), "was imported (from nanochat) without optimizer",
+                          "train the next stage from it")
 
     sizes = {k: meta["model_config"][k] for k in ("sequence_len", "vocab_size", "n_layer", "n_head", "n_kv_head",
                                                   "n_embd")}

@@ -291,8 +291,9 @@ class CoreResult:
 
 
 def evaluate_core(model, encode, bos: int, device, bundle: Path, max_per_task: int = -1, max_seq_len=None,
-                  strict: bool = False, log=print) -> CoreResult:
-    """Evaluate every task of the bundle whose data file exists (all of them, or a UserError, if strict)."""
+                  strict: bool = False, log=print, abandon=lambda: False) -> CoreResult | None:
+    """Evaluate every task of the bundle whose data file exists (all of them, or a UserError, if strict). abandon()
+    is asked before each task (a training run's stop: the save should not wait for 22 tasks); yes gives None."""
     tasks = load_tasks(bundle)
     missing = [t.label for t in tasks if not (bundle / "eval_data" / t.dataset_uri).exists()]
     if len(missing) == len(tasks):
@@ -307,6 +308,8 @@ def evaluate_core(model, encode, bos: int, device, bundle: Path, max_per_task: i
     for task in tasks:
         if task.label in missing:
             continue
+        if abandon():
+            return None
         t0 = time.time()
         data = load_task_data(bundle / "eval_data" / task.dataset_uri, task.task_type, max_per_task)
         if len(data) <= task.num_fewshot:

@@ -15,7 +15,7 @@ import shutil
 import torch
 
 from primechat.common import UserError
-from primechat.train.checkpoint import STAGE_DIRS, checkpoint_dir, save_checkpoint, saved_steps
+from primechat.train.checkpoint import STAGE_DIRS, checkpoint_dir, lock_for_writing, save_checkpoint, saved_steps
 
 
 def check_state(config, state: dict, source: str) -> None:
@@ -53,12 +53,21 @@ def install_checkpoint(config, state: dict, tokenizer, stage: str, tag: str, ste
                         f"{tokenizer.vocab_size:,}: give the tokenizer the model was trained with")
     check_state(config, state, "the checkpoint")
     folder = checkpoint_dir(stage, tag)
-    if folder.exists() and saved_steps(folder):
-        if not force:
-            raise UserError(f"{folder} already holds checkpoints (steps {', '.join(map(str, saved_steps(folder)))}): "
-                            f"choose another --tag, or pass --force to replace them")
-        shutil.rmtree(folder)
-    state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in state.items()}  # fp32 master weights
-    tokenizer.save(folder)
-    save_checkpoint(folder, step, state, {"step": step, "model_config": config.to_dict(), **meta_extra})
+    lock = lock_for_writing(folder, rank=0, device="cpu")  # not while a training run (or another import) writes there
+    try:
+        if saved_steps(folder):
+            if not force:
+                raise UserError(f"{folder} already holds checkpoints (steps "
+                                f"{', '.join(map(str, saved_steps(folder)))}): choose another --tag, or pass --force "
+                                f"to replace them")
+            for path in folder.iterdir():  # all but the lock we hold
+                if path.is_dir():
+                    shutil.rmtree(path)
+                elif path.name != ".lock":
+                    path.unlink()
+        state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in state.items()}  # fp32 master weights
+        tokenizer.save(folder)
+        save_checkpoint(folder, step, state, {"step": step, "model_config": config.to_dict(), **meta_extra})
+    finally:
+        lock.release()
     return folder

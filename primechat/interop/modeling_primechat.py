@@ -140,6 +140,10 @@ class PrimechatForCausalLM(PreTrainedModel, GenerationMixin):
         cache = cache if cache is not None else past_key_values
         if cache is None and (use_cache if use_cache is not None else c.use_cache):
             cache = DynamicCache()
+        dynamic = cache is None or type(cache) is DynamicCache  # every position kept: the windows are a mask
+        if not dynamic or (attention_mask is not None and attention_mask.dim() != 2):
+            raise ValueError("primechat's model takes transformers' DynamicCache (the default of generate) and a 2D "
+                             "attention mask: not cache_implementation='static' or other caches")
         past = cache.get_seq_length() if cache is not None else 0
         if past and c.smear and previous_token is None:
             raise ValueError("continuing a cached sequence needs previous_token (B, 1): the last token of the "

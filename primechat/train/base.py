@@ -282,7 +282,7 @@ def main(args):
     # Resume: model, optimizer shard, loader state and loop state of a saved step.
     step, loader_state = 0, None
     loop = {"min_val_bpb": float("inf"), "smooth_loss": 0.0, "training_time": 0.0, "val_bpb": None}
-    resumed_at = checkpoint.resume_point(folder, args.resume, args.resume_from_step, "from scratch")
+    resumed_at = checkpoint.resume_point(folder, args.resume, args.resume_from_step, "from scratch", rank, device)
     if resumed_at is not None:
         step = resumed_at
         meta = checkpoint.resume_training(folder, step, config.to_dict(), model, optimizer, rank, world, device,
@@ -305,7 +305,6 @@ def main(args):
                                       args.data_streams or world, device, state=loader_state)
     val_batches = None
     token_bytes = torch.tensor(tokenizer.token_byte_lengths(), dtype=torch.int64, device=device)
-    checkpoint.lock_for_writing(folder, rank, device)
     if resumed_at is not None:  # only now that every check has passed: a refused run changes nothing on disk
         checkpoint.set_aside_later_steps(folder, resumed_at, rank)
     metrics_path = folder / "metrics.jsonl"
@@ -347,11 +346,16 @@ def main(args):
         if core_due and loop.get("core_step") != step and not stopping:
             with torch.no_grad():  # the uncompiled model: CORE's prompts come in every length
                 result = evaluate_core(model, tokenizer.encode, tokenizer.bos_id, device, bundle,
-                                       args.core_metric_max_per_task, model.cos.size(1), log=lambda line: None)
-            loop["core_metric"], loop["core_step"], measured = result.core, step, True
-            say(f"step {step:05d} | {result.label} {result.core:.4f} (at most {args.core_metric_max_per_task} "
-                f"examples per task)")
-            log({"step": step, "core_metric": result.core})
+                                       args.core_metric_max_per_task, model.cos.size(1), log=lambda line: None,
+                                       abandon=lambda: stop.requested(device))
+            if result is None:
+                stopping = True
+                say(f"step {step:05d} | CORE abandoned: stopping")
+            else:
+                loop["core_metric"], loop["core_step"], measured = result.core, step, True
+                say(f"step {step:05d} | {result.label} {result.core:.4f} (at most {args.core_metric_max_per_task} "
+                    f"examples per task)")
+                log({"step": step, "core_metric": result.core})
         if fresh and master and not stopping and due(step, args.sample_every, last) and step > 0:
             for prompt in SAMPLE_PROMPTS:
                 ids = tokenizer.encode(prompt, prepend=tokenizer.bos_id)

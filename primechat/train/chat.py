@@ -218,7 +218,7 @@ def main(args):
     loop = {"progress": 0.0, "smooth_loss": 0.0, "training_time": 0.0, "val_bpb": None, "min_val_bpb": float("inf"),
             "metrics": {}}
     resumed_at = checkpoint.resume_point(folder, args.resume, args.resume_from_step,
-                                         f"from {args.source} {source_tag}")
+                                         f"from {args.source} {source_tag}", rank, device)
     if resumed_at is not None:
         step = resumed_at
         meta = checkpoint.resume_training(folder, step, source_meta["model_config"], model, optimizer, rank,
@@ -251,7 +251,6 @@ def main(args):
 
     token_bytes = torch.tensor(tokenizer.token_byte_lengths(), dtype=torch.int64, device=device)
     val_batches = None
-    checkpoint.lock_for_writing(folder, rank, device)
     if master and (source_folder / "tokenizer.pkl").exists():  # an imported model's own tokenizer goes along
         for name in ("tokenizer.pkl", "token_bytes.pt"):
             shutil.copy2(source_folder / name, folder / name)

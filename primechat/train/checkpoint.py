@@ -92,10 +92,12 @@ def resolve_step(folder: Path, step: int | None) -> int:
     return step
 
 
-def resume_point(folder: Path, resume: bool, resume_from_step: int, fresh_start: str) -> int | None:
+def resume_point(folder: Path, resume: bool, resume_from_step: int, fresh_start: str, rank: int, device) -> int | None:
     """The saved step a training run continues from: --resume-from-step S, else the latest with --resume. None
-    starts a new run, which must not write over an existing one (fresh_start says where it starts from)."""
-    steps = saved_steps(folder) if folder.exists() else []
+    starts a new run, which must not write over an existing one (fresh_start says where it starts from). The run
+    takes the folder's lock first, so what it sees here stays true while it runs."""
+    _training_locks.append(lock_for_writing(folder, rank, device))
+    steps = saved_steps(folder)
     if dist.is_available() and dist.is_initialized():  # all ranks must continue from one step, or none
         seen = [None] * dist.get_world_size()
         dist.all_gather_object(seen, steps)
@@ -113,13 +115,13 @@ def resume_point(folder: Path, resume: bool, resume_from_step: int, fresh_start:
     return None
 
 
-_held_locks = []  # kept for the life of the process; the OS releases them when it ends, however it ends
+_training_locks = []  # a training run holds its folder's lock until the process ends (however it ends: the OS frees it)
 
 
-def lock_for_writing(folder: Path, rank: int, device) -> None:
+def lock_for_writing(folder: Path, rank: int, device):
     """One run at a time writes a checkpoint folder: rank 0 takes <folder>/.lock, then deletes the temporary files
     of saves that a killed run left half written (no run but this one writes here now). Every rank gets the same
-    error when another run holds the lock."""
+    error when another run holds the lock. Returns the lock held (None on the other ranks)."""
     from filelock import FileLock, Timeout
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -131,14 +133,13 @@ def lock_for_writing(folder: Path, rank: int, device) -> None:
         except Timeout:
             free.zero_()
         else:
-            _held_locks.append(lock)
             for leftover in folder.glob(".*.tmp*"):  # atomic_path's temporary names
                 leftover.unlink(missing_ok=True)
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(free, op=dist.ReduceOp.MIN)
     if not free.item():
-        raise UserError(f"another run is writing {folder}: wait for it to end (or stop it), or pick another "
-                        f"--model-tag")
+        raise UserError(f"another run is writing {folder}: wait for it to end (or stop it), or pick another tag")
+    return lock if rank == 0 else None
 
 
 def set_aside_later_steps(folder: Path, step: int, rank: int):
@@ -187,8 +188,10 @@ def inherit_saved_flags(args, folder: Path) -> None:
     step = args.resume_from_step if args.resume_from_step >= 0 else (steps[-1] if steps else None)
     if step not in steps:
         return  # nothing to continue from: resume_point says so (or starts the run)
+    meta = load_meta(folder, step)
+    refuse_imported(meta, folder, step)  # before its flags (nanochat's, say) are taken, a bundle download among them
     taken = []
-    for key, value in load_meta(folder, step).get("user_config", {}).items():
+    for key, value in meta.get("user_config", {}).items():
         if hasattr(args, key) and key not in typed and key not in NOT_INHERITED and getattr(args, key) != value:
             setattr(args, key, value)
             taken.append(f"--{key.replace('_', '-')} {value}")
@@ -207,15 +210,19 @@ def changed_flags(saved: dict, current: dict) -> list[str]:
             if k in saved and v is not None and saved[k] != v and k not in BENIGN_ON_RESUME]
 
 
+def refuse_imported(meta: dict, folder: Path, step: int) -> None:
+    if "imported_from" in meta:
+        raise UserError(f"{folder} step {step} was imported (from {meta['imported_from'].get('format', 'elsewhere')}) "
+                        f"without optimizer or data-loader state, so its training cannot be resumed: train the next "
+                        f"stage from it, or train this one anew under another --model-tag")
+
+
 def resume_training(folder: Path, step: int, model_config: dict, model, optimizer, rank: int, world: int, device,
                     user_config: dict | None = None) -> dict:
     """Load a saved step's model and this rank's optimizer shard into a run built for model_config; its meta.
     Flags that differ from the saved run's (user_config) are pointed out: the run no longer replays the original."""
     meta = load_meta(folder, step)
-    if "imported_from" in meta:
-        raise UserError(f"{folder} step {step} was imported (from {meta['imported_from'].get('format', 'elsewhere')}) "
-                        f"without optimizer or data-loader state, so its training cannot be resumed: train the next "
-                        f"stage from it, or train this one anew under another --model-tag")
+    refuse_imported(meta, folder, step)
     saved_world = meta.get("world_size", world)
     if saved_world != world:  # the optimizer state is split across the processes (ZeRO-2), one shard per rank
         how = "without torchrun" if saved_world == 1 else f"under torchrun with {saved_world} processes in all"
@@ -275,8 +282,8 @@ def load_model(stage: str, tag: str | None = None, step: int | None = None, devi
     folder = checkpoint_dir(stage, tag)
     step = resolve_step(folder, step)
     meta = load_meta(folder, step)
-    if "imported_from" not in meta and set(GPTConfig.__dataclass_fields__) - set(meta["model_config"]):
-        # nanochat's meta names only the sizes: its architecture (Oct 2025 or 2026) is told apart by the import
+    if "imported_from" not in meta and "softcap" not in meta["model_config"]:
+        # nanochat's meta names only the sizes (and the window pattern): the import tells its architecture apart
         raise UserError(f"{folder} holds a nanochat checkpoint, not a primechat one: bring it in with `primechat "
                         f"import nanochat {folder}` (PRIMECHAT_HOME cannot point at a nanochat home)")
     config = GPTConfig(**meta["model_config"])

@@ -162,7 +162,7 @@ def main(args):
     step = 0
     loop = {"training_time": 0.0, "pass_at_k": {}, "mean_reward": None}
     resumed_at = checkpoint.resume_point(folder, args.resume, args.resume_from_step,
-                                         f"from {args.source} {source_tag}")
+                                         f"from {args.source} {source_tag}", rank, device)
     if resumed_at is not None:
         step = resumed_at
         meta = checkpoint.resume_training(folder, step, source_meta["model_config"], model, optimizer, rank,
@@ -173,7 +173,6 @@ def main(args):
            f"× {args.num_samples} samples, from {args.source} {source_tag} step {source_meta['step']} on {device}")
 
     engine = Engine(model, tokenizer)
-    checkpoint.lock_for_writing(folder, rank, device)
     if master and (source_folder / "tokenizer.pkl").exists():  # an imported model's own tokenizer goes along
         tokenizer.save(folder)
     if resumed_at is not None:  # only now that every check has passed: a refused run changes nothing on disk
