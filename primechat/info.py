@@ -14,8 +14,8 @@ from primechat.train.checkpoint import STAGE_DIRS, saved_steps
 
 def dataset_source(manifest: dict) -> str:
     """Where a dataset's shards came from: its Hub repo, the demo's source, the files `data add` read, or by hand."""
-    if manifest.get("repo") or manifest.get("source"):
-        return manifest.get("repo") or manifest.get("source")
+    if named := manifest.get("repo") or manifest.get("source"):
+        return named
     files = manifest.get("sources") or []
     if not files:
         return "shards copied in by hand"

@@ -360,7 +360,7 @@ def main(args):
             for prompt in SAMPLE_PROMPTS:
                 ids = tokenizer.encode(prompt, prepend=tokenizer.bos_id)
                 say(tokenizer.decode(ids[1:] + list(model.generate(ids, 16, temperature=0))))
-        saving = last or stopping or (args.save_every > 0 and step % args.save_every == 0)
+        saving = stopping or due(step, args.save_every, last)
         if saving and step > 0 and (fresh or measured):
             save(step)
         if last or stopping:

@@ -305,7 +305,7 @@ def main(args):
                 loop["metrics"], loop["metrics_step"], measured = metrics, step, True
                 say(f"step {step:05d} | " + " | ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
                 log({"step": step, **{f"acc_{k}": v for k, v in metrics.items()}})
-        saving = last or stopping or (args.save_every > 0 and step % args.save_every == 0)
+        saving = stopping or due(step, args.save_every, last)
         if saving and step > 0 and (fresh or measured):
             save(step)
         if last or stopping:
@@ -348,8 +348,8 @@ def main(args):
         report_step(loop, step, of, done, eta, loss_value, lrm, dt, progress=done)
     bar.close()
 
-    measured = loop.get("val_bpb_step") == step and (not metric_tasks or loop.get("metrics_step") == step)
-    if not (last and measured):  # a stop came before the end, or cut the last validation or metrics short
+    complete = last and loop.get("val_bpb_step") == step and (not metric_tasks or loop.get("metrics_step") == step)
+    if not complete:  # a stop came before the end, or cut the last validation or metrics short
         compute_cleanup()
         stop.exit_stopped(step, folder)
     summary = {"source": f"{args.source} {source_tag} step {source_meta['step']}", "mixture": str(mixture.path),

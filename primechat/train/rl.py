@@ -198,7 +198,7 @@ def main(args):
             say(f"step {step:05d} | " + " | ".join(f"{k} {v:.4f}" for k, v in loop["pass_at_k"].items()))
             log({"step": step, **loop["pass_at_k"]})
         stopping = stop.requested(device)
-        if fresh and step > 0 and (last or stopping or (args.save_every > 0 and step % args.save_every == 0)):
+        if fresh and step > 0 and (stopping or due(step, args.save_every, last)):
             save(step)
         if last or stopping:
             break
