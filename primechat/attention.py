@@ -23,6 +23,7 @@ first, so a decode step on a short-window layer reads only its window of the cac
 from functools import lru_cache
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch.compiler import is_compiling
 from torch.nn.attention.flex_attention import create_block_mask, flex_attention
@@ -64,18 +65,34 @@ def use_backend(choice: str, device: torch.device, dtype: torch.dtype, compiled:
                         "--attention sdpa")
     _backend = "sdpa" if choice == "auto" else choice
     if choice in ("auto", "fa3") and device.type == "cuda":
-        try:
-            if dtype not in (torch.bfloat16, torch.float16):
-                raise RuntimeError(f"it needs bf16 or fp16, not {str(dtype).removeprefix('torch.')}")
-            load_fa3()
-        except RuntimeError as e:
+        # Every process must train with the same attention (the same compiled graphs, the same numerics), so one
+        # process that cannot load the kernel (a node without the Hub, say) decides for all of them.
+        failures = _fa3_failures(dtype)
+        if failures:
             if choice == "fa3":
-                raise UserError(f"--attention fa3: {e}; use --attention auto to fall back") from None
+                raise UserError(f"--attention fa3: {failures[0]}; use --attention auto to fall back")
             _backend = "flex" if compiled else "sdpa"
-            print0(f"FlashAttention-3 is unavailable ({e}): using {_backend}")
+            print0(f"FlashAttention-3 is unavailable ({failures[0]}): using {_backend}")
         else:
             _backend = "fa3"
     return _backend
+
+
+def _fa3_failures(dtype: torch.dtype) -> list[str]:
+    """Why FlashAttention-3 cannot train here: this process's reason, or under torchrun every process's, each
+    naming its rank. Empty when every process can."""
+    try:
+        if dtype not in (torch.bfloat16, torch.float16):
+            raise RuntimeError(f"it needs bf16 or fp16, not {str(dtype).removeprefix('torch.')}")
+        load_fa3()
+        reason = None
+    except RuntimeError as e:
+        reason = str(e)
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [reason] if reason else []
+    reasons = [None] * dist.get_world_size()
+    dist.all_gather_object(reasons, reason)
+    return [f"rank {rank}: {r}" for rank, r in enumerate(reasons) if r]
 
 
 @lru_cache(maxsize=32)

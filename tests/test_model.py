@@ -345,6 +345,38 @@ def test_backend_choice(monkeypatch, capsys):
         use_backend("fa3", cuda, torch.bfloat16, compiled=True)
 
 
+def _choose_attention_with_one_rank_offline(rank, world, init_file, out_dir, choice):
+    """One torchrun-like process: every rank but the last loads the kernel."""
+    import torch.distributed as dist
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    if rank == world - 1:
+        def offline():
+            raise RuntimeError("kernels-community/flash-attn3 did not load: no network")
+        attention_module.load_fa3 = offline
+    else:
+        attention_module.load_fa3 = FlashAttention3StandIn
+    try:
+        outcome = use_backend(choice, torch.device("cuda"), torch.bfloat16, compiled=True)
+    except UserError as e:
+        outcome = f"error: {e}"
+    (out_dir / f"rank{rank}").write_text(outcome)
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("choice", ["auto", "fa3"])
+def test_every_process_trains_with_the_same_attention(tmp_path, choice):
+    """A node that cannot fetch the kernel makes every process fall back (auto) or every process stop (fa3): the
+    processes must never train with different attention, or hang in a collective the others never reach."""
+    import torch.multiprocessing as mp
+    mp.start_processes(_choose_attention_with_one_rank_offline, args=(2, tmp_path / "init", tmp_path, choice),
+                       nprocs=2, start_method="fork")
+    outcomes = [(tmp_path / f"rank{rank}").read_text() for rank in range(2)]
+    if choice == "auto":
+        assert outcomes == ["flex", "flex"]
+    else:
+        assert outcomes[0] == outcomes[1] and outcomes[0].startswith("error: --attention fa3: rank 1: ")
+
+
 def test_fa3_that_cannot_load_is_a_reason_not_a_crash(home, monkeypatch):
     """Here (no GPU, no Hub) the kernel cannot load, whether or not the kernels package is installed."""
     monkeypatch.setattr(attention_module, "_fa3", None)
