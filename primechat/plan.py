@@ -8,7 +8,7 @@ and, estimated, for the whole pipeline). The model and the plan come from `prime
 
 Memory and time are estimates. Memory counts weights, gradients, optimizer state and what autograd keeps for the
 backward pass (calibrated on nanochat's published device batches); time divides the FLOPs by an MFU figure whose
-source is printed with it. Nothing here touches a GPU.
+source is printed with it, and counts validation as train base's own expected time does. Nothing here touches a GPU.
 """
 
 import argparse
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from primechat.common import (CPU_RATE, GPU_HOURLY_PRICE, MEASURED_MFU, PEAK_BF16_FLOPS, UserError, aligned_rows,
+from primechat.common import (CPU_RATE, GPU_HOURLY_PRICE, PEAK_BF16_FLOPS, UserError, aligned_rows,
                               gpu_hourly_price, hours_text, human_bytes, measured_mfu, physical_ram)
 from primechat.interop.nanochat import LAYOUTS
 from primechat.model import GPT, GPTConfig
@@ -42,16 +42,22 @@ GPUS = [GPU("H100", 79.19, "H100"), GPU("H200", 139.8, "H200"), GPU("B200", 178.
         GPU("RTX3090", 23.7, "RTX 3090")]
 
 # The whole pipeline: nanochat's Oct 2025 d20 speedrun took 3h51m on 8×H100 (its report card), of which base training
-# was 11,219,763,200 tokens at 3.4918e9 FLOPs/token: ~2.75 h at the H100 MFU above, so ~1.1 h went to everything else
-# (tokenizer, evaluations, mid-training, SFT). Those stages see a fixed amount of data whatever the model, so their
+# was 11,219,763,200 tokens at 3.4918e9 FLOPs/token: ~2.7 h at its d32 run's MFU (below), so ~1.1 h went to everything
+# else (tokenizer, evaluations, validation, mid-training, SFT). Those stages see a fixed amount of data whatever the model, so their
 # time scales with FLOPs per token: they are carried as a fixed number of extra tokens at the planned model's cost.
 SPEEDRUN_SECONDS, SPEEDRUN_GPUS = 3 * 3600 + 51 * 60, 8
 SPEEDRUN_TOKENS, SPEEDRUN_FLOPS_PER_TOKEN = 11_219_763_200, 3.4918e9
 
 # Pretraining shards, nanochat's numbers (its speedrun.sh): ~4.8 characters per token, a shard holds ~250M characters
 # in ~100 MB. primechat's loader packs whole documents into rows and crops what does not fit, which nanochat measured
-# as ~35% of tokens at sequence length 2048 (BOS best-fit packing): tokens ÷ 0.65 of text is read.
+# as ~35% of tokens at sequence length 2048 (BOS best-fit packing): tokens ÷ 0.65 of text is read. nanochat's Oct 2025
+# loader streamed documents across rows and cropped nothing (reference A3): it read exactly the training tokens, which
+# gives speedrun.sh's ~216 shards for d20 (it downloads 240) and run1000.sh's d32 ~740 (it downloads 800).
 CHARS_PER_TOKEN, CHARS_PER_SHARD, SHARD_BYTES, CROPPED = 4.8, 250e6, 100e6, 0.35
+
+# nanochat's published d32 run (run1000.sh): 1.207960e10 FLOPs per token × 524,288 tokens a step in ~1.574 s on
+# 8×H100, so MFU ~50.9% ("~50%" rounded). Plans of its Oct 2025 model use that figure, so they reproduce the run.
+NANOCHAT_D32_FLOPS_PER_TOKEN, NANOCHAT_D32_STEP_SECONDS = 1.207960e10, 1.574
 
 # What the backward pass needs, per token, beyond the per-layer activations counted in saved_values():
 # logits: bf16 head output kept for backward + the fp32 gradient of the softcapped logits + its bf16 copy for the
@@ -66,6 +72,7 @@ BUDGET_DEPTHS = range(2, 65, 2)
 ARCHES = ("primechat", "nanochat-2025")
 PRIMECHAT_VOCAB = 32768  # `primechat tokenizer train`'s default
 NANOCHAT_2025_VOCAB, NANOCHAT_2025_BATCH, NANOCHAT_2025_RATIO = 65536, 524288, 20
+NANOCHAT_2025_EVAL_TOKENS = 20 * 524288  # its base_train's validation tokens (reference A6; every 250 steps as here)
 
 
 @dataclass
@@ -107,6 +114,7 @@ class Figures:
     grad_accum: int
     batch_lr_scale: float
     weight_decay: float
+    text_tokens: float  # what the data loader reads to train on the tokens
     shards: int  # training shards to download (plus one validation shard)
     disk_bytes: float
     memory: Memory
@@ -117,7 +125,10 @@ class Figures:
     price: float | None  # per GPU-hour
     price_source: str
     step_seconds: float
-    base_hours: float
+    evaluations: int  # validation runs, as train base schedules them
+    eval_tokens: int
+    validation_hours: float
+    base_hours: float  # the steps and the validation
     base_cost: float | None
     pipeline_hours: float | None  # None on a CPU
     pipeline_cost: float | None
@@ -216,7 +227,17 @@ def largest_device_batch(memory: Memory, device_batch: int) -> int:
     return batch
 
 
-def throughput(gpu: GPU | None, count: int, mfu: float | None) -> tuple[float | None, float, str]:
+def nanochat_2025_mfu(gpu: GPU) -> tuple[float, str]:
+    """The MFU of nanochat's published d32 run (above), and its source: its model's plans match that run."""
+    h100 = dict(PEAK_BF16_FLOPS)["H100"]
+    mfu = NANOCHAT_D32_FLOPS_PER_TOKEN * NANOCHAT_2025_BATCH / (NANOCHAT_D32_STEP_SECONDS * h100 * 8)
+    source = (f"nanochat's published d32 run (~{NANOCHAT_D32_STEP_SECONDS} s/step on 8×H100, so MFU {mfu:.1%}), "
+              f"not measured by primechat")
+    return mfu, source if "H100" in gpu.datasheet else f"no measured figure for {gpu.datasheet}: assumed equal to " \
+                                                       f"H100's, {source}"
+
+
+def throughput(gpu: GPU | None, count: int, mfu: float | None, arch: str) -> tuple[float | None, float, str]:
     """(MFU, achieved FLOP/s of all devices, where the figure comes from)."""
     if gpu is None:
         if mfu is not None:
@@ -225,6 +246,8 @@ def throughput(gpu: GPU | None, count: int, mfu: float | None) -> tuple[float | 
     peak = dict(PEAK_BF16_FLOPS)[gpu.datasheet]
     if mfu is not None:
         source = "--mfu"
+    elif arch == "nanochat-2025":
+        mfu, source = nanochat_2025_mfu(gpu)
     else:
         mfu, source = measured_mfu(gpu.datasheet)
     if not 0 < mfu <= 1:
@@ -234,7 +257,7 @@ def throughput(gpu: GPU | None, count: int, mfu: float | None) -> tuple[float | 
 
 def other_stage_tokens() -> float:
     """The non-base stages of nanochat's d20 speedrun, in base-training tokens of the same model (see above)."""
-    rate = MEASURED_MFU["H100"][0] * dict(PEAK_BF16_FLOPS)["H100"] * SPEEDRUN_GPUS
+    rate = nanochat_2025_mfu(GPUS[0])[0] * dict(PEAK_BF16_FLOPS)["H100"] * SPEEDRUN_GPUS
     return SPEEDRUN_SECONDS * rate / SPEEDRUN_FLOPS_PER_TOKEN - SPEEDRUN_TOKENS
 
 
@@ -244,14 +267,23 @@ def train_base_args(args, depth: int | None = None, device_batch: int | None = N
     base.add_arguments(parser)
     targs = parser.parse_args([])
     for name in ("max_seq_len", "device_batch_size", "total_batch_size", "num_iterations", "target_flops",
-                 "aspect_ratio", "head_dim", "window_pattern"):
+                 "aspect_ratio", "head_dim", "window_pattern", "eval_every", "eval_tokens"):
         setattr(targs, name, getattr(args, name))
     for name, value in (("depth", args.depth), ("depth", depth), ("device_batch_size", device_batch)):
         if value is not None:
             setattr(targs, name, value)
     if args.ratio is not None:
         targs.target_param_data_ratio = args.ratio
+    if args.eval_tokens is None:
+        targs.eval_tokens = NANOCHAT_2025_EVAL_TOKENS if args.arch == "nanochat-2025" else parser.get_default(
+            "eval_tokens")
     return targs
+
+
+def validations(num_steps: int, eval_every: int) -> int:
+    """How many times train base measures validation bpb (base.expected_time): at step 0, every eval_every steps and
+    at the end."""
+    return 1 + (num_steps // eval_every + (num_steps % eval_every > 0) if eval_every > 0 else 1)
 
 
 def plan_run(args, depth: int | None = None, device_batch: int | None = None) -> Figures:
@@ -273,9 +305,12 @@ def plan_run(args, depth: int | None = None, device_batch: int | None = None) ->
     plan = base.make_plan(targs, model, count)
     memory = memory_per_device(model, targs.device_batch_size, count, gpu, physical_ram())
 
-    mfu, rate, rate_source = throughput(gpu, count, args.mfu)
+    mfu, rate, rate_source = throughput(gpu, count, args.mfu, args.arch)
     step_seconds = plan.flops_per_token * plan.total_batch / rate
-    base_hours = step_seconds * plan.num_steps / 3600
+    evaluations = validations(plan.num_steps, targs.eval_every)
+    # validation is a forward pass: a third of the training FLOPs per token, as train base's expected time counts it
+    validation_hours = evaluations * targs.eval_tokens * plan.flops_per_token / 3 / rate / 3600
+    base_hours = step_seconds * plan.num_steps / 3600 + validation_hours
     # nanochat's non-base stages are sized for GPU runs; on a CPU one runs the demo preset instead, so no estimate
     pipeline_hours = (plan.target_tokens + other_stage_tokens()) * plan.flops_per_token / rate / 3600 if gpu else None
     if args.price is not None:
@@ -287,7 +322,7 @@ def plan_run(args, depth: int | None = None, device_batch: int | None = None) ->
         price = gpu_hourly_price(gpu.datasheet)
         price_source = "on-demand cloud rate, common.GPU_HOURLY_PRICE" if listed else \
             "primechat's default for GPUs without a listed rate; --price sets yours"
-    text_tokens = plan.target_tokens / (1 - CROPPED)
+    text_tokens = plan.target_tokens if nanochat else plan.target_tokens / (1 - CROPPED)
     shards = math.ceil(text_tokens * CHARS_PER_TOKEN / CHARS_PER_SHARD)
     per = counts["total"] if nanochat else counts["scaling"]
     return Figures(
@@ -296,10 +331,10 @@ def plan_run(args, depth: int | None = None, device_batch: int | None = None) ->
         tokens=plan.target_tokens, tokens_per_param=plan.target_tokens / per, steps=plan.num_steps,
         total_batch=plan.total_batch, device_batch=targs.device_batch_size, seq_len=targs.max_seq_len,
         grad_accum=plan.grad_accum, batch_lr_scale=plan.batch_lr_scale, weight_decay=plan.weight_decay,
-        shards=shards, disk_bytes=(shards + 1) * SHARD_BYTES, memory=memory,
+        text_tokens=text_tokens, shards=shards, disk_bytes=(shards + 1) * SHARD_BYTES, memory=memory,
         largest_batch=largest_device_batch(memory, targs.device_batch_size), mfu=mfu, rate=rate,
         rate_source=rate_source, price=price, price_source=price_source, step_seconds=step_seconds,
-        base_hours=base_hours, base_cost=None if price is None else base_hours * count * price,
+        evaluations=evaluations, eval_tokens=targs.eval_tokens, validation_hours=validation_hours, base_hours=base_hours, base_cost=None if price is None else base_hours * count * price,
         pipeline_hours=pipeline_hours,
         pipeline_cost=None if price is None or pipeline_hours is None else pipeline_hours * count * price)
 
@@ -347,10 +382,11 @@ def print_figures(f: Figures):
         rows.append(("LR batch scale / Muon weight decay", f"{f.batch_lr_scale:.3f} / {f.weight_decay:.4f}"))
     print_rows(f"plan: d{f.depth}, {f.arch} architecture, on {f.hardware}", rows)
 
+    read = "nanochat's Oct 2025 loader streams documents across rows and crops nothing" if nanochat else \
+        f"of which best-fit packing crops ~{CROPPED:.0%} (nanochat's figure at seq len 2048)"
     print_rows("data (nanochat's shards: ~4.8 chars/token, ~250M chars and ~100 MB per shard)", [
         ("training shards", f"{f.shards:,} + 1 validation shard: primechat data download -n {f.shards}"),
-        ("text read", f"~{f.tokens / (1 - CROPPED):,.0f} tokens, of which best-fit packing crops ~{CROPPED:.0%} "
-                      f"(nanochat's figure at seq len 2048)"),
+        ("text read", f"~{f.text_tokens:,.0f} tokens: {read}"),
         ("disk", f"~{human_bytes(f.disk_bytes)}")])
 
     m, on_cpu = f.memory, f.hardware == "CPU"
@@ -371,7 +407,7 @@ def print_figures(f: Figures):
         ("largest device batch that fits", largest)])
 
     if f.mfu is not None:
-        speed = f"MFU {f.mfu:.0%} × {f.rate / f.count / f.mfu / 1e12:,.0f} TFLOP/s bf16 peak × {f.count}"
+        speed = f"MFU {f.mfu:.1%} × {f.rate / f.count / f.mfu / 1e12:,.0f} TFLOP/s bf16 peak × {f.count}"
     else:
         speed = f"{f.rate / 1e12:.3f} TFLOP/s"
     print_rows("time and cost: estimates", [
@@ -380,12 +416,14 @@ def print_figures(f: Figures):
         ("step time", f"{f.step_seconds:,.3f} s"),
         ("price", f.price_source if f.price is None else
          f"${f.price:.2f} per {'' if on_cpu else 'GPU-'}hour ({f.price_source})"),
-        ("base training", f"{hours_text(f.base_hours)}, {money(f.base_cost)} (the steps; validation not counted)"),
+        ("base training", f"{hours_text(f.base_hours)}, {money(f.base_cost)}"),
+        ("  of which validation", f"{hours_text(f.validation_hours)}: {f.evaluations} × {f.eval_tokens:,} tokens, "
+                                  f"as train base runs it (--eval-every, --eval-tokens)"),
     ] + ([
         ("whole pipeline", f"{hours_text(f.pipeline_hours)}, {money(f.pipeline_cost)}"),
-        ("", "base training plus tokenizer, evaluations, mid-training and SFT (all of which took nanochat's d20"),
-        ("", "speedrun 3h51m);"),
-        ("", f"they are scaled by FLOPs per token: {other_stage_tokens() / 1e9:.1f}B base-token equivalents"),
+        ("", "base training plus tokenizer, evaluations, mid-training and SFT, scaled from nanochat's d20 speedrun"),
+        ("", "(3h51m for all of it, base training included): the stages after base training count as"),
+        ("", f"{other_stage_tokens() / 1e9:.1f}B base-training tokens at this model's FLOPs per token"),
     ] if f.pipeline_hours is not None else [
         ("whole pipeline", "not estimated on a CPU: `primechat speedrun --preset demo` is the CPU pipeline")]))
     if not m.fits and f.largest_batch:
@@ -429,6 +467,11 @@ def add_arguments(p):
                    help="tokens per optimizer step (-1: from depth; nanochat-2025: 524288)")
     p.add_argument("--num-iterations", type=int, default=d("num_iterations"), help="optimizer steps (-1: horizon)")
     p.add_argument("--target-flops", type=float, default=d("target_flops"), help="training FLOPs (-1: the ratio)")
+    p.add_argument("--eval-every", type=int, default=d("eval_every"),
+                   help="validation every N steps, counted in the base training time (-1: only at the end)")
+    p.add_argument("--eval-tokens", type=int, default=None,
+                   help=f"validation tokens per evaluation (default {d('eval_tokens'):,}; nanochat-2025: "
+                        f"{NANOCHAT_2025_EVAL_TOKENS:,})")
     p.add_argument("--aspect-ratio", type=int, default=d("aspect_ratio"), help="model width = depth × this")
     p.add_argument("--head-dim", type=int, default=d("head_dim"), help="attention head size")
     p.add_argument("--window-pattern", default=d("window_pattern"), help="per-layer attention windows (primechat)")

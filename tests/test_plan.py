@@ -9,9 +9,12 @@ input. Models are built on the meta device, so nothing here allocates weights.
 import argparse
 
 import pytest
+import torch
 
 from primechat import plan
-from primechat.common import UserError
+from primechat.common import UserError, hours_text
+from primechat.model import GPT
+from primechat.train import base
 
 
 def figures(*argv, depth=None, device_batch=None) -> plan.Figures:
@@ -38,11 +41,30 @@ def test_nanochat_2025_d26_and_d32():
     assert f"{f.flops_per_token:.6e}" == "1.207960e+10"
     assert (f.steps, f.tokens, f.grad_accum) == (71_680, 37_580_963_840, 4)
     assert f"{f.total_flops:.6e}" == "4.539628e+20"
-    # run1000.sh: ~1.574 s/step → ≈31.3 h; the MFU that gives 1.574 s must give that time
-    mfu = f.flops_per_token * f.total_batch / (1.574 * 989e12 * 8)
-    timed = nanochat(32, "--device-batch-size", 8, "--mfu", mfu)
-    assert timed.step_seconds == pytest.approx(1.574)
-    assert timed.base_hours == pytest.approx(31.3, abs=0.05)
+    # run1000.sh: ~1.574 s/step → ≈31.3 h of steps; the planner's speed for this model is that published figure
+    assert f.step_seconds == pytest.approx(1.574, abs=5e-4)
+    assert f.base_hours - f.validation_hours == pytest.approx(31.3, abs=0.05)
+    assert "1.574 s/step" in f.rate_source and f"{f.mfu:.1%}" == "50.9%"
+
+
+def test_nanochat_2025_shards_are_what_its_loader_reads():
+    # A3: the Oct 2025 loader crops nothing; A1: d20 ≈ 216 shards (speedrun.sh downloads 240), d32 ~740 (800)
+    d20, d32 = nanochat(20), nanochat(32, "--device-batch-size", 8)
+    assert d20.text_tokens == d20.tokens and d20.shards == 216
+    assert 700 <= d32.shards <= 800
+
+
+def test_cpu_base_time_is_train_bases_expected_time():
+    # the same run on a CPU: plan's base training time is train base's start-up "expected time", validation included
+    f = figures("--gpus", "cpu", "--depth", 20, "--vocab-size", 2000, "--max-seq-len", 256, "--device-batch-size", 1)
+    parser = argparse.ArgumentParser()
+    base.add_arguments(parser)
+    targs = parser.parse_args(["--depth", "20", "--max-seq-len", "256", "--device-batch-size", "1"])
+    with torch.device("meta"):
+        model = GPT(base.model_config(targs, 2000))
+    rows = dict(base.expected_time(base.make_plan(targs, model, 1), targs, 0, torch.device("cpu"), 1))
+    assert rows["expected time"].startswith(hours_text(f.base_hours) + " ")
+    assert rows["  of which validation"].startswith(hours_text(f.validation_hours) + ":")
 
 
 @pytest.mark.parametrize("depth,largest", [(20, 32), (26, 16), (32, 8)])
@@ -77,7 +99,8 @@ def test_figures_follow_their_formulas():
     assert f.total_batch == f.device_batch * f.seq_len * f.count * f.grad_accum
     assert f.total_flops == pytest.approx(f.flops_per_token * f.tokens)
     assert f.step_seconds == pytest.approx(f.flops_per_token * f.total_batch / (f.mfu * 989e12 * 8))
-    assert f.base_hours == pytest.approx(f.steps * f.step_seconds / 3600)
+    assert f.base_hours == pytest.approx(f.steps * f.step_seconds / 3600 + f.validation_hours)
+    assert f.validation_hours == pytest.approx(f.evaluations * f.eval_tokens * f.flops_per_token / 3 / f.rate / 3600)
     assert f.base_cost == pytest.approx(f.base_hours * 8 * 3.00)
     assert f.pipeline_cost == pytest.approx(f.pipeline_hours * 8 * 3.00)
     assert f.pipeline_hours > f.base_hours
@@ -117,7 +140,8 @@ def test_cli_output(cli):
     result = cli("plan", "--depth", "26", "--arch", "nanochat-2025", "--gpus", "8xH100")
     assert result.code == 0, result.err
     for text in ("1,081,999,360", "DOES NOT FIT at device batch 32", "--device-batch-size 16", "an estimate",
-                 "MFU 50%", "not measured by primechat", "whole pipeline", "$3.00 per GPU-hour"):
+                 "MFU 50.9%", "not measured by primechat", "whole pipeline", "$3.00 per GPU-hour",
+                 "of which validation", "3h51m for all of it, base training included"):
         assert text in result.out
     cpu = cli("plan", "--gpus", "cpu", "--depth", "4", "--max-seq-len", "512", "--device-batch-size", "4")
     assert cpu.code == 0, cpu.err
