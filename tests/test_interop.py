@@ -358,6 +358,22 @@ def test_nanochat_export_carries_no_remote_code(home, tmp_path, tokenizer):
     assert json.loads((out / "config.json").read_text())["model_type"] == "nanochat"
 
 
+def test_export_counts_the_parameters_it_exports(home, tmp_path, tokenizer):
+    """A 700-token vocab is padded to 704 rows inside primechat; the export drops those rows, and so does its count
+    (the model card's parameters)."""
+    from safetensors.torch import load_file
+
+    config = GPTConfig(vocab_size=tokenizer.vocab_size, **SIZES, **NEW)
+    save_checkpoint(checkpoint_dir("sft", "d2"), 7, random_state(config, seed=1),
+                    {"step": 7, "model_config": config.to_dict()})
+    tokenizer.save(checkpoint_dir("sft", "d2"))
+    done = hf.export_hf(tmp_path / "hf")
+    exported = sum(t.numel() for t in load_file(tmp_path / "hf" / "model.safetensors").values())
+    with torch.device("meta"):
+        padded = GPT(config).num_params()["total"]
+    assert done["params"] == exported < padded
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # push and pull
 

@@ -254,7 +254,8 @@ def _write_json(path: Path, obj) -> None:
 
 def export_hf(out, stage: str = "sft", tag: str | None = None, step: int | None = None,
               dtype: str = "bfloat16") -> dict:
-    """Write the transformers folder; returns {"out", "stage", "tag", "step", "config", "meta", "remote_code"}."""
+    """Write the transformers folder; returns {"out", "stage", "tag", "step", "config", "meta", "remote_code",
+    "params"}: params counts the exported weights, which lack the padded vocab rows that primechat's model holds."""
     from safetensors.torch import save_file
 
     from primechat.model import GPTConfig
@@ -298,7 +299,7 @@ def export_hf(out, stage: str = "sft", tag: str | None = None, step: int | None 
                                          "model_config": config.to_dict(),
                                          **{k: meta[k] for k in ("val_bpb", "imported_from") if k in meta}})
     return {"out": out, "stage": stage, "tag": tag, "step": step, "config": config, "meta": meta,
-            "remote_code": remote_code}
+            "remote_code": remote_code, "params": sum(t.numel() for t in tensors.values())}
 
 
 def add_arguments(p) -> None:
