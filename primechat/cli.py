@@ -75,6 +75,28 @@ class Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionH
         return super()._get_help_string(action)
 
 
+class Parser(argparse.ArgumentParser):
+    """A command's parser. It takes nanochat's underscore spellings of its flags (`--device_batch_size=8` is
+    `--device-batch-size=8`; values are left alone), and reports a flag it does not know with its own usage: argparse
+    would hand a subcommand's leftovers up to `primechat`, whose usage names no flag."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        words = sys.argv[1:] if args is None else list(args)
+        end = words.index("--") if "--" in words else len(words)  # after "--" every word is a value
+        words = [self._dashed(word) for word in words[:end]] + words[end:]
+        namespace, extras = super().parse_known_args(words, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return namespace, extras
+
+    def _dashed(self, word: str) -> str:
+        name, equals, value = word.partition("=")
+        dashed = name.replace("_", "-")
+        if name.startswith("--") and dashed != name and dashed in self._option_string_actions:
+            return dashed + equals + value
+        return word
+
+
 def _command_path(argv: list[str]) -> list[str]:
     """The leading non-option words of argv that name a (sub)command, e.g. ['data', 'download']."""
     path, table = [], COMMANDS
@@ -101,7 +123,7 @@ def command_module(words: list[str]) -> tuple[str, list[str]] | None:
 
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     chosen = _command_path(argv)
-    parser = argparse.ArgumentParser(prog="primechat", description=__doc__.split("\n")[0], formatter_class=Formatter)
+    parser = Parser(prog="primechat", description=__doc__.split("\n")[0], formatter_class=Formatter)
 
     def add(subparsers, table, prefix):
         for name, (help_text, target) in table.items():
@@ -114,7 +136,7 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
                 loop = sys.modules[module.main.__module__]  # train mid/sft: the shared loop documents itself
                 sub.description = "\n".join(doc for doc in dict.fromkeys([module.__doc__, loop.__doc__]) if doc)
                 module.add_arguments(sub)
-                sub.set_defaults(run=module.main)
+                sub.set_defaults(command_main=module.main)  # not `run`: that is nanochat's --run
 
     add(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"), COMMANDS, [])
     return parser
@@ -139,7 +161,7 @@ def run_guarded(fn, args) -> int:
 
 def run_module(add_arguments, main, argv=None) -> None:
     """Entry point for `python -m primechat.<stage>`: the stage's own parser, the same error handling."""
-    parser = argparse.ArgumentParser(formatter_class=Formatter)
+    parser = Parser(formatter_class=Formatter)
     add_arguments(parser)
     args = parser.parse_args(argv)
     sys.exit(run_guarded(main, args))
@@ -148,7 +170,7 @@ def run_module(add_arguments, main, argv=None) -> None:
 def main(argv=None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(argv).parse_args(argv)
-    sys.exit(run_guarded(args.run, args))
+    sys.exit(run_guarded(args.command_main, args))
 
 
 if __name__ == "__main__":
