@@ -9,12 +9,15 @@ can parse the numbers back.
     primechat report            header + sections in pipeline order + a summary (the scores table BASE/MID/SFT/RL,
                                 wall-clock time, cost, loss curves, a bar chart of the scores) into report.md, and the
                                 same as one self-contained report.html (pictures inlined, no scripts, no links out).
+                                Checkpoints that were imported (nanochat, the Hub) are marked where a section names
+                                them: the Environment block describes this machine, not the one that trained them.
 
 Section text can hold model samples, so the HTML page shows raw HTML in it as text, never as markup.
 """
 
 import base64
 import datetime
+import json
 import os
 import platform
 import re
@@ -254,6 +257,42 @@ def section_tags(sections: dict[str, str]) -> dict[str, str]:
     return tags
 
 
+def origin(stage: str, tag: str, step: str) -> str | None:
+    """Where a checkpoint came from when it was imported ("nanochat, oct2025 layout", "the Hub, me/d20"); None for
+    one trained here, or one no longer on disk."""
+    from primechat.train.checkpoint import STAGE_DIRS, checkpoint_dir
+
+    if stage not in STAGE_DIRS:
+        return None
+    try:
+        imported = json.loads((checkpoint_dir(stage, tag) / f"meta_{int(step):06d}.json").read_text())["imported_from"]
+    except (OSError, ValueError, KeyError):
+        return None
+    if imported.get("format") == "huggingface":
+        return f"the Hub, {imported.get('repo_id')}"
+    return ", ".join(filter(None, (imported.get("format"), imported.get("layout") and f"{imported['layout']} layout")))
+
+
+# The lines of a section that name a checkpoint: `- model: base_d4_021400` (evaluations), `- source: mid d4 step 108`
+# (chat training): (stage, tag, step).
+CHECKPOINT_LINE = re.compile(r"^- (?:model: ([a-z]+)_(.+)_(\d+)|source: ([a-z]+) (.+) step (\d+))$", re.MULTILINE)
+
+
+def mark_imported(sections: dict[str, str]) -> tuple[dict[str, str], list[str]]:
+    """The sections with `(imported from …)` after each imported checkpoint they name, and those checkpoints."""
+    imported = {}
+
+    def mark(m):
+        stage, tag, step = [g for g in m.groups() if g is not None]
+        if (where := origin(stage, tag, step)) is None:
+            return m.group(0)
+        imported[f"{stage} {tag} step {int(step)}"] = where
+        return f"{m.group(0)} (imported from {where})"
+
+    marked = {slug: CHECKPOINT_LINE.sub(mark, text) for slug, text in sections.items()}
+    return marked, [f"{name} (from {where})" for name, where in imported.items()]
+
+
 def summary_table(sections: dict[str, str]) -> str:
     """nanochat's `| Metric | BASE | MID | SFT | RL |` table ("-" where missing), then each training stage's minimum
     validation bits per byte, then footnotes. Markdown, for the card and for `primechat push`'s model card."""
@@ -432,7 +471,10 @@ def generate(price: float | None = None) -> tuple[Path, Path, str]:
     if not is_master():
         return md_path, html_path, summary
     pictures = draw_pictures(folder, sections)
-    text = "\n".join([header.rstrip("\n"), ""] + [s.rstrip("\n") + "\n" for s in sections.values()]
+    marked, imported = mark_imported(sections)
+    note = [f"Imported models: {'; '.join(imported)}. The Environment above is the machine and code that evaluated "
+            f"them here, not where they were trained.", ""] if imported else []
+    text = "\n".join([header.rstrip("\n"), ""] + note + [s.rstrip("\n") + "\n" for s in marked.values()]
                      + ["## Summary", "", summary, ""]
                      + [f"![{caption}]({name})\n" for caption, name in pictures])
     with atomic_path(md_path) as tmp:

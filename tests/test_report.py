@@ -122,6 +122,23 @@ def test_sections_about_different_models_are_pointed_out(home, cli):
     assert "Mixed models: these sections describe models of different tags (tryout: base-model-training; d4: " in card
 
 
+def test_imported_models_are_marked_and_the_environment_is_said_to_be_this_machines(home, cli):
+    write_pipeline_sections()
+    for stage_dir, step, extra in (("base_checkpoints", 300, {"imported_from": {
+            "format": "nanochat", "layout": "oct2025", "path": "/nc/base_checkpoints/d4", "step": 300}}),
+            ("mid_checkpoints", 108, {})):  # base imported from nanochat, mid trained here from it
+        (home / stage_dir / "d4").mkdir(parents=True)
+        (home / stage_dir / "d4" / f"meta_{step:06d}.json").write_text(json.dumps({"step": step, **extra}))
+    assert cli("report").code == 0
+    card = (home / "report" / "report.md").read_text()
+    assert "- model: base_d4_000300 (imported from nanochat, oct2025 layout)" in card
+    assert "- source: base d4 step 300 (imported from nanochat, oct2025 layout)" in card  # what mid trained from
+    assert "- model: mid_d4_000108\n" in card and "- model: sft_d4_000020\n" in card  # trained here, or not on disk
+    assert "Imported models: base d4 step 300 (from nanochat, oct2025 layout). The Environment above is the " \
+           "machine and code that evaluated them here, not where they were trained." in card
+    assert "Mixed models" not in card  # the marks do not change which model a section describes
+
+
 def test_html_is_self_contained_and_shows_model_samples_as_text(home, cli):
     report.log_section("Base model loss", {"sample 0": "<script>alert(1)</script> [click](http://evil.example/)",
                                            "sample 1": "![x](http://evil.example/x.png) <http://evil.example/>"},
