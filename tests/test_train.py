@@ -343,6 +343,32 @@ def test_flags_that_cannot_change_the_numbers_are_not_called_changes():
     assert checkpoint.changed_flags(saved, {**now, "matrix_lr": 0.03}) == ["--matrix-lr 0.02 → 0.03"]
 
 
+@pytest.mark.parametrize("stage", ["base", "mid", "sft", "rl"])
+def test_run_names_a_weights_and_biases_run_as_nanochats_does(stage, tmp_path, monkeypatch):
+    """nanochat's --run NAME logs to W&B (here in project primechat unless --wandb names one); its default, dummy,
+    means no W&B; --wandb PROJECT alone names the run after the model."""
+    from primechat.cli import build_parser
+    from primechat.common import UserError
+    from primechat.train.loop import RunLog
+
+    inits = []
+    monkeypatch.setitem(sys.modules, "wandb", argparse.Namespace(init=lambda **kw: inits.append(kw)))
+
+    def wandb_init(*flags):
+        words = ["train", stage, *flags]
+        inits.clear()
+        RunLog(tmp_path / "metrics.jsonl", None, build_parser(words).parse_args(words), "d2", {})
+        return [(kw["project"], kw["name"]) for kw in inits]
+
+    assert wandb_init() == [] and wandb_init("--run", "dummy") == []
+    assert wandb_init("--run", "speedrun") == [("primechat", "speedrun")]
+    assert wandb_init("--run=speedrun", "--wandb", "mine") == [("mine", "speedrun")]
+    assert wandb_init("--wandb", "mine") == [("mine", "d2")]
+    monkeypatch.setitem(sys.modules, "wandb", None)  # not installed
+    with pytest.raises(UserError, match="--run needs the wandb package: pip install wandb"):
+        wandb_init("--run", "speedrun")
+
+
 def test_gradient_accumulation_gives_the_same_result(run_a, corpus, tmp_path):
     """--device-batch-size 2 (4 micro-batches) trains on the same rows as 4 (2 micro-batches)."""
     home_a, _ = run_a

@@ -31,9 +31,9 @@ from primechat.optim import DEFAULT_LRS, build_optimizer
 from primechat.plots import plot_training_curves
 from primechat.tokenizer import load_tokenizer
 from primechat.train import checkpoint
-from primechat.train.loop import (RunLog, StepReport, StopRequest, add_speed_arguments, check_horizon, due,
-                                  note_validation, out_of_memory, record_typed_flags, refuse_float16, say,
-                                  training_model, validation_batches)
+from primechat.train.loop import (RunLog, StepReport, StopRequest, add_speed_arguments, add_wandb_arguments,
+                                  check_horizon, due, note_validation, out_of_memory, record_typed_flags,
+                                  refuse_float16, say, training_model, validation_batches)
 
 SAMPLE_PROMPTS = ["The capital of France is", "The chemical symbol of gold is",
                   "If yesterday was Friday, then tomorrow will be", "The opposite of hot is",
@@ -89,7 +89,7 @@ def add_arguments(p):
     p.add_argument("--fp8", action="store_true", help="fp8 matmuls for the transformer's matrices (H100/H200; "
                    "emulated on a CPU, for testing)")
     add_speed_arguments(p)
-    p.add_argument("--wandb", default=None, metavar="PROJECT", help="also log to this Weights & Biases project")
+    add_wandb_arguments(p)
     record_typed_flags(p)
 
 
@@ -308,7 +308,7 @@ def main(args):
     if resumed_at is not None:  # only now that every check has passed: a refused run changes nothing on disk
         checkpoint.set_aside_later_steps(folder, resumed_at, rank)
     metrics_path = folder / "metrics.jsonl"
-    log = RunLog(metrics_path, resumed_at, args.wandb, tag, user_config)
+    log = RunLog(metrics_path, resumed_at, args, tag, user_config)
     report_step = StepReport(log, plan.total_batch, plan.flops_per_token, device, world)
     stop = StopRequest()
     bar = progress(total=plan.num_steps, initial=step, desc="train", unit="step")

@@ -33,9 +33,9 @@ from primechat.plots import plot_training_curves
 from primechat.tasks.mixture import load_mixture, resolve as resolve_mixture
 from primechat.train import checkpoint
 from primechat.train.base import B_REF, DEVICE_BATCH_SIZE, check_fraction, check_learning_rates
-from primechat.train.loop import (RunLog, StepReport, StopRequest, add_speed_arguments, due, note_validation,
-                                  out_of_memory, record_typed_flags, refuse_float16, say, training_model,
-                                  validation_batches)
+from primechat.train.loop import (RunLog, StepReport, StopRequest, add_speed_arguments, add_wandb_arguments, due,
+                                  note_validation, out_of_memory, record_typed_flags, refuse_float16, say,
+                                  training_model, validation_batches)
 
 # Per stage: the stage it starts from, its mixture, schedule and evaluation cadence. For SFT from a base model (no
 # mid-training) nanochat's 2026 recipe starts higher and decays over half the run: SFT_FROM_BASE.
@@ -96,7 +96,7 @@ def add_arguments(p, stage: str):
     p.add_argument("--resume-from-step", type=int, default=-1, help="continue from this saved step; its later "
                    "steps move into a replaced_<step>_<time>/ subfolder")
     add_speed_arguments(p)
-    p.add_argument("--wandb", default=None, metavar="PROJECT", help="also log to this Weights & Biases project")
+    add_wandb_arguments(p)
     p.set_defaults(stage=stage)
     record_typed_flags(p)
 
@@ -257,7 +257,7 @@ def main(args):
     if resumed_at is not None:  # only now that every check has passed: a refused run changes nothing on disk
         checkpoint.set_aside_later_steps(folder, resumed_at, rank)
     metrics_path = folder / "metrics.jsonl"
-    log = RunLog(metrics_path, resumed_at, args.wandb, f"{stage}-{source_tag}", user_config)
+    log = RunLog(metrics_path, resumed_at, args, f"{stage}-{source_tag}", user_config)
     report_step = StepReport(log, settings["total_batch_size"], model.estimate_flops(), device, world)
     stop = StopRequest()
     bar = progress(total=100, initial=round(100 * loop["progress"]), desc=stage, unit="%")

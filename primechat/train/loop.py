@@ -3,7 +3,8 @@
 - StopRequest: SIGTERM or Ctrl-C asks the loop to finish its step, save and exit (code 128 + signal); resuming with
   --resume then continues exactly, and first does what the stop cut short (a validation, the task metrics).
 - RunLog: metrics.jsonl beside the checkpoints (rank 0 only), cut back to the resumed step so a resumed run's log
-  reads as one run, mirrored to Weights & Biases when the user asked for it (--wandb PROJECT).
+  reads as one run, mirrored to Weights & Biases when the user asked for it (add_wandb_arguments: nanochat's
+  --run NAME, and --wandb PROJECT).
 - say: a console line from rank 0, printed above the progress bar; note_validation: a validation result recorded;
   StepReport: a training step's console line and metrics record (base and mid/SFT print the same columns).
 - refuse_float16, out_of_memory: the errors every loop gives for fp16 (no gradient scaler yet) and for OOM.
@@ -63,8 +64,15 @@ class StopRequest:
         raise SystemExit(128 + self.agreed)
 
 
+def add_wandb_arguments(p):
+    p.add_argument("--run", default="dummy", help="Weights & Biases run name, as nanochat's (dummy: no W&B)")
+    p.add_argument("--wandb", default=None, metavar="PROJECT", help="Weights & Biases project (default with --run: "
+                   "primechat); alone, the run is named after the model tag")
+
+
 class RunLog:
-    def __init__(self, path, resumed_step: int | None, wandb_project: str | None, name: str, config: dict):
+    def __init__(self, path, resumed_step: int | None, args, name: str, config: dict):
+        """name: the W&B run's name unless --run gives one."""
         self.path, self.wandb_run = path, None
         if not is_master():
             return
@@ -79,12 +87,15 @@ class RunLog:
                     print0(f"note: {path} had a damaged line, dropped: {line[:60]!r}")
             with atomic_path(path) as tmp:
                 tmp.write_text("".join(r + "\n" for r in records))
-        if wandb_project:
+        run = None if args.run == "dummy" else args.run  # nanochat's default, which means no W&B
+        if project := args.wandb or (run and "primechat"):
             try:
                 import wandb
             except ImportError:
-                raise UserError("--wandb needs the wandb package: pip install wandb (or drop --wandb)") from None
-            self.wandb_run = wandb.init(project=wandb_project, name=name, config=config)
+                flags = " and ".join(flag for flag, given in (("--run", run), ("--wandb", args.wandb)) if given)
+                raise UserError(f"{flags} need{'s' * (' ' not in flags)} the wandb package: pip install wandb (or "
+                                f"drop {flags})") from None
+            self.wandb_run = wandb.init(project=project, name=run or name, config=config)
 
     def __call__(self, record: dict):
         if not is_master():

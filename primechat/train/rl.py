@@ -33,8 +33,8 @@ from primechat.tasks.gsm8k import GSM8K
 from primechat.tasks.mixture import GENERATED, generated_task
 from primechat.train import checkpoint
 from primechat.train.chat import check_arguments
-from primechat.train.loop import (RunLog, StopRequest, check_horizon, due, out_of_memory, record_typed_flags,
-                                  refuse_float16, say)
+from primechat.train.loop import (RunLog, StopRequest, add_wandb_arguments, check_horizon, due, out_of_memory,
+                                  record_typed_flags, refuse_float16, say)
 
 # --task: GSM8K, or a generated task that scores answers, by its name in tasks/mixture.py's GENERATED
 RL_TASKS = ["gsm8k", *(name for name, task in GENERATED.items() if task.eval_type)]
@@ -93,7 +93,7 @@ def add_arguments(p):
                    "if it has none); with --model-tag, flags not typed take the saved run's values")
     p.add_argument("--resume-from-step", type=int, default=-1, help="continue from this saved step; its later "
                    "steps move into a replaced_<step>_<time>/ subfolder")
-    p.add_argument("--wandb", default=None, metavar="PROJECT", help="also log to this Weights & Biases project")
+    add_wandb_arguments(p)
     record_typed_flags(p)
 
 
@@ -178,7 +178,7 @@ def main(args):
     if resumed_at is not None:  # only now that every check has passed: a refused run changes nothing on disk
         checkpoint.set_aside_later_steps(folder, resumed_at, rank)
     metrics_path = folder / "metrics.jsonl"
-    log = RunLog(metrics_path, resumed_at, args.wandb, f"rl-{source_tag}", user_config)
+    log = RunLog(metrics_path, resumed_at, args, f"rl-{source_tag}", user_config)
     stop = StopRequest()
     bar = progress(total=num_steps, initial=step, desc="rl", unit="step")
     per_rank = args.examples_per_step // world
