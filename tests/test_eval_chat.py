@@ -14,8 +14,8 @@ from torch import nn
 
 from primechat.common import UserError
 from primechat.engine import Engine
-from primechat.eval.chat import (CHATCORE_BASELINES, TASKS, chatcore, evaluate_categorical, evaluate_generative,
-                                 load_task, pass_at_k, sample_outcomes)
+from primechat.eval.chat import (CHATCORE_BASELINES, TASKS, categorical_results, chatcore, evaluate_categorical,
+                                 evaluate_generative, generative_results, load_task, pass_at_k, sample_outcomes)
 from primechat.tasks.common import MultipleChoiceTask, Task
 from primechat.tasks.gsm8k import extract_answer
 from primechat.train.checkpoint import checkpoint_dir, save_checkpoint
@@ -57,12 +57,15 @@ class Quiz(MultipleChoiceTask):
 class LetterModel(nn.Module):
     """Stands in for the GPT: model(idx) -> logits (B, T, V). After <|assistant_start|> the logits rank tokens as
     `after_prompt` says ({token: score}); after any other token (BOS padding included) `token_elsewhere` wins, so
-    reading the wrong position shows. Refuses inputs longer than its context, as a real one must not get them."""
+    reading the wrong position shows. Like the GPT it runs up to 10× its trained context (its RoPE tables, `cos`) and
+    refuses longer inputs; `lengths` records the length of every batch it reads."""
 
     def __init__(self, tokenizer, after_prompt: dict[str, float], token_elsewhere: str, sequence_len: int = 512):
         super().__init__()
         self.config = nn.Module()
         self.config.sequence_len = sequence_len
+        self.register_buffer("cos", torch.zeros(1, 10 * sequence_len, 1, 1), persistent=False)
+        self.lengths = []
         self.anchor = nn.Parameter(torch.zeros(()))  # a parameter, so the evaluation can find the device
         self.assistant_start = tokenizer.encode_special("<|assistant_start|>")
         self.vocab = tokenizer.vocab_size
@@ -74,7 +77,8 @@ class LetterModel(nn.Module):
 
     def forward(self, idx, at):
         """As GPT.forward(idx, at=positions): the logits at one position per row, (B, 1, vocab)."""
-        assert idx.size(1) <= self.config.sequence_len, "the prompt was not cropped to the context"
+        assert idx.size(1) <= self.cos.size(1), "the prompt was not cropped to what the model can run"
+        self.lengths.append(idx.size(1))
         at_answer = (idx == self.assistant_start)[..., None]
         logits = torch.where(at_answer, self.answer, self.elsewhere)
         return logits[torch.arange(idx.size(0)), at].unsqueeze(1)
@@ -106,11 +110,24 @@ def test_categorical_strides_problems_over_ranks(tokenizer):
     assert shares[0] == pytest.approx(3 / 4)  # problems 0, 3, 6, 9: answers B, B, B, C
 
 
-def test_categorical_crops_long_prompts_from_the_left(tokenizer):
-    model = LetterModel(tokenizer, {"C": 1.0}, token_elsewhere="A", sequence_len=24)
-    task = Quiz([2, 2, 0, 2], words=20)  # prompts of hundreds of tokens
-    assert len(tokenizer.render_for_completion(task[0])) > 100
-    assert evaluate_categorical(model, tokenizer, task, batch_size=4) == pytest.approx(3 / 4)
+def test_categorical_reads_long_prompts_whole_up_to_what_the_model_runs_and_says_so(tokenizer):
+    model = LetterModel(tokenizer, {"C": 1.0}, token_elsewhere="A", sequence_len=24)  # runs 240 tokens
+    task = Quiz([2, 2, 0, 2], words=5)  # prompts past the trained context, inside the 240
+    length = len(tokenizer.render_for_completion(task[0]))
+    assert 24 < length < 240
+    accuracy, overflow = categorical_results(model, tokenizer, task, batch_size=1)
+    assert accuracy == pytest.approx(3 / 4)
+    assert model.lengths[0] == length  # as nanochat: read whole, not cropped to the 24 trained on
+    assert overflow.summary() == ("4 of 4 problems did not fit the model's context (24 tokens): run past it as "
+                                  "nanochat does, where the model is weaker")
+    # longer than the RoPE tables: the end is kept, and the note says how many were cropped
+    task = Quiz([2, 2, 0, 2], words=40)
+    assert len(tokenizer.render_for_completion(task[0])) > 240
+    accuracy, overflow = categorical_results(model, tokenizer, task, batch_size=4)
+    assert accuracy == pytest.approx(3 / 4) and overflow.count == 4 and overflow.beyond == 4
+    assert overflow.summary().endswith("; 4 longer than the 240 it can run at all were cropped from the left")
+    # prompts that fit: nothing to say
+    assert categorical_results(LetterModel(tokenizer, {"C": 1.0}, "A"), tokenizer, task, batch_size=4)[1].count == 0
 
 
 def test_categorical_needs_single_token_labels(tokenizer):
@@ -187,10 +204,22 @@ def test_generative_is_pass_at_n_strided_and_long_prompts_lose(tokenizer, monkey
     assert shares == pytest.approx([4 / 6, 4 / 6])  # evens 2, 4, 8, 10 pass; odds 1, 5, 7, 11
     # each problem is sampled with the same seed however many processes share the work
     assert {index: kwargs["seed"] for index, _, kwargs in calls} == seeds and len(set(seeds.values())) == 12
-    # a prompt that fills the context leaves no room for an answer: wrong, without generating
-    model.config.sequence_len = 16
-    scripted_engine(monkeypatch, lambda i: pytest.fail("generated for a prompt that does not fit"))
-    assert sample_outcomes(Engine(model, tokenizer), Sums(1, question_words=20), 0, 2, 8, 0.0, None, 0) == [False] * 2
+
+
+def test_generative_samples_past_the_trained_context_up_to_what_the_model_runs_and_says_so(tokenizer, monkeypatch):
+    calls = scripted_engine(monkeypatch, lambda i: [f"#### {2 * i}"])
+    model = LetterModel(tokenizer, {}, token_elsewhere="A", sequence_len=16)  # runs 160 tokens
+    task = Sums(3, question_words=20)
+    assert 16 <= len(tokenizer.render_for_completion(task[0])) < 160
+    accuracy, overflow = generative_results(model, tokenizer, task)
+    assert accuracy == 1.0 and len(calls) == 3  # sampled, as nanochat's Engine does, not scored 0 unseen
+    assert overflow.summary() == ("3 of 3 problems did not fit the model's context (16 tokens): run past it as "
+                                  "nanochat does, where the model is weaker")
+    # no room at all (past the RoPE tables): wrong without generating, and counted
+    calls.clear()
+    accuracy, overflow = generative_results(model, tokenizer, Sums(2, question_words=100))
+    assert accuracy == 0.0 and calls == []
+    assert overflow.summary().endswith("; 2 longer than the 160 it can run at all were scored wrong")
 
 
 def test_pass_at_k_and_chatcore():
@@ -267,6 +296,10 @@ def test_command_prints_the_table_and_writes_the_report(home, fake_hub, tokenize
     for name, accuracy in found.items():
         assert f"- {name}: {accuracy}\n" in section
     assert re.search(r"^- ChatCORE metric: -?\d\.\d{4}$", section, re.MULTILINE)
+    # context 64: the multiple-choice prompts run past it, and the run says so, on screen and in the report
+    assert re.search(r"^MMLU: \d of 5 problems did not fit the model's context \(64 tokens\): run past it",
+                     result.out, re.MULTILINE)
+    assert re.search(r"^- MMLU over context: \d of 5 problems did not fit", section, re.MULTILINE)
 
     # the same figure as the function that training calls
     from primechat.train.checkpoint import load_model
@@ -287,6 +320,19 @@ def test_command_prints_the_table_and_writes_the_report(home, fake_hub, tokenize
     assert list(accuracies(result.out)) == ["Arithmetic", "SpellingBee"] and "ChatCORE" not in result.out
     section = (home / "report" / "chat-evaluation-sft.md").read_text()
     assert re.search(r"^- Arithmetic: \d\.\d{4}$", section, re.MULTILINE) and "ChatCORE" not in section
+
+
+def test_dtype_flag_chooses_the_compute_dtype(home, fake_hub, tokenizer, cli, monkeypatch):
+    """nanochat's -d/--dtype: bfloat16 runs on the CPU too; the flag overrides the device's default and
+    $PRIMECHAT_DTYPE."""
+    monkeypatch.setenv("PRIMECHAT_DTYPE", "float16")  # also restores the variable the in-process command sets
+    put_test_splits(fake_hub)
+    save_tiny_checkpoint(home, tokenizer)
+    for dtype in ("bfloat16", "float32"):
+        result = cli("eval", "chat", "-i", "sft", "-a", "ARC-Easy|GSM8K", "-x", "2", "-m", "2", "-d", dtype,
+                     "--device-type", "cpu")
+        assert result.code == 0, result.err
+        assert f"on cpu in {dtype} " in result.out and len(accuracies(result.out)) == 2
 
 
 def test_command_errors_are_one_line(home, tokenizer, cli):
@@ -335,5 +381,8 @@ def test_torchrun_two_processes_give_the_one_process_figures(home, fake_hub, tok
     one = cli("eval", "chat", *args)
     assert one.code == 0, one.err
     assert accuracies(two.stdout) == accuracies(one.out) and len(accuracies(one.out)) == 4
-    assert "(2 processes)" in two.stdout and two.stdout.count("ARC-Easy: ") == 1  # rank 0 prints
+    assert "(2 processes)" in two.stdout and len(re.findall(r"^ARC-Easy: \d", two.stdout, re.MULTILINE)) == 1
+    # the problems that did not fit are counted over both processes
+    notes = [line for line in one.out.splitlines() if "did not fit" in line]
+    assert notes and notes == [line for line in two.stdout.splitlines() if "did not fit" in line]
 

@@ -17,8 +17,10 @@ printed as a table and written to the report section "Chat evaluation <source>".
 evaluate_categorical, sample_outcomes and pass_at_k are also what SFT and RL training call for their evaluations.
 """
 
+import os
 import time
 from functools import partial
+from typing import NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -77,6 +79,24 @@ def sum_over_ranks(counts: list[int], device, world: int) -> list[int]:
     return counts.tolist()
 
 
+class Overflow(NamedTuple):
+    """The problems of a task whose prompt did not fit the context the model was trained on (`count` of `total`).
+    They are run past it as nanochat does, where the model is weaker, up to the length it can run at all (`runnable`,
+    its RoPE tables); the `beyond` ones longer than that were handled as `fate` says."""
+    count: int
+    total: int
+    trained: int
+    runnable: int
+    beyond: int
+    fate: str
+
+    def summary(self) -> str:
+        text = f"{self.count} of {self.total} problems did not fit the model's context ({self.trained:,} tokens)"
+        beyond = f"; {self.beyond} longer than the {self.runnable:,} it can run at all {self.fate}" if self.beyond \
+            else ""
+        return f"{text}: run past it as nanochat does, where the model is weaker{beyond}"
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Categorical: the best-scoring allowed letter
 
@@ -92,18 +112,23 @@ def letter_ids(tokenizer, letters: list[str], task_name: str) -> list[int]:
 
 
 @torch.inference_mode()
-def evaluate_categorical(model, tokenizer, task, batch_size: int = 8, max_problems: int | None = None,
-                         rank: int = 0, world: int = 1) -> float:
-    """Accuracy on a multiple-choice task: per problem, argmax of the logits of its letters after the prompt."""
+def categorical_results(model, tokenizer, task, batch_size: int = 8, max_problems: int | None = None,
+                        rank: int = 0, world: int = 1) -> tuple[float, Overflow]:
+    """(accuracy, overflow) on a multiple-choice task: per problem, argmax of the logits of its letters after the
+    prompt. A prompt longer than the trained context is read whole, as nanochat does, up to the RoPE tables' length
+    (model.cos, Engine.context: what the model can run); longer ones keep their end."""
     device = next(model.parameters()).device
-    context = model.config.sequence_len
+    trained, runnable = model.config.sequence_len, model.cos.size(1)
     indices = range(rank, num_problems(task, max_problems), world)
     batches = [indices[i:i + batch_size] for i in range(0, len(indices), batch_size)]
-    correct = 0
+    correct = over = cut = 0
     for batch in progress(batches, desc=task.name, unit="batch", leave=False) if rank == 0 else batches:
         conversations = [task[i] for i in batch]
-        # a prompt longer than the context keeps its end: the question's last lines and the opened answer turn
-        prompts = [tokenizer.render_for_completion(c)[-context:] for c in conversations]
+        prompts = [tokenizer.render_for_completion(c) for c in conversations]
+        over += sum(len(prompt) > trained for prompt in prompts)
+        cut += sum(len(prompt) > runnable for prompt in prompts)
+        # cropped from the left: the question's last lines and the opened answer turn stay
+        prompts = [prompt[-runnable:] for prompt in prompts]
         ids = torch.full((len(prompts), max(map(len, prompts))), tokenizer.bos_id, dtype=torch.long)
         for row, prompt in enumerate(prompts):  # right-padded: each row's last prompt position is its own
             ids[row, :len(prompt)] = torch.tensor(prompt)
@@ -113,8 +138,13 @@ def evaluate_categorical(model, tokenizer, task, batch_size: int = 8, max_proble
             letters = conversation["letters"]
             scores = logits[row, letter_ids(tokenizer, letters, task.name)]
             correct += letters[scores.argmax().item()] == conversation["answer"]
-    correct, total = sum_over_ranks([correct, len(indices)], device, world)
-    return correct / max(total, 1)
+    correct, total, over, cut = sum_over_ranks([correct, len(indices), over, cut], device, world)
+    return correct / max(total, 1), Overflow(over, total, trained, runnable, cut, "were cropped from the left")
+
+
+def evaluate_categorical(*args, **kwargs) -> float:
+    """The accuracy of categorical_results (what training's evaluations log)."""
+    return categorical_results(*args, **kwargs)[0]
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -122,29 +152,40 @@ def evaluate_categorical(model, tokenizer, task, batch_size: int = 8, max_proble
 
 def sample_outcomes(engine, task, index: int, num_samples: int, max_new_tokens: int, temperature: float,
                     top_k: int | None, seed: int) -> list[bool]:
-    """Whether each of num_samples replies to problem `index` is correct."""
+    """Whether each of num_samples replies to problem `index` is correct. As nanochat, a reply may run past the
+    trained context, up to what the model can run (Engine.context); a prompt that leaves no room there is wrong."""
     conversation = task[index]
     tokenizer = engine.tokenizer
     prompt = tokenizer.render_for_completion(conversation)
-    if len(prompt) >= engine.model.config.sequence_len:  # no room left in the context for an answer
+    if len(prompt) >= engine.context:
         return [False] * num_samples
     rows, _ = engine.generate_batch(prompt, num_samples, max_tokens=max_new_tokens, temperature=temperature,
                                     top_k=top_k, seed=seed)
     return [task.evaluate(conversation, tokenizer.decode(row[len(prompt):])) for row in rows]
 
 
-def evaluate_generative(model, tokenizer, task, num_samples: int = 1, max_new_tokens: int = 512,
-                        temperature: float = 0.0, top_k: int | None = 50, max_problems: int | None = None,
-                        rank: int = 0, world: int = 1) -> float:
-    """pass@num_samples: the share of problems that at least one sample solves."""
+def generative_results(model, tokenizer, task, num_samples: int = 1, max_new_tokens: int = 512,
+                       temperature: float = 0.0, top_k: int | None = 50, max_problems: int | None = None,
+                       rank: int = 0, world: int = 1) -> tuple[float, Overflow]:
+    """(pass@num_samples, overflow): the share of problems that at least one sample solves."""
     engine = Engine(model, tokenizer)
+    trained = model.config.sequence_len
     indices = range(rank, num_problems(task, max_problems), world)
-    passed = 0
+    passed = over = lost = 0
     for i in progress(indices, desc=task.name, unit="problem", leave=False) if rank == 0 else indices:
+        length = len(tokenizer.render_for_completion(task[i]))
+        over += length >= trained  # no room for a reply inside the trained context
+        lost += length >= engine.context
         # seeded by the problem, not the rank, so the figure does not depend on the number of processes
         passed += any(sample_outcomes(engine, task, i, num_samples, max_new_tokens, temperature, top_k, seed=i))
-    passed, total = sum_over_ranks([passed, len(indices)], next(model.parameters()).device, world)
-    return passed / max(total, 1)
+    passed, total, over, lost = sum_over_ranks([passed, len(indices), over, lost],
+                                               next(model.parameters()).device, world)
+    return passed / max(total, 1), Overflow(over, total, trained, engine.context, lost, "were scored wrong")
+
+
+def evaluate_generative(*args, **kwargs) -> float:
+    """The pass@num_samples of generative_results (what training's evaluations log)."""
+    return generative_results(*args, **kwargs)[0]
 
 
 def pass_at_k(outcomes: list[list[bool]], k: int) -> float:
@@ -169,6 +210,8 @@ def add_arguments(p):
     p.add_argument("-a", "--task-name", default=None,  # None: the help names the default once, in words
                    help=f"tasks separated by |, of {'|'.join(TASKS)} (default: ChatCORE's five, "
                         f"{'|'.join(CHATCORE_BASELINES)})")
+    p.add_argument("-d", "--dtype", choices=("float32", "bfloat16", "float16"),
+                   help="compute dtype (default: bfloat16 on GPUs that have it, else float32; or $PRIMECHAT_DTYPE)")
     p.add_argument("-t", "--temperature", type=float, default=0.0,
                    help="sampling temperature for generative tasks (0: greedy)")
     p.add_argument("-m", "--max-new-tokens", type=int, default=512, help="longest reply (generative tasks)")
@@ -200,22 +243,29 @@ def main(args):
     # hour of other tasks whose scores it would throw away; and before the model is loaded.
     check_model_tag(args.source, args.model_tag or default_tag(args.source))  # a missing model first: cheaper
     tasks = {name: load_task(name, args.words) for name in names}
+    if args.dtype:  # what load_model's compute_dtype reads, so the flag overrides the device's default and the variable
+        os.environ["PRIMECHAT_DTYPE"] = args.dtype
     device, rank, world = compute_init(args.device_type)
     model, tokenizer, meta = load_model(args.source, args.model_tag, args.step, device)
     slug = f"{args.source}_{args.model_tag or default_tag(args.source)}_{meta['step']:06d}"
-    print0(f"evaluating {slug} on {device} ({world} process{'es' if world > 1 else ''}): {', '.join(names)}")
+    dtype = str(model.activation_dtype(device)).removeprefix("torch.")
+    print0(f"evaluating {slug} on {device} in {dtype} ({world} process{'es' if world > 1 else ''}): {', '.join(names)}")
 
-    accuracies, rows = {}, []
+    accuracies, rows, overflows = {}, [], {}
     for name, task in tasks.items():
         t0 = time.time()
         if task.eval_type == "categorical":
-            accuracy = evaluate_categorical(model, tokenizer, task, args.batch_size, args.max_problems, rank, world)
+            accuracy, overflow = categorical_results(model, tokenizer, task, args.batch_size, args.max_problems,
+                                                     rank, world)
         else:
-            accuracy = evaluate_generative(model, tokenizer, task, args.num_samples, args.max_new_tokens,
-                                           args.temperature, args.top_k, args.max_problems, rank, world)
+            accuracy, overflow = generative_results(model, tokenizer, task, args.num_samples, args.max_new_tokens,
+                                                    args.temperature, args.top_k, args.max_problems, rank, world)
         accuracies[name] = accuracy
         rows.append((name, accuracy, num_problems(task, args.max_problems), time.time() - t0))
         print0(f"{name}: {accuracy:.4f}")
+        if overflow.count:  # never silently: their score is not what a longer-context model would get
+            print0(f"{name}: {overflow.summary()}")
+            overflows[name] = overflow
 
     width = max(len("ChatCORE"), *(len(r[0]) for r in rows))
     lines = [f"{'Task':<{width}}  {'Accuracy':>8}  {'Problems':>8}  {'Time':>7}"]
@@ -228,7 +278,9 @@ def main(args):
         print0(f"generative tasks: pass@{args.num_samples}")
 
     section = {"model": slug, "max problems": args.max_problems or "all", "num samples": args.num_samples,
-               "temperature": args.temperature, **accuracies}
+               "temperature": args.temperature, **accuracies,
+               # not a number, so the card's summary reads it as a note, not as a task's score
+               **{f"{name} over context": o.summary() for name, o in overflows.items()}}
     if score is not None:
         section["ChatCORE metric"] = score
     report.log_section(f"Chat evaluation {args.source}", section)
