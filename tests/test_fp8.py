@@ -112,3 +112,18 @@ def test_fp8_training_step_compiles_into_one_graph():
     assert abs(compiled_loss.item() - eager_loss.item()) < 1e-3 * eager_loss.item()
     for p, eager in zip(model.transformer.h.parameters(), eager_grads):  # fused rounding may flip a few fp8 values
         assert relative_error(p.grad, eager) < 0.1
+
+
+def test_the_fp8_recipe_flag_takes_nanochats_tensorwise_and_refuses_rowwise():
+    """nanochat's base_train has --fp8-recipe (tensorwise, its default, or rowwise); only tensorwise is built here."""
+    from primechat.cli import build_parser
+    from primechat.train.base import check_arguments
+
+    def check(*flags):
+        words = ["train", "base", *flags]
+        check_arguments(build_parser(words).parse_args(words))
+
+    check("--fp8", "--fp8-recipe", "tensorwise")
+    check("--fp8-recipe", "rowwise")  # without --fp8 the recipe is unused, as in nanochat
+    with pytest.raises(UserError, match="--fp8-recipe rowwise: only tensorwise is built"):
+        check("--fp8", "--fp8-recipe", "rowwise")

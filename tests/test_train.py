@@ -548,8 +548,9 @@ def test_speed_flags_the_device_cannot_honour(corpus, home, flags, fragment):
     (["--matrix-lr", -1], "--matrix-lr -1.0 is negative"),
     (["--embedding-lr", -0.1], "--embedding-lr -0.1 is negative"),
     (["--warmup-steps", -1], "--warmup-steps -1 is negative"),
+    (["--fp8", "--fp8-recipe", "rowwise"], "--fp8-recipe rowwise: only tensorwise is built"),
 ], ids=["tag-slash", "tag-dotdot", "tag-dot", "streams-negative", "streams-zero", "warmdown", "final-lr-frac",
-        "matrix-lr", "embedding-lr", "warmup"])
+        "matrix-lr", "embedding-lr", "warmup", "fp8-rowwise"])
 def test_bad_flags_are_one_line_before_anything_is_built(home, cli, flags, fragment):
     """In-process and fast: the flags are checked before the tokenizer, the data or the model are looked at (this
     home has none of them)."""
@@ -557,6 +558,18 @@ def test_bad_flags_are_one_line_before_anything_is_built(home, cli, flags, fragm
     assert result.code == 2, (result.out, result.err)
     lines = result.err.strip().splitlines()
     assert len(lines) == 1 and fragment in lines[0], result.err
+    assert not (home / "base_checkpoints").exists()
+
+
+def test_data_streams_the_processes_cannot_share_are_one_line_at_start_up(home, cli, monkeypatch):
+    """Under torchrun (its environment faked: 2 processes) --data-streams 3 is refused before anything is built, not
+    by the data loader after the model is."""
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    result = cli("train", "base", *COMMON, "--num-iterations", 2, "--data-streams", 3)
+    assert result.code == 2, (result.out, result.err)
+    assert result.err.strip() == ("primechat: error: --data-streams 3 must be a multiple of the 2 processes: change "
+                                  "it (or leave it out: one per process)")
     assert not (home / "base_checkpoints").exists()
 
 

@@ -20,7 +20,7 @@ import torch.distributed as dist
 
 from primechat import report
 from primechat.common import (UserError, aligned_rows, compute_cleanup, compute_dtype, compute_init, device_rate,
-                              hours_text, print0, progress)
+                              dist_info, hours_text, print0, progress)
 from primechat.data.loader import DataParallelLoader, PretrainLoader
 from primechat.data.shards import add_dataset_argument, list_shards, pick_dataset
 from primechat.eval.core import bundle_for, evaluate_core
@@ -88,6 +88,8 @@ def add_arguments(p):
                    "steps move into a replaced_<step>_<time>/ subfolder")
     p.add_argument("--fp8", action="store_true", help="fp8 matmuls for the transformer's matrices (H100/H200; "
                    "emulated on a CPU, for testing)")
+    p.add_argument("--fp8-recipe", choices=["tensorwise", "rowwise"], default="tensorwise", help="fp8 scaling "
+                   "(nanochat's flag; only tensorwise is built here)")
     add_speed_arguments(p)
     add_wandb_arguments(p)
     record_typed_flags(p)
@@ -233,6 +235,13 @@ def check_arguments(args):
     checkpoint.check_tag(args.model_tag)
     if args.data_streams is not None and args.data_streams < 1:
         raise UserError(f"--data-streams {args.data_streams}: give 1 or more (or leave it out: one per process)")
+    world = dist_info()[3]  # torchrun's, known before the process group is joined
+    if args.data_streams is not None and args.data_streams % world:
+        raise UserError(f"--data-streams {args.data_streams} must be a multiple of the {world} processes: change it "
+                        f"(or leave it out: one per process)")
+    if args.fp8 and args.fp8_recipe != "tensorwise":  # without --fp8 the recipe is unused, as in nanochat
+        raise UserError(f"--fp8-recipe {args.fp8_recipe}: only tensorwise is built (primechat/fp8.py); use "
+                        f"--fp8-recipe tensorwise or leave the flag out")
     check_learning_rates(args)
     check_fraction("--warmdown-ratio", args.warmdown_ratio, "the run's steps")
     check_fraction("--final-lr-frac", args.final_lr_frac, "the peak learning rate")
