@@ -19,7 +19,8 @@ from primechat.cli import run_guarded
 from primechat.interop import hf, nanochat, pull, push
 from primechat.model import GPT, GPTConfig
 from primechat.tokenizer import ROUND_TRIP_SAMPLE, train_tokenizer
-from primechat.train.checkpoint import checkpoint_dir, load_meta, load_model, save_checkpoint
+from primechat.train.checkpoint import (checkpoint_dir, load_meta, load_model, lock_for_writing, save_checkpoint,
+                                        saved_steps)
 
 torch.set_num_threads(1)  # tiny models: threads cost more than they give on shared CI cores
 
@@ -185,6 +186,40 @@ def test_import_keeps_nanochats_training_settings_for_mid_and_sft(home, tmp_path
                                      "unembedding_lr", "matrix_lr")} == \
            dict(device_batch_size=4, max_seq_len=256, total_batch_size=8192, embedding_lr=0.2, unembedding_lr=0.004,
                 matrix_lr=0.02)
+
+
+def test_import_several_steps_of_one_run_into_one_tag(home, tmp_path, tokenizer, capsys):
+    """nanochat keeps a run's steps in one folder (`chat -i sft -s 650`): --step adds a step beside the imported
+    ones, --force replaces only that step, --all-steps brings them all; another run is not mixed in."""
+    config = GPTConfig(vocab_size=tokenizer.vocab_size, **SIZES, **OCT)
+    write_nanochat(tmp_path / "nc", "chatsft_checkpoints", config, tokenizer, step=1000)
+    source = tmp_path / "nc" / "chatsft_checkpoints" / "d2"
+    earlier = random_state(config, seed=5)
+    torch.save(earlier, source / "model_000650.pt")
+    meta = json.loads((source / "meta_001000.json").read_text())
+    (source / "meta_000650.json").write_text(json.dumps({**meta, "step": 650}))
+
+    folder = checkpoint_dir("sft", "d2")
+    assert run(nanochat, source) == 0 and run(nanochat, source, "--step", 650) == 0
+    assert saved_steps(folder) == [650, 1000] and "-s STEP" in capsys.readouterr().out
+    model, _, _ = load_model("sft", "d2", step=650, train=True)
+    assert torch.equal(model.state_dict()["lm_head.weight"], earlier["lm_head.weight"])
+
+    assert run(nanochat, source, "--step", 650) == 2
+    assert "already holds step 650 of this run: pass --force" in capsys.readouterr().err
+    lock = lock_for_writing(folder, 0, "cpu")  # a training run (or another import) writing the tag
+    assert run(nanochat, source, "--step", 650, "--force") == 2
+    assert "another run is writing" in capsys.readouterr().err
+    lock.release()
+    assert run(nanochat, source, "--step", 650, "--force") == 0 and saved_steps(folder) == [650, 1000]
+
+    write_nanochat(tmp_path / "other", "chatsft_checkpoints", config, tokenizer, step=650)  # another run, same model
+    capsys.readouterr()
+    assert run(nanochat, tmp_path / "other" / "chatsft_checkpoints" / "d2") == 2
+    assert "already holds checkpoints (steps 650, 1000)" in capsys.readouterr().err
+    assert run(nanochat, source, "--all-steps", "--tag", "all") == 0
+    assert saved_steps(checkpoint_dir("sft", "all")) == [650, 1000]
+    assert not list(folder.glob(".*.tmp*")) and not list(checkpoint_dir("sft", "all").glob(".*.tmp*"))
 
 
 @pytest.mark.parametrize("meta,stage", [  # the fields each of nanochat's Oct 2025 stages writes (A1)

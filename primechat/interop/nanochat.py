@@ -5,7 +5,8 @@ the sizes: sequence_len, vocab_size, n_layer, n_head, n_kv_head, n_embd, and fro
 tokenizer (tokenizer.pkl, token_bytes.pt) lives in the nanochat base dir's tokenizer/ folder. The weights' names are
 primechat's names (primechat's GPT follows nanochat's), so importing is: read, strip torch.compile's `_orig_mod.`
 prefix, work out the architecture switches, check every shape, write a primechat checkpoint with the tokenizer beside
-it. Chat, serve, eval and further training then use it like a model trained here.
+it. Chat, serve, eval and further training then use it like a model trained here. Steps of one nanochat run share a
+tag as they share nanochat's folder: `--step S` adds one beside those imported before, `--all-steps` brings them all.
 
 Two layouts are recognised from the weights themselves:
 - Oct 2025: no per-layer lambdas, no value embeddings, no smear or backout; full attention, RoPE base 10,000, QK-norm
@@ -23,8 +24,9 @@ from pathlib import Path
 import torch
 
 from primechat.common import UserError
-from primechat.interop import install_checkpoint
-from primechat.train.checkpoint import STAGE_DIRS
+from primechat.interop import check_state, install_checkpoint
+from primechat.train.checkpoint import (STAGE_DIRS, checkpoint_dir, load_meta, lock_for_writing, save_checkpoint,
+                                        saved_steps)
 
 SIZE_FIELDS = ("sequence_len", "vocab_size", "n_layer", "n_head", "n_kv_head", "n_embd")
 KNOWN_FIELDS = set(SIZE_FIELDS) | {"window_pattern"}
@@ -157,6 +159,35 @@ def guess_stage(folder: Path, meta: dict, layout: str) -> tuple[str, str | None]
     return "sft", "by default (its meta does not tell either)"
 
 
+def holds_this_run(out: Path, source: Path, config) -> bool:
+    """Whether a tag's folder holds only imports of this nanochat run: every step from the same source folder, as
+    the same model (sizes, layout and overrides). Then another step of the run may join them, as in nanochat's own
+    folder; anything else in the tag (a model trained here, another import) must not be mixed with it."""
+    metas = [load_meta(out, s) for s in saved_steps(out)]
+    return bool(metas) and all(m.get("imported_from", {}).get("format") == "nanochat"
+                               and m["imported_from"].get("path") == str(source)
+                               and m.get("model_config") == config.to_dict() for m in metas)
+
+
+def add_step(out: Path, source: Path, config, state: dict, step: int, meta: dict, force: bool) -> None:
+    """Write one more step of an imported run beside the others (its tokenizer is already there). The tag's lock is
+    held throughout, and a replaced step loses its meta first: a crash midway leaves no step half counted as saved."""
+    check_state(config, state, "the checkpoint")
+    lock = lock_for_writing(out, rank=0, device="cpu")
+    try:
+        if not holds_this_run(out, source, config):  # changed since it was looked at: another import wrote there
+            raise UserError(f"{out} no longer holds only this nanochat run: choose another --tag")
+        if step in saved_steps(out):
+            if not force:
+                raise UserError(f"{out} already holds step {step} of this run: pass --force to replace that step "
+                                f"(the other steps stay)")
+            (out / f"meta_{step:06d}.json").unlink()
+        state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in state.items()}
+        save_checkpoint(out, step, state, {"step": step, "model_config": config.to_dict(), **meta})
+    finally:
+        lock.release()
+
+
 def import_nanochat(folder, stage: str | None = None, tag: str | None = None, step: int | None = None,
                     tokenizer_dir: str | None = None, rope_base: float | None = None, qk_scale: float | None = None,
                     force: bool = False) -> dict:
@@ -178,8 +209,12 @@ def import_nanochat(folder, stage: str | None = None, tag: str | None = None, st
     kept = {k: meta[k] for k in ("val_bpb", "val_loss", "mmlu_acc", "arc_easy_acc") if k in meta}
     imported_from = {"format": "nanochat", "layout": layout, "path": str(folder), "step": step,
                      "model_config": meta["model_config"]}
-    out = install_checkpoint(config, state, tokenizer, stage, tag, step,
-                             {**kept, **training_settings(meta), "imported_from": imported_from}, force=force)
+    extra = {**kept, **training_settings(meta), "imported_from": imported_from}
+    out = checkpoint_dir(stage, tag)
+    if holds_this_run(out, folder, config):  # another step of a run imported before: keep the steps beside each other
+        add_step(out, folder, config, state, step, extra, force)
+    else:
+        out = install_checkpoint(config, state, tokenizer, stage, tag, step, extra, force=force)
     return {"stage": stage, "tag": tag, "step": step, "layout": layout, "folder": out, "config": config,
             "guessed": guessed}
 
@@ -191,24 +226,33 @@ def add_arguments(p) -> None:
                         "mid_checkpoints → mid, chatsft_checkpoints → sft, chatrl_checkpoints → rl; else from the "
                         "fields of its meta file, or sft)")
     p.add_argument("--tag", help="tag to file it under (default: the folder's name, e.g. d20)")
-    p.add_argument("--step", type=int, help="step to import (default: the latest)")
+    p.add_argument("--step", type=int, help="step to import (default: the latest); added to a tag that holds other "
+                                            "steps of the same run")
+    p.add_argument("--all-steps", action="store_true", help="import every step in DIR into the one tag")
     p.add_argument("--tokenizer", help="folder with the model's tokenizer.pkl (default: beside the checkpoint, else "
                                        "the nanochat base dir's tokenizer/, i.e. DIR/../../tokenizer)")
     p.add_argument("--rope-base", type=float, help="override the layout's RoPE base (Oct 2025: 10000, 2026: 100000)")
     p.add_argument("--qk-scale", type=float, help="override the layout's QK scale (Oct 2025: 1.0, 2026: 1.2)")
-    p.add_argument("--force", action="store_true", help="replace checkpoints already filed under this stage and tag")
+    p.add_argument("--force", action="store_true",
+                   help="replace what this stage and tag hold: the same step of the same run, else all of it")
 
 
 def main(args) -> None:
-    done = import_nanochat(args.dir, args.stage, args.tag, args.step, args.tokenizer, args.rope_base, args.qk_scale,
-                           args.force)
-    c = done["config"]
-    print(f"imported nanochat {done['layout']} checkpoint step {done['step']} ({c.n_layer} layers, width {c.n_embd}, "
-          f"vocab {c.vocab_size:,}) as {done['stage']} {done['tag']} → {done['folder']}")
+    if args.all_steps and args.step is not None:
+        raise UserError("give --step or --all-steps, not both")
+    steps = (model_steps(Path(args.dir).expanduser()) if args.all_steps else []) or [args.step]
+    for step in steps:
+        done = import_nanochat(args.dir, args.stage, args.tag, step, args.tokenizer, args.rope_base, args.qk_scale,
+                               args.force)
+        c = done["config"]
+        print(f"imported nanochat {done['layout']} checkpoint step {done['step']} ({c.n_layer} layers, width "
+              f"{c.n_embd}, vocab {c.vocab_size:,}) as {done['stage']} {done['tag']} → {done['folder']}")
     if done["guessed"]:  # not filed by a folder of nanochat's layout: say so, a wrong stage misleads chat and serve
         print(f"filed as {done['stage']} {done['guessed']}: its parent folder is not one of nanochat's "
               f"({', '.join(FOLDER_STAGES)}); --stage changes it")
-    print(f"talk to it: primechat chat -i {done['stage']} -g {done['tag']}")
+    print(f"talk to it: primechat chat -i {done['stage']} -g {done['tag']}"
+          + (f" (-s STEP for another of its steps: {', '.join(map(str, saved_steps(done['folder'])))})"
+             if len(saved_steps(done["folder"])) > 1 else ""))
 
 
 if __name__ == "__main__":
