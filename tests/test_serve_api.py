@@ -3,6 +3,7 @@ completion endpoints (every field, streamed and not, checked against the Engine 
 shape, the API key, the wait queue's 503, nanochat's endpoints, and on a real server: the official `openai` client,
 a disconnecting client freeing its worker, requests waiting in line."""
 
+import argparse
 import asyncio
 import json
 import re
@@ -22,7 +23,7 @@ from primechat.common import UserError
 from primechat.engine import Engine, StreamDecoder
 from primechat.serve import workers
 from primechat.serve.api import Settings, create_app
-from primechat.serve.server import ServerThread
+from primechat.serve.server import ServerThread, add_arguments, settings_from_args
 from primechat.train.checkpoint import checkpoint_dir, save_checkpoint
 from test_chat_cli import tiny_model, tiny_tokenizer
 
@@ -142,6 +143,30 @@ def test_models_flag_restricts_and_model_flag_sets_default(env):
     with pytest.raises(UserError) as error:
         create_app(Settings(models=["sft/d2/7"]))
     assert "base/d2/5" in str(error.value)  # a served model that does not exist: every checkpoint is the choice
+
+
+def served(*flags) -> list[str]:
+    """The model ids `primechat serve FLAGS` lists, the default first."""
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    with TestClient(create_app(settings_from_args(parser.parse_args(["--device-type", "cpu", *flags])))) as c:
+        return [m["id"] for m in c.get("/v1/models").json()["data"]]
+
+
+def test_nanochat_source_tag_step_flags_choose_the_default_model(env):
+    """chat_web's -i/-g/-s choose the default model as --model stage/tag/step does; every checkpoint stays listed."""
+    every = sorted(served())
+    for flags, default in ((["-i", "sft", "-g", "d2", "-s", "5"], "sft/d2/5"), (["-i", "base"], "base/d2/5"),
+                           (["-i", "sft", "-g", "d2"], "sft/d2/10"), (["-s", "5"], "sft/d2/5")):
+        ids = served(*flags)
+        assert ids[0] == default and sorted(ids) == every, flags
+    with pytest.raises(UserError, match=r"^--model sft/d2/5 and -i/-g/-s both choose the default model: give one"):
+        served("--model", "sft/d2/5", "-i", "sft")
+    with pytest.raises(UserError) as by_model:
+        served("--model", "sft/d9/5")
+    with pytest.raises(UserError) as by_flags:
+        served("-i", "sft", "-g", "d9", "-s", "5")
+    assert str(by_flags.value) == str(by_model.value)
 
 
 def test_serve_command_answers_on_the_port_it_prints(cli):

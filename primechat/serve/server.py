@@ -20,12 +20,18 @@ from pydantic import ValidationError
 
 from primechat.common import UserError, autodetect_device, compute_init
 from primechat.serve.api import ServerDefaulted, Settings, create_app
+from primechat.train.checkpoint import STAGE_DIRS, default_tag
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("--models", help="serve only these models: comma-separated ids or aliases "
                         "(sft/d20/650, sft/d20, sft); default: every checkpoint")
     parser.add_argument("--model", help="the default model (id or alias); default: the latest of sft, rl, mid, base")
+    # nanochat's chat_web flags for the default model: another spelling of --model stage/tag/step
+    parser.add_argument("-i", "--source", choices=tuple(STAGE_DIRS), help="the default model's stage (as --model; "
+                        "with -g or -s alone: sft, nanochat's default)")
+    parser.add_argument("-g", "--model-tag", help="the default model's tag (default: the stage's deepest d<N>)")
+    parser.add_argument("-s", "--step", type=int, help="the default model's step (default: the latest)")
     parser.add_argument("-n", "--num-gpus", type=int, help="workers, one per GPU (default: every visible GPU; "
                         "on the CPU or MPS: 1)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
@@ -41,6 +47,19 @@ def add_arguments(parser) -> None:
     parser.add_argument("--max-models-per-worker", type=int, default=Settings.max_models_per_worker,
                         help="models each worker keeps loaded (least recently used out first)")
     parser.add_argument("--device-type", choices=["cuda", "mps", "cpu"], help="default: autodetect")
+
+
+def default_model(args) -> str | None:
+    """The name of the default model: --model, or the one -i/-g/-s spell, "stage/tag/step" with what is left out
+    defaulted as --model's aliases do (stage: sft; tag: the stage's deepest; step: the latest)."""
+    if args.source is None and args.model_tag is None and args.step is None:
+        return args.model
+    if args.model:
+        raise UserError(f"--model {args.model} and -i/-g/-s both choose the default model: give one or the other")
+    stage = args.source or "sft"
+    if args.step is None:
+        return "/".join(filter(None, (stage, args.model_tag)))
+    return f"{stage}/{args.model_tag or default_tag(stage)}/{args.step}"
 
 
 def settings_from_args(args) -> Settings:
@@ -63,7 +82,7 @@ def settings_from_args(args) -> Settings:
     else:
         num_workers = 1
     models = [name.strip() for name in args.models.split(",") if name.strip()] if args.models else None
-    return Settings(models=models, model=args.model, num_workers=num_workers, device_type=device_type,
+    return Settings(models=models, model=default_model(args), num_workers=num_workers, device_type=device_type,
                     max_queue=args.max_queue, max_models_per_worker=args.max_models_per_worker,
                     api_key=args.api_key or os.environ.get("PRIMECHAT_API_KEY") or None, **sampling)
 
