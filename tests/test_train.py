@@ -312,6 +312,18 @@ def test_a_warmup_longer_than_the_run_before_warmdown_is_pointed_out(run_a, corp
     assert "drops abruptly" not in result.stdout
 
 
+def test_training_time_leaves_out_warm_up_steps_but_not_a_short_runs_steps(run_a, corpus, tmp_path):
+    """The first steps (compilation, warm-up) are left out of the training time, as nanochat's first 10, but at
+    most a tenth of the run: a 3-step run's training time is its 3 steps', not 0."""
+    home = make_home(corpus, tmp_path / "home")
+    ok(train(home, "--num-iterations", 3, "--eval-every", -1))
+    steps = [r for r in metrics(home) if "loss" in r]
+    assert 0 < steps[-1]["training_time"] == pytest.approx(sum(r["dt"] for r in steps))
+    assert json.loads((ckpt(home) / "meta_000003.json").read_text())["loop_state"]["training_time"] > 0
+    steps = [r for r in metrics(run_a[0]) if "loss" in r]  # 12 steps: the first one is warm-up
+    assert steps[-1]["training_time"] == pytest.approx(sum(r["dt"] for r in steps[1:]))
+
+
 def test_later_steps_of_a_replaced_run_move_aside_and_listing_ignores_them(tmp_path, capsys):
     """Unit test of checkpoint.set_aside_later_steps: every per-step file after the resumed step moves (meta, model,
     each rank's optimizer and loader, anything else named <kind>_<step>...), nothing else does."""

@@ -180,6 +180,8 @@ def test_mid_sft_rl_end_to_end(base_home, tmp_path):
     log = records(folder)
     assert [r["step"] for r in log if "loss" in r] == [1, 2, 3, 4]
     assert [r["step"] for r in log if "val_bpb" in r] == [0, 2, 4]
+    steps = [r for r in log if "loss" in r]  # 4 steps: none is left out of the training time as warm-up
+    assert 0 < steps[-1]["training_time"] == pytest.approx(sum(r["dt"] for r in steps))
     assert log[-1]["val_bpb"] < log[0]["val_bpb"]  # it learns the chats
     assert (folder / "loss_curve.png").exists()
     assert "## Midtraining" in (home / "report" / "midtraining.md").read_text()

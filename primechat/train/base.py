@@ -322,6 +322,9 @@ def main(args):
     stop = StopRequest()
     bar = progress(total=plan.num_steps, initial=step, desc="train", unit="step")
     num_steps = plan.num_steps
+    # the first steps include compilation and warm-up, so the training time leaves them out (nanochat's first 10),
+    # but at most a tenth of the run: a short run's time is its steps'
+    untimed = min(10, num_steps // 10)
 
     def draw_curve():  # at every evaluation and save, so the picture beside a checkpoint is up to date
         if master:
@@ -401,9 +404,9 @@ def main(args):
         loss_value = train_loss.item()  # the one host sync per step
         dt = time.time() - t0
         step += 1
-        if step > 10 or resumed_at is not None:  # the first steps include compilation and warm-up
+        if step > untimed or resumed_at is not None:
             loop["training_time"] += dt
-        seconds_per_step = loop["training_time"] / (step - 10) if step > 10 else dt  # untimed steps: the last one
+        seconds_per_step = loop["training_time"] / (step - untimed) if step > untimed else dt  # untimed: the last
         bar.update(1)
         report_step(loop, step, f"/{num_steps}", step / num_steps, seconds_per_step * (num_steps - step), loss_value,
                     lrm, dt)

@@ -261,6 +261,8 @@ def main(args):
     report_step = StepReport(log, settings["total_batch_size"], model.estimate_flops(), device, world)
     stop = StopRequest()
     bar = progress(total=100, initial=round(100 * loop["progress"]), desc=stage, unit="%")
+    # the first step includes compilation, so the training time leaves it out, except in a run known to be short
+    untimed = 1 if args.num_iterations <= 0 or args.num_iterations >= 10 else 0
 
     def run_progress() -> float:
         if args.num_iterations > 0:
@@ -339,7 +341,7 @@ def main(args):
         loop["progress"] = data_progress.item()
         dt = time.time() - t0
         step += 1
-        if step > 1 or resumed_at is not None:  # the first step includes compilation
+        if step > untimed or resumed_at is not None:
             loop["training_time"] += dt
         done = min(run_progress(), 1.0)
         eta = (loop["training_time"] or dt) * (1 - done) / done if done > 0 else 0.0  # step 1 is untimed: its dt
