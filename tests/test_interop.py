@@ -14,6 +14,7 @@ import random
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 
 from primechat.cli import run_guarded
 from primechat.interop import hf, nanochat, pull, push
@@ -396,7 +397,6 @@ def test_nanochat_export_carries_no_remote_code(home, tmp_path, tokenizer):
 def test_export_counts_the_parameters_it_exports(home, tmp_path, tokenizer):
     """A 700-token vocab is padded to 704 rows inside primechat; the export drops those rows, and so does its count
     (the model card's parameters)."""
-    from safetensors.torch import load_file
 
     config = GPTConfig(vocab_size=tokenizer.vocab_size, **SIZES, **NEW)
     save_checkpoint(checkpoint_dir("sft", "d2"), 7, random_state(config, seed=1),
@@ -431,6 +431,8 @@ def test_push_then_pull_round_trips_through_the_hub(home, fake_hub, tokenizer, c
     assert "ARC-Easy: 0.4321" in card and "0.9877" in card
     assert "| Metric | BASE | MID | SFT | RL |" in card  # the report card's summary table
     assert any(line.startswith("| ARC-Easy ") and "0.4321" in line for line in card.splitlines())
+    pushed = sum(t.numel() for t in load_file(repo / "model.safetensors").values())
+    assert f"| parameters | {pushed:,} |" in card  # what the repo holds: no padded vocab rows
     assert run(push, "me/tiny-chat", "--dtype", "float32") == 0  # pushing again updates the existing repo
 
     assert run(pull, "me/tiny-chat") == 0

@@ -10,12 +10,9 @@ work as usual. `primechat pull` brings it back.
 import tempfile
 from pathlib import Path
 
-import torch
-
 from primechat import report
 from primechat.common import UserError
 from primechat.interop.hf import add_model_arguments, export_hf, unsupported_features
-from primechat.model import GPT
 
 STAGE_NAMES = {"base": "base (pretrained) model", "mid": "mid-trained chat model", "sft": "chat model (SFT)",
                "rl": "chat model (SFT + RL on GSM8K)"}
@@ -36,14 +33,12 @@ def report_card() -> list[str]:
 
 
 def model_card(repo_id: str, info: dict) -> str:
-    c, meta = info["config"], info["meta"]
-    with torch.device("meta"):
-        params = GPT(c).num_params()["total"]
+    c, meta, params = info["config"], info["meta"], info["params"]  # what was exported: no padded vocab rows
     imported = meta.get("imported_from")
     origin = (f"Imported from a {imported['format']} checkpoint ({imported.get('layout', '')} layout) with primechat."
               if imported else "Trained from scratch with primechat.")
     rows = [("stage", STAGE_NAMES[info["stage"]]), ("checkpoint", f"{info['tag']} step {info['step']}"),
-            ("parameters", f"{params / 1e6:,.1f}M"), ("layers", c.n_layer), ("width", c.n_embd),
+            ("parameters", f"{params:,}"), ("layers", c.n_layer), ("width", c.n_embd),
             ("heads / kv heads", f"{c.n_head} / {c.n_kv_head}"), ("context", f"{c.sequence_len:,} tokens"),
             ("vocabulary", f"{c.vocab_size:,} (byte-level BPE, 9 special tokens)"),
             ("RoPE base", f"{c.rope_base:,.0f}"),
