@@ -120,7 +120,7 @@ def test_models_list_default_first_and_aliases(client):
     assert cards["base/d2/5"]["chat"] is False and cards["sft/d2/5"]["chat"] is True
     assert cards["sft/d2/5"] | {"created": 0} == {"id": "sft/d2/5", "object": "model", "created": 0,
                                                   "owned_by": "primechat", "stage": "sft", "tag": "d2", "step": 5,
-                                                  "chat": True}
+                                                  "chat": True, "max_model_len": 64, "context_length": 64}
     assert cards["sft/d2/5"]["created"] > 0
     for alias, full in (("sft", "sft/d2/10"), ("sft/d2", "sft/d2/10"), ("sft/d2/5", "sft/d2/5"), (None, "sft/d2/10")):
         body = {"messages": HELLO, "max_tokens": 2}

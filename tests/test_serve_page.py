@@ -569,9 +569,18 @@ def test_real_server_with_a_tiny_model(browser, tmp_path, monkeypatch):
             assert int(stat(answer, "total")) == int(stat(answer, "prompt")) + completion
             assert float(stat(answer, "tps")) > 0 and stat(answer, "ttft").endswith(("ms", " s"))
             assert stat(answer, "finish") in ("stop", "length") and stat(answer, "model") == "sft/d2/5"
+            expect(answer.locator(".context-note")).to_have_count(0)
+            # past the 64 tokens the model was trained on: still answered (up to 10×), with a note saying so
+            send(real, "the cat sat on the mat " * 12)
+            answer = wait_answer(real, 2)
+            assert int(stat(answer, "prompt")) > 64
+            expect(answer.locator(".context-note")).to_have_text(
+                "This conversation is longer than the 64 tokens the model was trained on: answers get worse; "
+                "start a new chat.")
+            expect(answer.locator(".context-note")).to_be_visible()
             real.select_option("#model", "base/d2/5")
             send(real, "the cat")
-            answer = wait_answer(real, 2)
+            answer = wait_answer(real, 3)
             assert stat(answer, "model") == "base/d2/5" and int(stat(answer, "completion")) >= 1
             assert errors == []
     finally:

@@ -1,7 +1,8 @@
 """The HTTP side of `primechat serve`: an OpenAI-compatible API, nanochat's endpoints, and the web page.
 
     GET  /                      the chat page (static/index.html); /static/… its files
-    GET  /v1/models             every servable checkpoint, id "stage/tag/step", the default model first
+    GET  /v1/models             every servable checkpoint, id "stage/tag/step", the default model first, with the
+                                context it was trained on (max_model_len, context_length)
     POST /v1/chat/completions   chat models; OpenAI's fields plus top_k; streamed as server-sent events or not
     POST /v1/completions        plain text completion (base models, and chat models too)
     POST /chat/completions      nanochat's streaming endpoint: data: {"token", "gpu"} … data: {"done": true}
@@ -507,8 +508,12 @@ def create_app(settings: Settings, pool: WorkerPool | None = None) -> FastAPI:
         return model_card(catalog.lookup(name))
 
     def model_card(ref) -> dict:
+        # the trained context under the names clients read (vLLM's max_model_len, OpenRouter's context_length); a
+        # longer prompt is still served, up to the RoPE tables' 10×, as nanochat does, with worse answers
+        context = ref.trained_context()
         return {"id": ref.id, "object": "model", "created": ref.created(), "owned_by": "primechat",
-                "stage": ref.stage, "tag": ref.tag, "step": ref.step, "chat": ref.chat}
+                "stage": ref.stage, "tag": ref.tag, "step": ref.step, "chat": ref.chat, "max_model_len": context,
+                "context_length": context}
 
     async def answer(job: Job, body, chat: bool):
         """An OpenAI request's answer: its whole reply, or once a worker has the prompt ready, its stream."""

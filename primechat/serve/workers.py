@@ -27,7 +27,8 @@ import torch
 
 from primechat.common import UserError, home_dir
 from primechat.engine import Engine, StreamDecoder, tool_call_specials
-from primechat.train.checkpoint import STAGE_DIRS, checkpoint_dir, default_tag, load_model, saved_steps
+from primechat.train.checkpoint import (STAGE_DIRS, checkpoint_dir, default_tag, load_meta, load_model,
+                                        saved_steps)
 
 DEFAULT_PREFERENCE = ("sft", "rl", "mid", "base")  # the default model: the first of these stages that has checkpoints
 
@@ -68,6 +69,14 @@ class ModelRef:
             return int(meta.stat().st_mtime)
         except OSError:
             return 0
+
+    def trained_context(self) -> int | None:
+        """The sequence length the model was trained on, from its saved meta (None if unreadable). It can be served
+        longer (Engine.context, its RoPE tables), but its answers get worse past this."""
+        try:
+            return load_meta(checkpoint_dir(self.stage, self.tag), self.step)["model_config"]["sequence_len"]
+        except (OSError, ValueError, KeyError):
+            return None
 
 
 def scan_checkpoints() -> list[ModelRef]:

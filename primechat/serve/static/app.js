@@ -3,7 +3,8 @@
  * - Streams answers from POST /v1/chat/completions (or /v1/completions for a base model) as server-sent events,
  *   renders them as markdown (marked), sanitised (DOMPurify) with highlighted code (highlight.js).
  * - Stats for nerds under every answer: time to first token, tokens/s, token counts, finish reason, model
- *   (a live "~" estimate while streaming, the server's measured figures once it ends).
+ *   (a live "~" estimate while streaming, the server's measured figures once it ends), and a note under an answer
+ *   when the conversation outgrew the context the model was trained on (context_length in GET /v1/models).
  * - Conversations, settings and the chosen model live in this browser's localStorage.
  * - nanochat's behaviours: Enter sends, Shift+Enter is a new line, click a question to edit it, click an answer to
  *   regenerate it, slash commands (/help), a health check on load.
@@ -343,6 +344,14 @@
       const note = document.createElement("div");
       note.className = "stopped-note";
       note.textContent = "(stopped)";
+      bubble.append(note);
+    }
+    if (msg.overContext) {
+      // the server answers up to 10× the trained context (nanochat's RoPE tables), so say when that happened
+      const note = document.createElement("div");
+      note.className = "context-note";
+      note.textContent = `This conversation is longer than the ${msg.overContext.toLocaleString("en-US")} tokens ` +
+        "the model was trained on: answers get worse; start a new chat.";
       bubble.append(note);
     }
   }
@@ -698,6 +707,8 @@
             completion_tokens: event.usage.completion_tokens,
             total_tokens: event.usage.total_tokens,
           });
+          const trained = info && info.context_length;
+          if (trained && event.usage.total_tokens > trained) msg.overContext = trained;
         }
         if (event.timings) {
           measured = true;
