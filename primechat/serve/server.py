@@ -1,9 +1,9 @@
 """Serve the saved models: a ChatGPT-like web page at / and an OpenAI-compatible API at /v1.
 
 Every checkpoint in the home folder is offered as a model "stage/tag/step" (GET /v1/models); "stage/tag" and
-"stage" name the latest; --model (or nanochat's -i/-g/-s) picks the default. One worker per GPU (or one on the CPU / MPS) loads models on first use and keeps the most
-recent --max-models-per-worker of them; requests wait for a free worker, at most --max-queue of them, and the next is
-told to retry (503). Any OpenAI client works:
+"stage" name the latest; --model (or nanochat's -i/-g/-s) picks the default. One worker per GPU (or one on the CPU /
+MPS) loads models on first use and keeps the most recent --max-models-per-worker of them; requests wait for a free
+worker, at most --max-queue of them, and the next is told to retry (503). Any OpenAI client works:
 
     from openai import OpenAI
     client = OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="unused")
