@@ -241,6 +241,22 @@ def test_resume_with_a_model_tag_takes_the_saved_runs_mixture_and_flags(base_hom
     assert meta["mixture"] == str(home / "mix.yaml") and meta["source"]["stage"] == "base"
 
 
+def test_output_tag_trains_a_stage_again_from_the_same_source(base_home, tmp_path):
+    """sft/d2 exists; `--output-tag d2-b` trains SFT again from base d2 into sft/d2-b, and --resume continues there."""
+    home = copy_home(base_home, tmp_path)
+    first = home / "chatsft_checkpoints" / "d2"
+    ok(train("sft", home, "--source", "base", "--num-iterations", 2))
+    before = sorted(p.name for p in first.iterdir())
+    ok(train("sft", home, "--source", "base", "--num-iterations", 2, "--output-tag", "d2-b"))
+    second = home / "chatsft_checkpoints" / "d2-b"
+    meta = json.loads((second / "meta_000002.json").read_text())
+    assert meta["source"] == {"stage": "base", "tag": "d2", "step": 10}
+    resumed = ok(train("sft", home, "--source", "base", "--num-iterations", 3, "--output-tag", "d2-b", "--resume"))
+    assert f"resuming {second} from step 2" in resumed.stdout
+    assert (second / "meta_000003.json").exists() and sorted(p.name for p in first.iterdir()) == before
+    assert_user_error(train("rl", home, "--output-tag", "a/b"), "--output-tag 'a/b' is not a plain name")
+
+
 def test_sigterm_saves_and_resume_finishes(base_home, tmp_path):
     home = copy_home(base_home, tmp_path)
     proc = subprocess.Popen(command("mid", home, "--num-iterations", 500, "--eval-every", -1), env=env_for(home),

@@ -53,7 +53,9 @@ def add_arguments(p, stage: str):
     p.add_argument("--source", choices=["base", "mid", "sft"][:["base", "mid", "sft"].index(stage)],
                    default=preset["source"], help="the stage to start from")
     p.add_argument("--model-tag", default=None, help="checkpoint folder, read in the source stage and written in "
-                   "this one (default: the source's deepest d<N>)")
+                   "this one unless --output-tag (default: the source's deepest d<N>)")
+    p.add_argument("--output-tag", default=None, help="checkpoint folder this stage writes (default: the tag read): "
+                   "to train the stage again from the same source")
     p.add_argument("--source-step", type=int, default=None, help="source checkpoint step (default: the latest)")
     p.add_argument("--mixture", default=preset["mixture"], help="a mixture YAML file, or a shipped one's name "
                    "(mid, sft, demo-chat); preview it with `primechat data mixture`")
@@ -176,6 +178,7 @@ def measure_tasks(model, tokenizer, tasks: dict, args, rank: int, world: int, st
 def check_arguments(args):
     """Flag mistakes, found before anything is loaded (mid/SFT and RL share it)."""
     checkpoint.check_tag(args.model_tag)
+    checkpoint.check_tag(args.output_tag, "--output-tag")
     check_learning_rates(args)
     if args.init_lr_frac is not None and args.init_lr_frac <= 0:
         raise UserError(f"--init-lr-frac {args.init_lr_frac}: give a positive fraction of the learning rates")
@@ -185,8 +188,8 @@ def check_arguments(args):
 def main(args):
     stage = args.stage
     check_arguments(args)
-    if args.model_tag:  # the folder of this stage's run, whose flags a resume takes back
-        checkpoint.inherit_saved_flags(args, checkpoint.checkpoint_dir(stage, args.model_tag))
+    if args.output_tag or args.model_tag:  # the folder of this stage's run, whose flags a resume takes back
+        checkpoint.inherit_saved_flags(args, checkpoint.checkpoint_dir(stage, args.output_tag or args.model_tag))
     device, rank, world = compute_init(args.device_type)
     master = rank == 0
     user_config = checkpoint.user_config(args)
@@ -206,7 +209,8 @@ def main(args):
     settings = inherit(args, source_meta, world)
     mixture = load_mixture(args.mixture)
     train_set, val_set = mixture.train, mixture.val
-    folder = checkpoint.checkpoint_dir(stage, source_tag)
+    tag = args.output_tag or source_tag
+    folder = checkpoint.checkpoint_dir(stage, tag)
 
     lrs = {k: settings[k] for k in ("matrix_lr", "embedding_lr", "unembedding_lr", "scalar_lr")}
     optimizer = build_optimizer(model, weight_decay=0.0, batch_lr_scale=settings["batch_lr_scale"], **lrs)
@@ -257,7 +261,7 @@ def main(args):
     if resumed_at is not None:  # only now that every check has passed: a refused run changes nothing on disk
         checkpoint.set_aside_later_steps(folder, resumed_at, rank)
     metrics_path = folder / "metrics.jsonl"
-    log = RunLog(metrics_path, resumed_at, args, f"{stage}-{source_tag}", user_config)
+    log = RunLog(metrics_path, resumed_at, args, f"{stage}-{tag}", user_config)
     report_step = StepReport(log, settings["total_batch_size"], model.estimate_flops(), device, world)
     stop = StopRequest()
     bar = progress(total=100, initial=round(100 * loop["progress"]), desc=stage, unit="%")
@@ -271,7 +275,7 @@ def main(args):
 
     def draw_curve():  # at every evaluation and save, so the picture beside a checkpoint is up to date
         if master:
-            plot_training_curves(metrics_path, folder / "loss_curve.png", title=f"{stage} {source_tag}")
+            plot_training_curves(metrics_path, folder / "loss_curve.png", title=f"{stage} {tag}")
 
     def save(step):
         meta = {"step": step, "val_bpb": loop["val_bpb"], "val_bpb_step": loop.get("val_bpb_step"),

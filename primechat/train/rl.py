@@ -65,7 +65,9 @@ def count_steps(args, num_problems: int) -> int:
 def add_arguments(p):
     p.add_argument("--source", choices=["base", "mid", "sft"], default="sft", help="the stage to start from")
     p.add_argument("--model-tag", default=None, help="checkpoint folder, read in the source stage and written in "
-                   "this one (default: the source's deepest d<N>)")
+                   "this one unless --output-tag (default: the source's deepest d<N>)")
+    p.add_argument("--output-tag", default=None, help="checkpoint folder this stage writes (default: the tag read): "
+                   "to train the stage again from the same source")
     p.add_argument("--source-step", type=int, default=None, help="source checkpoint step (default: the latest)")
     p.add_argument("--task", choices=RL_TASKS, default="gsm8k", help="what to reinforce")
     p.add_argument("--words", default="builtin", help="word list for --task spelling-bee (builtin, a URL or a file)")
@@ -131,8 +133,8 @@ def evaluate_pass_at_k(engine, task, args, rank: int, world: int, device) -> dic
 
 def main(args):
     check_arguments(args)
-    if args.model_tag:  # the folder of this stage's run, whose flags a resume takes back
-        checkpoint.inherit_saved_flags(args, checkpoint.checkpoint_dir("rl", args.model_tag))
+    if args.output_tag or args.model_tag:  # the folder of this stage's run, whose flags a resume takes back
+        checkpoint.inherit_saved_flags(args, checkpoint.checkpoint_dir("rl", args.output_tag or args.model_tag))
     for flag in ("examples_per_step", "num_samples", "device_batch_size", "max_new_tokens"):
         if (value := getattr(args, flag)) < 1:
             raise UserError(f"--{flag.replace('_', '-')} {value}: give 1 or more")
@@ -157,7 +159,8 @@ def main(args):
                                 unembedding_lr=args.unembedding_lr, scalar_lr=args.scalar_lr, weight_decay=0.0)
     for group in optimizer.param_groups:
         group["lr"] = group["initial_lr"] = group["initial_lr"] * args.init_lr_frac
-    folder = checkpoint.checkpoint_dir("rl", source_tag)
+    tag = args.output_tag or source_tag
+    folder = checkpoint.checkpoint_dir("rl", tag)
 
     step = 0
     loop = {"training_time": 0.0, "pass_at_k": {}, "mean_reward": None}
@@ -178,7 +181,7 @@ def main(args):
     if resumed_at is not None:  # only now that every check has passed: a refused run changes nothing on disk
         checkpoint.set_aside_later_steps(folder, resumed_at, rank)
     metrics_path = folder / "metrics.jsonl"
-    log = RunLog(metrics_path, resumed_at, args, f"rl-{source_tag}", user_config)
+    log = RunLog(metrics_path, resumed_at, args, f"rl-{tag}", user_config)
     stop = StopRequest()
     bar = progress(total=num_steps, initial=step, desc="rl", unit="step")
     per_rank = args.examples_per_step // world
@@ -244,7 +247,7 @@ def main(args):
         log({"step": step, "reward": mean_reward, "sequence_length": mean_length, "lrm": lrm, "dt": dt})
     bar.close()
     if master:
-        plot_training_curves(metrics_path, folder / "reward_curve.png", title=f"rl {source_tag}",
+        plot_training_curves(metrics_path, folder / "reward_curve.png", title=f"rl {tag}",
                              left=("reward", "mean reward"), right=("pass@1", "pass@1 (test)"))
 
     if not last:
