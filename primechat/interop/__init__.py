@@ -39,11 +39,12 @@ def check_state(config, state: dict, source: str) -> None:
 
 
 def install_checkpoint(config, state: dict, tokenizer, stage: str, tag: str, step: int, meta_extra: dict,
-                       force: bool = False):
+                       force: bool = False, same_run=None):
     """Write a model as <home>/<stage>_checkpoints/<tag>/model_<step>.pt + meta_<step>.json, its tokenizer beside it.
 
     The folder must hold no checkpoint yet (force: it is emptied first), so the imported model is the one that
-    `-i <stage> -g <tag>` finds. Returns the folder."""
+    `-i <stage> -g <tag>` finds; unless same_run(folder) says its checkpoints are other steps of this same run, which
+    the step then joins (force replaces that step only). Returns the folder."""
     if stage not in STAGE_DIRS:
         raise UserError(f"stage {stage!r} is not one of {', '.join(STAGE_DIRS)}")
     if not tag or "/" in tag or tag in (".", ".."):
@@ -55,10 +56,17 @@ def install_checkpoint(config, state: dict, tokenizer, stage: str, tag: str, ste
     folder = checkpoint_dir(stage, tag)
     lock = lock_for_writing(folder, rank=0, device="cpu")  # not while a training run (or another import) writes there
     try:
-        if saved_steps(folder):
+        steps = saved_steps(folder)  # read under the lock: another import may have written there since
+        if steps and same_run is not None and same_run(folder):
+            if step in steps:
+                if not force:
+                    raise UserError(f"{folder} already holds step {step} of this run: pass --force to replace "
+                                    f"that step (the other steps stay)")
+                (folder / f"meta_{step:06d}.json").unlink()  # not counted as saved while it is rewritten
+        elif steps:
             if not force:
                 raise UserError(f"{folder} already holds checkpoints (steps "
-                                f"{', '.join(map(str, saved_steps(folder)))}): choose another --tag, or pass --force "
+                                f"{', '.join(map(str, steps))}): choose another --tag, or pass --force "
                                 f"to replace them")
             for path in folder.iterdir():  # all but the lock we hold
                 if path.is_dir():

@@ -24,9 +24,8 @@ from pathlib import Path
 import torch
 
 from primechat.common import UserError
-from primechat.interop import check_state, install_checkpoint
-from primechat.train.checkpoint import (STAGE_DIRS, checkpoint_dir, load_meta, lock_for_writing, save_checkpoint,
-                                        saved_steps)
+from primechat.interop import install_checkpoint
+from primechat.train.checkpoint import STAGE_DIRS, load_meta, saved_steps
 
 SIZE_FIELDS = ("sequence_len", "vocab_size", "n_layer", "n_head", "n_kv_head", "n_embd")
 KNOWN_FIELDS = set(SIZE_FIELDS) | {"window_pattern"}
@@ -169,25 +168,6 @@ def holds_this_run(out: Path, source: Path, config) -> bool:
                                and m.get("model_config") == config.to_dict() for m in metas)
 
 
-def add_step(out: Path, source: Path, config, state: dict, step: int, meta: dict, force: bool) -> None:
-    """Write one more step of an imported run beside the others (its tokenizer is already there). The tag's lock is
-    held throughout, and a replaced step loses its meta first: a crash midway leaves no step half counted as saved."""
-    check_state(config, state, "the checkpoint")
-    lock = lock_for_writing(out, rank=0, device="cpu")
-    try:
-        if not holds_this_run(out, source, config):  # changed since it was looked at: another import wrote there
-            raise UserError(f"{out} no longer holds only this nanochat run: choose another --tag")
-        if step in saved_steps(out):
-            if not force:
-                raise UserError(f"{out} already holds step {step} of this run: pass --force to replace that step "
-                                f"(the other steps stay)")
-            (out / f"meta_{step:06d}.json").unlink()
-        state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in state.items()}
-        save_checkpoint(out, step, state, {"step": step, "model_config": config.to_dict(), **meta})
-    finally:
-        lock.release()
-
-
 def import_nanochat(folder, stage: str | None = None, tag: str | None = None, step: int | None = None,
                     tokenizer_dir: str | None = None, rope_base: float | None = None, qk_scale: float | None = None,
                     force: bool = False) -> dict:
@@ -210,11 +190,8 @@ def import_nanochat(folder, stage: str | None = None, tag: str | None = None, st
     imported_from = {"format": "nanochat", "layout": layout, "path": str(folder), "step": step,
                      "model_config": meta["model_config"]}
     extra = {**kept, **training_settings(meta), "imported_from": imported_from}
-    out = checkpoint_dir(stage, tag)
-    if holds_this_run(out, folder, config):  # another step of a run imported before: keep the steps beside each other
-        add_step(out, folder, config, state, step, extra, force)
-    else:
-        out = install_checkpoint(config, state, tokenizer, stage, tag, step, extra, force=force)
+    out = install_checkpoint(config, state, tokenizer, stage, tag, step, extra, force=force,
+                             same_run=lambda out: holds_this_run(out, folder, config))
     return {"stage": stage, "tag": tag, "step": step, "layout": layout, "folder": out, "config": config,
             "guessed": guessed}
 
