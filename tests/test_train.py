@@ -347,10 +347,10 @@ def test_later_steps_of_a_replaced_run_move_aside_and_listing_ignores_them(tmp_p
 
 
 def test_flags_that_cannot_change_the_numbers_are_not_called_changes():
-    saved = {"model_tag": None, "eval_every": 250, "save_every": -1, "sample_every": 2000, "metrics_every": 300,
-             "wandb": None, "matrix_lr": 0.02}
-    now = {"model_tag": "d2", "eval_every": 5, "save_every": 6, "sample_every": -1, "metrics_every": 2,
-           "wandb": "proj", "matrix_lr": 0.02}
+    saved = {"model_tag": None, "output_tag": None, "eval_every": 250, "save_every": -1, "sample_every": 2000,
+             "metrics_every": 300, "wandb": None, "run": "dummy", "matrix_lr": 0.02}
+    now = {"model_tag": "d2", "output_tag": "d2-b", "eval_every": 5, "save_every": 6, "sample_every": -1,
+           "metrics_every": 2, "wandb": "proj", "run": "d20-speedrun", "matrix_lr": 0.02}
     assert checkpoint.changed_flags(saved, now) == []
     assert checkpoint.changed_flags(saved, {**now, "matrix_lr": 0.03}) == ["--matrix-lr 0.02 → 0.03"]
 

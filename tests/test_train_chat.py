@@ -247,12 +247,16 @@ def test_output_tag_trains_a_stage_again_from_the_same_source(base_home, tmp_pat
     first = home / "chatsft_checkpoints" / "d2"
     ok(train("sft", home, "--source", "base", "--num-iterations", 2))
     before = sorted(p.name for p in first.iterdir())
+    assert_user_error(train("sft", home, "--source", "base", "--num-iterations", 2), "already holds checkpoints",
+                      "--output-tag")
     ok(train("sft", home, "--source", "base", "--num-iterations", 2, "--output-tag", "d2-b"))
     second = home / "chatsft_checkpoints" / "d2-b"
     meta = json.loads((second / "meta_000002.json").read_text())
     assert meta["source"] == {"stage": "base", "tag": "d2", "step": 10}
-    resumed = ok(train("sft", home, "--source", "base", "--num-iterations", 3, "--output-tag", "d2-b", "--resume"))
+    # the output tag alone names the run to continue: its other flags (where it read from) come back with it
+    resumed = ok(train("sft", home, "--num-iterations", 3, "--output-tag", "d2-b", "--resume"))
     assert f"resuming {second} from step 2" in resumed.stdout
+    assert "--source base" in resumed.stdout and "--output-tag" not in resumed.stdout.split("where not typed")[1]
     assert (second / "meta_000003.json").exists() and sorted(p.name for p in first.iterdir()) == before
     assert_user_error(train("rl", home, "--output-tag", "a/b"), "--output-tag 'a/b' is not a plain name")
 

@@ -222,7 +222,7 @@ def main(args):
     loop = {"progress": 0.0, "smooth_loss": 0.0, "training_time": 0.0, "val_bpb": None, "min_val_bpb": float("inf"),
             "metrics": {}}
     resumed_at = checkpoint.resume_point(folder, args.resume, args.resume_from_step,
-                                         f"from {args.source} {source_tag}", rank, device)
+                                         f"from {args.source} {source_tag}", rank, device, "--output-tag")
     if resumed_at is not None:
         step = resumed_at
         meta = checkpoint.resume_training(folder, step, source_meta["model_config"], model, optimizer, rank,

@@ -92,7 +92,8 @@ def resolve_step(folder: Path, step: int | None) -> int:
     return step
 
 
-def resume_point(folder: Path, resume: bool, resume_from_step: int, fresh_start: str, rank: int, device) -> int | None:
+def resume_point(folder: Path, resume: bool, resume_from_step: int, fresh_start: str, rank: int, device,
+                 tag_flag: str = "--model-tag") -> int | None:
     """The saved step a training run continues from: --resume-from-step S, else the latest with --resume. None
     starts a new run, which must not write over an existing one (fresh_start says where it starts from). The run
     takes the folder's lock first, so what it sees here stays true while it runs."""
@@ -111,7 +112,7 @@ def resume_point(folder: Path, resume: bool, resume_from_step: int, fresh_start:
         print0(f"--resume: no checkpoint in {folder} yet, starting {fresh_start}")
     elif has_steps:
         raise UserError(f"{folder} already holds checkpoints: pass --resume to continue it, or pick a new "
-                        f"--model-tag")
+                        f"{tag_flag}")
     return None
 
 
@@ -169,20 +170,21 @@ def set_aside_later_steps(folder: Path, step: int, rank: int):
 # Flags that do not change what is trained, or have their own note on a resume (the horizon: loop.check_horizon):
 # the folder's name, and when to save, evaluate, sample or log (evaluations are greedy or seeded and leave no trace in
 # the weights, the optimizer or the data order).
-BENIGN_ON_RESUME = {"resume", "resume_from_step", "num_iterations", "model_tag", "wandb", "save_every", "eval_every",
-                    "sample_every", "metrics_every", "core_metric_every", "bundle_url"}
+BENIGN_ON_RESUME = {"resume", "resume_from_step", "num_iterations", "model_tag", "output_tag", "wandb", "run",
+                    "save_every", "eval_every", "sample_every", "metrics_every", "core_metric_every", "bundle_url"}
 
 
 # Flags that say how to resume, not what the run is: never taken from the saved run.
-NOT_INHERITED = {"resume", "resume_from_step", "model_tag", "typed_flags"}
+NOT_INHERITED = {"resume", "resume_from_step", "output_tag", "typed_flags"}
 
 
 def inherit_saved_flags(args, folder: Path) -> None:
-    """--resume / --resume-from-step with a --model-tag continue that run: every flag not typed takes the saved run's
-    value (its meta's user_config), so a run resumes without its flags typed again; typed ones win (and the "flags
-    changed" note names them). Without --model-tag nothing is taken: the folder itself derives from the flags."""
+    """--resume / --resume-from-step with a --model-tag (or mid/SFT/RL's --output-tag) continue that run: every flag
+    not typed takes the saved run's value (its meta's user_config; with --output-tag alone, the tag read too), so a
+    run resumes without its flags typed again; typed ones win (and the "flags changed" note names them). Without a
+    tag nothing is taken: the folder itself derives from the flags."""
     typed = getattr(args, "typed_flags", None)
-    if typed is None or "model_tag" not in typed or not (args.resume or args.resume_from_step >= 0):
+    if typed is None or not {"model_tag", "output_tag"}.intersection(typed) or not (args.resume or args.resume_from_step >= 0):
         return
     steps = saved_steps(folder) if folder.exists() else []
     step = args.resume_from_step if args.resume_from_step >= 0 else (steps[-1] if steps else None)

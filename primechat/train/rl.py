@@ -165,7 +165,7 @@ def main(args):
     step = 0
     loop = {"training_time": 0.0, "pass_at_k": {}, "mean_reward": None}
     resumed_at = checkpoint.resume_point(folder, args.resume, args.resume_from_step,
-                                         f"from {args.source} {source_tag}", rank, device)
+                                         f"from {args.source} {source_tag}", rank, device, "--output-tag")
     if resumed_at is not None:
         step = resumed_at
         meta = checkpoint.resume_training(folder, step, source_meta["model_config"], model, optimizer, rank,
