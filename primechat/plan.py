@@ -280,12 +280,6 @@ def train_base_args(args, depth: int | None = None, device_batch: int | None = N
     return targs
 
 
-def validations(num_steps: int, eval_every: int) -> int:
-    """How many times train base measures validation bpb (base.expected_time): at step 0, every eval_every steps and
-    at the end."""
-    return 1 + (num_steps // eval_every + (num_steps % eval_every > 0) if eval_every > 0 else 1)
-
-
 def plan_run(args, depth: int | None = None, device_batch: int | None = None) -> Figures:
     """The figures of one run; depth and device_batch override the flags' (the budget search varies them)."""
     count, gpu = parse_gpus(args.gpus)
@@ -307,9 +301,8 @@ def plan_run(args, depth: int | None = None, device_batch: int | None = None) ->
 
     mfu, rate, rate_source = throughput(gpu, count, args.mfu, args.arch)
     step_seconds = plan.flops_per_token * plan.total_batch / rate
-    evaluations = validations(plan.num_steps, targs.eval_every)
-    # validation is a forward pass: a third of the training FLOPs per token, as train base's expected time counts it
-    validation_hours = evaluations * targs.eval_tokens * plan.flops_per_token / 3 / rate / 3600
+    evaluations, validation_flops = base.validation_flops(plan, targs)
+    validation_hours = validation_flops / rate / 3600
     base_hours = step_seconds * plan.num_steps / 3600 + validation_hours
     # nanochat's non-base stages are sized for GPU runs; on a CPU one runs the demo preset instead, so no estimate
     pipeline_hours = (plan.target_tokens + other_stage_tokens()) * plan.flops_per_token / rate / 3600 if gpu else None

@@ -183,6 +183,15 @@ def weight_decay_multiplier(step: int, num_steps: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * step / num_steps))
 
 
+def validation_flops(plan: Plan, args, step: int = 0) -> tuple[int, float]:
+    """How many validations a run does from `step` to the end (at step 0, every --eval-every steps and at the end)
+    and their FLOPs: forward only, a third of a training step's per token. The planner counts them the same way."""
+    first = step + 1 if step else 0  # a resumed step was evaluated before it was saved
+    evaluations = len({s for s in range(first, plan.num_steps + 1)
+                       if s == plan.num_steps or (args.eval_every > 0 and s % args.eval_every == 0)})
+    return evaluations, evaluations * args.eval_tokens * plan.flops_per_token / 3
+
+
 def expected_time(plan: Plan, args, step: int, device, world: int) -> list[tuple[str, str]]:
     """Start-up table rows: training plus validation time from `step` to the end, at the speed the planner expects
     of this device."""
@@ -190,11 +199,9 @@ def expected_time(plan: Plan, args, step: int, device, world: int) -> list[tuple
     label = "expected time" + (f" from step {step}" if step else "")
     if rate is None:
         return [(label, f"unknown ({source}): the step lines give an ETA")]
-    first = step + 1 if step else 0  # a resumed step was evaluated before it was saved
-    evaluations = len({s for s in range(first, plan.num_steps + 1)
-                       if s == plan.num_steps or (args.eval_every > 0 and s % args.eval_every == 0)})
+    evaluations, val_flops = validation_flops(plan, args, step)
     train_s = (plan.num_steps - step) * plan.total_batch * plan.flops_per_token / rate
-    val_s = evaluations * args.eval_tokens * plan.flops_per_token / 3 / rate  # forward only: a third of the FLOPs
+    val_s = val_flops / rate
     hint = "; lower --eval-tokens or raise --eval-every to spend less" if val_s > train_s / 4 else ""
     return [(label, f"{hours_text((train_s + val_s) / 3600)} at {rate / 1e12:,.3f} TFLOP/s"),
             ("  of which validation",
