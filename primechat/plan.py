@@ -42,9 +42,10 @@ GPUS = [GPU("H100", 79.19, "H100"), GPU("H200", 139.8, "H200"), GPU("B200", 178.
         GPU("RTX3090", 23.7, "RTX 3090")]
 
 # The whole pipeline: nanochat's Oct 2025 d20 speedrun took 3h51m on 8×H100 (its report card), of which base training
-# was 11,219,763,200 tokens at 3.4918e9 FLOPs/token: ~2.7 h at its d32 run's MFU (below), so ~1.1 h went to everything
-# else (tokenizer, evaluations, validation, mid-training, SFT). Those stages see a fixed amount of data whatever the model, so their
-# time scales with FLOPs per token: they are carried as a fixed number of extra tokens at the planned model's cost.
+# was 11,219,763,200 tokens at 3.4918e9 FLOPs/token plus its validation (87 × 20·524,288 tokens, forward only): ~2.8 h
+# at its d32 run's MFU (below), so ~1.1 h went to everything else (tokenizer, evaluations, mid-training, SFT). Those
+# stages see a fixed amount of data whatever the model, so their time scales with FLOPs per token: they are carried as
+# a fixed number of extra tokens at the planned model's cost, after the planned base training (validation included).
 SPEEDRUN_SECONDS, SPEEDRUN_GPUS = 3 * 3600 + 51 * 60, 8
 SPEEDRUN_TOKENS, SPEEDRUN_FLOPS_PER_TOKEN = 11_219_763_200, 3.4918e9
 
@@ -256,9 +257,14 @@ def throughput(gpu: GPU | None, count: int, mfu: float | None, arch: str) -> tup
 
 
 def other_stage_tokens() -> float:
-    """The non-base stages of nanochat's d20 speedrun, in base-training tokens of the same model (see above)."""
+    """The stages of nanochat's d20 speedrun after base training, in base-training tokens of the same model (see
+    above): its wall clock less the base training steps and their validation, counted as train base counts it."""
     rate = nanochat_2025_mfu(GPUS[0])[0] * dict(PEAK_BF16_FLOPS)["H100"] * SPEEDRUN_GPUS
-    return SPEEDRUN_SECONDS * rate / SPEEDRUN_FLOPS_PER_TOKEN - SPEEDRUN_TOKENS
+    speedrun = argparse.Namespace(num_steps=SPEEDRUN_TOKENS // NANOCHAT_2025_BATCH,
+                                  flops_per_token=SPEEDRUN_FLOPS_PER_TOKEN)
+    _, validation = base.validation_flops(speedrun, argparse.Namespace(eval_every=250,
+                                                                       eval_tokens=NANOCHAT_2025_EVAL_TOKENS))
+    return (SPEEDRUN_SECONDS * rate - validation) / SPEEDRUN_FLOPS_PER_TOKEN - SPEEDRUN_TOKENS
 
 
 def train_base_args(args, depth: int | None = None, device_batch: int | None = None) -> argparse.Namespace:
@@ -305,7 +311,7 @@ def plan_run(args, depth: int | None = None, device_batch: int | None = None) ->
     validation_hours = validation_flops / rate / 3600
     base_hours = step_seconds * plan.num_steps / 3600 + validation_hours
     # nanochat's non-base stages are sized for GPU runs; on a CPU one runs the demo preset instead, so no estimate
-    pipeline_hours = (plan.target_tokens + other_stage_tokens()) * plan.flops_per_token / rate / 3600 if gpu else None
+    pipeline_hours = base_hours + other_stage_tokens() * plan.flops_per_token / rate / 3600 if gpu else None
     if args.price is not None:
         price, price_source = args.price, "--price"
     elif gpu is None:

@@ -104,6 +104,10 @@ def test_figures_follow_their_formulas():
     assert f.base_cost == pytest.approx(f.base_hours * 8 * 3.00)
     assert f.pipeline_cost == pytest.approx(f.pipeline_hours * 8 * 3.00)
     assert f.pipeline_hours > f.base_hours
+    # the stages after base training do not depend on how often base training validates
+    often = figures("--depth", 20, "--gpus", "8xH100", "--device-batch-size", 16, "--eval-every", 10)
+    assert often.validation_hours > 10 * f.validation_hours
+    assert often.pipeline_hours - often.base_hours == pytest.approx(f.pipeline_hours - f.base_hours)
     assert f.memory.total == sum([f.memory.weights, f.memory.grads, f.memory.optimizer, f.memory.activations,
                                   f.memory.logits, f.memory.overhead])
     assert f.mfu == 0.50 and "not measured by primechat" in f.rate_source
