@@ -243,8 +243,9 @@ def scores(sections: dict[str, str]) -> tuple[dict[str, dict[str, float]], list[
 
 
 def section_tags(sections: dict[str, str]) -> dict[str, str]:
-    """The model tag each section describes: `model tag: d4` (base training), `model: base_d4_000300` (evaluations),
-    `source: mid d4 step 108` (chat stages, which train in a folder named like their source's)."""
+    """The model tag each section describes: `model tag: d4` (training), `model: base_d4_000300` (evaluations),
+    `source: mid d4 step 108` (chat stages' sections written before they named their tag, when the folder was always
+    named like the source's)."""
     tags = {}
     for slug, text in sections.items():
         values = section_values(text)

@@ -199,7 +199,7 @@ def test_mid_sft_rl_end_to_end(base_home, tmp_path):
     log = records(folder)
     assert [r["step"] for r in log if "reward" in r] == [1, 2]
     assert all(0 <= r["reward"] <= 1 for r in log if "reward" in r)
-    assert "pass@2" in rl.stdout and "## Chat RL" in (home / "report" / "chat-rl.md").read_text()
+    assert "pass@2" in rl.stdout and "- model tag: d2" in (home / "report" / "chat-rl.md").read_text()
 
 
 @pytest.mark.parametrize("stage", ["mid", "rl"])
@@ -253,11 +253,19 @@ def test_output_tag_trains_a_stage_again_from_the_same_source(base_home, tmp_pat
     second = home / "chatsft_checkpoints" / "d2-b"
     meta = json.loads((second / "meta_000002.json").read_text())
     assert meta["source"] == {"stage": "base", "tag": "d2", "step": 10}
+    # the report card tells the two models apart (its "Mixed models" note reads this)
+    section = (home / "report" / "chat-sft.md").read_text()
+    assert "- model tag: d2-b" in section and "- source: base d2 step 10" in section
     # the output tag alone names the run to continue: its other flags (where it read from) come back with it
     resumed = ok(train("sft", home, "--num-iterations", 3, "--output-tag", "d2-b", "--resume"))
     assert f"resuming {second} from step 2" in resumed.stdout
     assert "--source base" in resumed.stdout and "--output-tag" not in resumed.stdout.split("where not typed")[1]
     assert (second / "meta_000003.json").exists() and sorted(p.name for p in first.iterdir()) == before
+    # resuming it from another source would only relabel it
+    shutil.copytree(home / "base_checkpoints" / "d2", home / "base_checkpoints" / "d2x")
+    assert_user_error(train("sft", home, "--num-iterations", 4, "--output-tag", "d2-b", "--model-tag", "d2x",
+                            "--resume"), "was trained from base d2, not base d2x", "--model-tag d2")
+    assert not (second / "meta_000004.json").exists()
     assert_user_error(train("rl", home, "--output-tag", "a/b"), "--output-tag 'a/b' is not a plain name")
 
 

@@ -227,6 +227,7 @@ def main(args):
         step = resumed_at
         meta = checkpoint.resume_training(folder, step, source_meta["model_config"], model, optimizer, rank,
                                            world, device, user_config)
+        checkpoint.refuse_other_source(meta, args.source, source_tag, folder, step)
         loader_state = checkpoint.load_rank_state(folder, step, "loader", rank)
         loop.update(meta["loop_state"])
     elif args.load_optimizer and warm_start(optimizer, source_folder, source_meta["step"], rank, device):
@@ -358,7 +359,8 @@ def main(args):
     if not complete:  # a stop came before the end, or cut the last validation or metrics short
         compute_cleanup()
         stop.exit_stopped(step, folder)
-    summary = {"source": f"{args.source} {source_tag} step {source_meta['step']}", "mixture": str(mixture.path),
+    summary = {"model tag": tag, "source": f"{args.source} {source_tag} step {source_meta['step']}",
+               "mixture": str(mixture.path),
                "training conversations": len(train_set), "steps": step,
                "total batch size": settings["total_batch_size"], "min validation bpb": loop["min_val_bpb"],
                "final validation bpb": loop["val_bpb"], **loop["metrics"],

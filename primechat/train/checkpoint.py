@@ -212,6 +212,15 @@ def changed_flags(saved: dict, current: dict) -> list[str]:
             if k in saved and v is not None and saved[k] != v and k not in BENIGN_ON_RESUME]
 
 
+def refuse_other_source(meta: dict, stage: str, tag: str, folder: Path, step: int) -> None:
+    """A resumed mid/SFT/RL run continues from its own checkpoint, so a --source or --model-tag naming another model
+    than the one it started from would only relabel it: refused."""
+    saved = meta.get("source")
+    if saved and (saved["stage"], saved["tag"]) != (stage, tag):
+        raise UserError(f"{folder} step {step} was trained from {saved['stage']} {saved['tag']}, not {stage} {tag}: "
+                        f"resume it with --source {saved['stage']} --model-tag {saved['tag']}")
+
+
 def refuse_imported(meta: dict, folder: Path, step: int) -> None:
     if "imported_from" in meta:
         raise UserError(f"{folder} step {step} was imported (from {meta['imported_from'].get('format', 'elsewhere')}) "

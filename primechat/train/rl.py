@@ -170,6 +170,7 @@ def main(args):
         step = resumed_at
         meta = checkpoint.resume_training(folder, step, source_meta["model_config"], model, optimizer, rank,
                                            world, device, user_config)
+        checkpoint.refuse_other_source(meta, args.source, source_tag, folder, step)
         loop.update(meta["loop_state"])
         check_horizon(step, num_steps, meta.get("num_iterations", num_steps))  # older RL checkpoints lack it
     print0(f"RL on {args.task}: {len(train_task):,} problems, {num_steps} steps × {args.examples_per_step} problems "
@@ -253,7 +254,8 @@ def main(args):
     if not last:
         compute_cleanup()
         stop.exit_stopped(step, folder)
-    report.log_section("Chat RL", {"source": f"{args.source} {source_tag} step {source_meta['step']}",
+    report.log_section("Chat RL", {"model tag": tag,
+                                   "source": f"{args.source} {source_tag} step {source_meta['step']}",
                                    "task": args.task, "steps": step, "final mean reward": loop["mean_reward"],
                                    **loop["pass_at_k"], "training time (min)": loop["training_time"] / 60})
     print0(f"done: {step} steps, " + ", ".join(f"{k} {v:.4f}" for k, v in loop["pass_at_k"].items())
