@@ -29,6 +29,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from primechat.cli import Parser
 from primechat.common import (UserError, atomic_path, home_dir, progress, run_child, stopped_exit_code,
                               tokenizer_dir)
 from primechat.data.shards import list_shards
@@ -97,8 +98,9 @@ def parse_axis(flag: str, text: str, kind, low: float) -> list:
     return list(dict.fromkeys(values))
 
 
-class _TrainBaseFlags(argparse.ArgumentParser):
-    """train base's parser, with mistakes reported as one line before any point runs."""
+class _TrainBaseFlags(Parser):
+    """train base's parser (nanochat's underscore spellings too), with mistakes reported as one line before any point
+    runs."""
 
     def error(self, message):
         raise UserError(f"flags after `--` (train base): {message}")

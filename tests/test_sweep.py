@@ -101,6 +101,8 @@ BAD_INPUT = [
     (["--vocab-size", "home"], "no tokenizer in"),
     (["--dataset", "nowhere"], "dataset 'nowhere' needs at least 2 shards"),
     (["--", "--no-such-flag"], "flags after `--` (train base): unrecognized arguments: --no-such-flag"),
+    # nanochat's underscore spelling is train base's flag (here its bad value is what gets reported)
+    (["--", "--warmup_steps=x"], "flags after `--` (train base): argument --warmup-steps: invalid int value: 'x'"),
 ]
 
 
