@@ -376,9 +376,13 @@ def test_run_names_a_weights_and_biases_run_as_nanochats_does(stage, tmp_path, m
     assert wandb_init("--run", "speedrun") == [("primechat", "speedrun")]
     assert wandb_init("--run=speedrun", "--wandb", "mine") == [("mine", "speedrun")]
     assert wandb_init("--wandb", "mine") == [("mine", "d2")]
-    monkeypatch.setitem(sys.modules, "wandb", None)  # not installed
-    with pytest.raises(UserError, match="--run needs the wandb package: pip install wandb"):
-        wandb_init("--run", "speedrun")
+    # not installed: every process says so at start-up, before data and model are loaded
+    from primechat.train import base, chat
+    monkeypatch.setitem(sys.modules, "wandb", None)
+    words = ["train", stage, "--run", "speedrun"]
+    check_arguments = base.check_arguments if stage == "base" else chat.check_arguments
+    with pytest.raises(UserError, match=r"Weights & Biases \(asked for by --run\) is not installed: pip install"):
+        check_arguments(build_parser(words).parse_args(words))
 
 
 def test_gradient_accumulation_gives_the_same_result(run_a, corpus, tmp_path):

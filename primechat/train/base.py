@@ -33,7 +33,7 @@ from primechat.tokenizer import load_tokenizer
 from primechat.train import checkpoint
 from primechat.train.loop import (RunLog, StepReport, StopRequest, add_speed_arguments, add_wandb_arguments,
                                   check_horizon, due, note_validation, out_of_memory, record_typed_flags,
-                                  refuse_float16, say, training_model, validation_batches)
+                                  refuse_float16, say, training_model, validation_batches, wandb_run)
 
 SAMPLE_PROMPTS = ["The capital of France is", "The chemical symbol of gold is",
                   "If yesterday was Friday, then tomorrow will be", "The opposite of hot is",
@@ -240,6 +240,7 @@ def check_fraction(flag: str, value: float | None, of: str):
 def check_arguments(args):
     """Flag mistakes, found before anything is loaded or built."""
     checkpoint.check_tag(args.model_tag)
+    wandb_run(args)  # on every process, before anything is loaded
     if args.data_streams is not None and args.data_streams < 1:
         raise UserError(f"--data-streams {args.data_streams}: give 1 or more (or leave it out: one per process)")
     world = dist_info()[3]  # torchrun's, known before the process group is joined

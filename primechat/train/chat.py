@@ -35,7 +35,7 @@ from primechat.train import checkpoint
 from primechat.train.base import B_REF, DEVICE_BATCH_SIZE, check_fraction, check_learning_rates
 from primechat.train.loop import (RunLog, StepReport, StopRequest, add_speed_arguments, add_wandb_arguments, due,
                                   note_validation, out_of_memory, record_typed_flags, refuse_float16, say,
-                                  training_model, validation_batches)
+                                  training_model, validation_batches, wandb_run)
 
 # Per stage: the stage it starts from, its mixture, schedule and evaluation cadence. For SFT from a base model (no
 # mid-training) nanochat's 2026 recipe starts higher and decays over half the run: SFT_FROM_BASE.
@@ -179,6 +179,7 @@ def check_arguments(args):
     """Flag mistakes, found before anything is loaded (mid/SFT and RL share it)."""
     checkpoint.check_tag(args.model_tag)
     checkpoint.check_tag(args.output_tag, "--output-tag")
+    wandb_run(args)  # on every process, before anything is loaded
     check_learning_rates(args)
     if args.init_lr_frac is not None and args.init_lr_frac <= 0:
         raise UserError(f"--init-lr-frac {args.init_lr_frac}: give a positive fraction of the learning rates")

@@ -16,6 +16,7 @@
 """
 
 import argparse
+import importlib
 import json
 import math
 import signal
@@ -70,6 +71,21 @@ def add_wandb_arguments(p):
                    "primechat); alone, the run is named after the model tag")
 
 
+def wandb_run(args) -> tuple[str | None, str | None]:
+    """(project, run name) asked for by --wandb and nanochat's --run (whose default, dummy, means no W&B); the
+    project is None without W&B. Checked before anything is loaded, on every process: wandb must be installed."""
+    run = None if args.run == "dummy" else args.run
+    project = args.wandb or (run and "primechat")
+    if project:
+        try:
+            importlib.import_module("wandb")  # imported here by every process; RunLog uses it on rank 0
+        except ImportError:
+            flags = " and ".join(flag for flag, given in (("--run", run), ("--wandb", args.wandb)) if given)
+            raise UserError(f"Weights & Biases (asked for by {flags}) is not installed: pip install wandb, or drop "
+                            f"{flags}") from None
+    return project, run
+
+
 class RunLog:
     def __init__(self, path, resumed_step: int | None, args, name: str, config: dict):
         """name: the W&B run's name unless --run gives one."""
@@ -87,14 +103,9 @@ class RunLog:
                     print0(f"note: {path} had a damaged line, dropped: {line[:60]!r}")
             with atomic_path(path) as tmp:
                 tmp.write_text("".join(r + "\n" for r in records))
-        run = None if args.run == "dummy" else args.run  # nanochat's default, which means no W&B
-        if project := args.wandb or (run and "primechat"):
-            try:
-                import wandb
-            except ImportError:
-                flags = " and ".join(flag for flag, given in (("--run", run), ("--wandb", args.wandb)) if given)
-                raise UserError(f"{flags} need{'s' * (' ' not in flags)} the wandb package: pip install wandb (or "
-                                f"drop {flags})") from None
+        project, run = wandb_run(args)
+        if project:
+            import wandb
             self.wandb_run = wandb.init(project=project, name=run or name, config=config)
 
     def __call__(self, record: dict):
