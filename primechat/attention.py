@@ -95,7 +95,7 @@ def _fa3_failures(dtype: torch.dtype) -> list[str]:
     return [f"rank {rank}: {r}" for rank, r in enumerate(reasons) if r]
 
 
-@lru_cache(maxsize=32)
+@lru_cache(maxsize=4)  # training's few lengths; evaluation's many each build their own (T² bytes each)
 def _window_mask(T: int, window: int, device: torch.device) -> torch.Tensor:
     i = torch.arange(T, device=device)[:, None]
     j = torch.arange(T, device=device)[None, :]
