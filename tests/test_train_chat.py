@@ -261,6 +261,9 @@ def test_output_tag_trains_a_stage_again_from_the_same_source(base_home, tmp_pat
     assert f"resuming {second} from step 2" in resumed.stdout
     assert "--source base" in resumed.stdout and "--output-tag" not in resumed.stdout.split("where not typed")[1]
     assert (second / "meta_000003.json").exists() and sorted(p.name for p in first.iterdir()) == before
+    # --model-tag d2-b names a source (base d2-b, which does not exist): the message says how to resume
+    assert_user_error(train("sft", home, "--num-iterations", 4, "--model-tag", "d2-b", "--resume"),
+                      "was written with --output-tag d2-b: resume it with --output-tag d2-b --resume")
     # resuming it from another source would only relabel it
     shutil.copytree(home / "base_checkpoints" / "d2", home / "base_checkpoints" / "d2x")
     assert_user_error(train("sft", home, "--num-iterations", 4, "--output-tag", "d2-b", "--model-tag", "d2x",

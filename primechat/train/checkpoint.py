@@ -184,7 +184,8 @@ def inherit_saved_flags(args, folder: Path) -> None:
     run resumes without its flags typed again; typed ones win (and the "flags changed" note names them). Without a
     tag nothing is taken: the folder itself derives from the flags."""
     typed = getattr(args, "typed_flags", None)
-    if typed is None or not {"model_tag", "output_tag"}.intersection(typed) or not (args.resume or args.resume_from_step >= 0):
+    resuming = args.resume or args.resume_from_step >= 0
+    if typed is None or not {"model_tag", "output_tag"}.intersection(typed) or not resuming:
         return
     steps = saved_steps(folder) if folder.exists() else []
     step = args.resume_from_step if args.resume_from_step >= 0 else (steps[-1] if steps else None)
@@ -192,8 +193,12 @@ def inherit_saved_flags(args, folder: Path) -> None:
         return  # nothing to continue from: resume_point says so (or starts the run)
     meta = load_meta(folder, step)
     refuse_imported(meta, folder, step)  # before its flags (nanochat's, say) are taken, a bundle download among them
+    saved = meta.get("user_config", {})
+    if saved.get("output_tag") == folder.name and "output_tag" not in typed:  # its --model-tag named the source
+        raise UserError(f"{folder} was written with --output-tag {folder.name}: resume it with --output-tag "
+                        f"{folder.name} --resume")
     taken = []
-    for key, value in meta.get("user_config", {}).items():
+    for key, value in saved.items():
         if hasattr(args, key) and key not in typed and key not in NOT_INHERITED and getattr(args, key) != value:
             setattr(args, key, value)
             taken.append(f"--{key.replace('_', '-')} {value}")
