@@ -17,7 +17,6 @@ Section text can hold model samples, so the HTML page shows raw HTML in it as te
 
 import base64
 import datetime
-import json
 import os
 import platform
 import re
@@ -261,12 +260,12 @@ def section_tags(sections: dict[str, str]) -> dict[str, str]:
 def origin(stage: str, tag: str, step: str) -> str | None:
     """Where a checkpoint came from when it was imported ("nanochat, oct2025 layout", "the Hub, me/d20"); None for
     one trained here, or one no longer on disk."""
-    from primechat.train.checkpoint import STAGE_DIRS, checkpoint_dir
+    from primechat.train.checkpoint import STAGE_DIRS, checkpoint_dir, load_meta
 
     if stage not in STAGE_DIRS:
         return None
     try:
-        imported = json.loads((checkpoint_dir(stage, tag) / f"meta_{int(step):06d}.json").read_text())["imported_from"]
+        imported = load_meta(checkpoint_dir(stage, tag), int(step))["imported_from"]
     except (OSError, ValueError, KeyError):
         return None
     if imported.get("format") == "huggingface":
