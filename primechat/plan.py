@@ -234,8 +234,9 @@ def nanochat_2025_mfu(gpu: GPU) -> tuple[float, str]:
     mfu = NANOCHAT_D32_FLOPS_PER_TOKEN * NANOCHAT_2025_BATCH / (NANOCHAT_D32_STEP_SECONDS * h100 * 8)
     source = (f"nanochat's published d32 run (~{NANOCHAT_D32_STEP_SECONDS} s/step on 8×H100, so MFU {mfu:.1%}), "
               f"not measured by primechat")
-    return mfu, source if "H100" in gpu.datasheet else f"no measured figure for {gpu.datasheet}: assumed equal to " \
-                                                       f"H100's, {source}"
+    if "H100" not in gpu.datasheet:
+        source = f"no measured figure for {gpu.datasheet}: assumed equal to H100's, {source}"
+    return mfu, source
 
 
 def throughput(gpu: GPU | None, count: int, mfu: float | None, arch: str) -> tuple[float | None, float, str]:
