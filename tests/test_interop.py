@@ -220,6 +220,15 @@ def test_import_several_steps_of_one_run_into_one_tag(home, tmp_path, tokenizer,
     assert "already holds checkpoints (steps 650, 1000)" in capsys.readouterr().err
     assert run(nanochat, source, "--all-steps", "--tag", "all") == 0
     assert saved_steps(checkpoint_dir("sft", "all")) == [650, 1000]
+    # an --all-steps killed before its last step: the rerun imports what is missing and keeps the rest
+    (checkpoint_dir("sft", "all") / "meta_001000.json").unlink()
+    kept = (checkpoint_dir("sft", "all") / "model_000650.pt").stat().st_mtime_ns
+    capsys.readouterr()
+    assert run(nanochat, source, "--all-steps", "--tag", "all") == 0
+    assert "already imported, kept: step 650" in capsys.readouterr().out
+    assert saved_steps(checkpoint_dir("sft", "all")) == [650, 1000]
+    assert (checkpoint_dir("sft", "all") / "model_000650.pt").stat().st_mtime_ns == kept
+    assert run(nanochat, source, "--all-steps", "--tag", "all") == 0  # nothing left to do
     assert not list(folder.glob(".*.tmp*")) and not list(checkpoint_dir("sft", "all").glob(".*.tmp*"))
 
 

@@ -25,7 +25,7 @@ import torch
 
 from primechat.common import UserError
 from primechat.interop import install_checkpoint
-from primechat.train.checkpoint import STAGE_DIRS, load_meta, saved_steps
+from primechat.train.checkpoint import STAGE_DIRS, checkpoint_dir, load_meta, saved_steps
 
 SIZE_FIELDS = ("sequence_len", "vocab_size", "n_layer", "n_head", "n_kv_head", "n_embd")
 KNOWN_FIELDS = set(SIZE_FIELDS) | {"window_pattern"}
@@ -214,12 +214,33 @@ def add_arguments(p) -> None:
                    help="replace what this stage and tag hold: the same step of the same run, else all of it")
 
 
+def imported_steps(source: Path, stage: str | None, tag: str) -> list[int]:
+    """The steps of this nanochat run already imported under the tag (in the given stage, or any), so that a rerun of
+    an interrupted --all-steps goes on where it stopped."""
+    found = []
+    for name in [stage] if stage else STAGE_DIRS:
+        folder = checkpoint_dir(name, tag)
+        for step in saved_steps(folder):
+            imported = load_meta(folder, step).get("imported_from", {})
+            if imported.get("format") == "nanochat" and imported.get("path") == str(source):
+                found.append(imported["step"])
+    return found
+
+
 def main(args) -> None:
     if args.all_steps and args.step is not None:
         raise UserError("give --step or --all-steps, not both")
-    steps = (model_steps(Path(args.dir).expanduser()) if args.all_steps else []) or [args.step]
+    source = Path(args.dir).expanduser().resolve()
+    steps = (model_steps(source) if args.all_steps else []) or [args.step]
+    if args.all_steps and not args.force:
+        present = imported_steps(source, args.stage, args.tag or source.name)
+        if kept := [step for step in steps if step in present]:
+            print(f"already imported, kept: step {', '.join(map(str, kept))} (--force imports them again)")
+            steps = [step for step in steps if step not in present]
+            if not steps:
+                return
     for step in steps:
-        done = import_nanochat(args.dir, args.stage, args.tag, step, args.tokenizer, args.rope_base, args.qk_scale,
+        done = import_nanochat(source, args.stage, args.tag, step, args.tokenizer, args.rope_base, args.qk_scale,
                                args.force)
         c = done["config"]
         print(f"imported nanochat {done['layout']} checkpoint step {done['step']} ({c.n_layer} layers, width "
