@@ -27,6 +27,9 @@ from primechat.common import UserError
 from primechat.fp8 import fp8_linear
 
 
+UNBOUNDED = 2**31 - 1  # an F layer's window: longer than any text
+
+
 @dataclass
 class GPTConfig:
     sequence_len: int = 2048
@@ -35,7 +38,9 @@ class GPTConfig:
     n_head: int = 6
     n_kv_head: int = 6
     n_embd: int = 768
-    window_pattern: str = "SSSL"  # S = short (a quarter of the context), L = full; tiled over layers, last is L
+    window_pattern: str = "SSSL"  # tiled over the layers, the last never S: S = a quarter of the context, L = the
+    # context (longer text at inference slides through it, as nanochat's 2026 model), F = the whole prefix at any
+    # length (nanochat's Oct 2025 model, which has no windows)
     rope_base: float = 100_000.0
     qk_scale: float = 1.2  # q and k are multiplied by this after their RMSNorm (sharper attention)
     value_embeds: bool = True
@@ -51,8 +56,8 @@ class GPTConfig:
                             f"change --depth, --aspect-ratio or --head-dim")
         if self.n_head % self.n_kv_head:
             raise UserError(f"{self.n_head} query heads cannot be shared among {self.n_kv_head} kv heads")
-        if not self.window_pattern or set(self.window_pattern.upper()) - set("SL"):
-            raise UserError(f"--window-pattern {self.window_pattern!r} must be letters S and L, e.g. SSSL or L")
+        if not self.window_pattern or set(self.window_pattern.upper()) - set("SLF"):
+            raise UserError(f"--window-pattern {self.window_pattern!r} must be letters S, L (and F), e.g. SSSL or L")
 
     @property
     def head_dim(self) -> int:
@@ -65,9 +70,10 @@ class GPTConfig:
     def window_sizes(self) -> list[int]:
         """Left context of each layer in tokens: short = a quarter of the context rounded up to 128."""
         short = min(self.sequence_len, math.ceil(self.sequence_len / 4 / 128) * 128)
+        size = {"S": short, "L": self.sequence_len, "F": UNBOUNDED}
         pattern = self.window_pattern.upper()
-        sizes = [short if pattern[i % len(pattern)] == "S" else self.sequence_len for i in range(self.n_layer)]
-        sizes[-1] = self.sequence_len
+        sizes = [size[pattern[i % len(pattern)]] for i in range(self.n_layer)]
+        sizes[-1] = max(sizes[-1], self.sequence_len)
         return sizes
 
     def has_value_embed(self, layer: int) -> bool:

@@ -158,7 +158,7 @@ def nanochat_2025_config(args, vocab_size: int) -> GPTConfig:
     width = args.depth * args.aspect_ratio
     heads = max(1, math.ceil(width / args.head_dim))
     return GPTConfig(sequence_len=args.max_seq_len, vocab_size=vocab_size, n_layer=args.depth, n_head=heads,
-                     n_kv_head=heads, n_embd=width, window_pattern="L", value_embeds=False, smear=False,
+                     n_kv_head=heads, n_embd=width, window_pattern="F", value_embeds=False, smear=False,
                      backout=False, skip_lambdas=False, vocab_pad_to=1, **LAYOUTS["oct2025"])
 
 

@@ -193,6 +193,9 @@ def test_window_sizes():
     assert tiny_config(sequence_len=256, n_layer=3, window_pattern="SL").window_sizes() == [128, 256, 256]
     assert tiny_config(sequence_len=64, n_layer=2).window_sizes() == [64, 64]  # a quarter rounds up to the context
     assert tiny_config(sequence_len=2048, n_layer=3, window_pattern="L").window_sizes() == [2048] * 3
+    unbounded = tiny_config(sequence_len=256, n_layer=3, window_pattern="F").window_sizes()
+    assert all(w > 256 * 100 for w in unbounded)  # nanochat's Oct 2025 model: the whole prefix at any length
+    assert tiny_config(sequence_len=256, n_layer=3, window_pattern="SF").window_sizes() == [128, unbounded[0], 256]
 
 
 # ---------------------------------------------------------------------------------------------------------------------

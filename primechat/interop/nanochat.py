@@ -9,8 +9,8 @@ it. Chat, serve, eval and further training then use it like a model trained here
 tag as they share nanochat's folder: `--step S` adds one beside those imported before, `--all-steps` brings them all.
 
 Two layouts are recognised from the weights themselves:
-- Oct 2025: no per-layer lambdas, no value embeddings, no smear or backout; full attention, RoPE base 10,000, QK-norm
-  without scale, logits softcapped at 15, untied head, vocab not padded.
+- Oct 2025: no per-layer lambdas, no value embeddings, no smear or backout; full attention at any length (window
+  pattern F), RoPE base 10,000, QK-norm without scale, logits softcapped at 15, untied head, vocab not padded.
 - 2026: resid/x0 lambdas, value embeddings, smear, backout (each switched on if its weights are present), the
   meta's window_pattern (SSSL if absent), RoPE base 100,000, QK-norm ×1.2, softcap 15, vocab padded to ×64.
 Checkpoints from between those (nanochat changed RoPE base and QK scale along the way) can set --rope-base and
@@ -109,7 +109,7 @@ def convert_config(state: dict, model_config: dict, layout: str | None = None, r
         switches["qk_scale"] = qk_scale
     return GPTConfig(
         **fields, **switches, vocab_pad_to=pad_to,
-        window_pattern=model_config.get("window_pattern", "SSSL") if layout == "2026" else "L",
+        window_pattern=model_config.get("window_pattern", "SSSL") if layout == "2026" else "F",
         value_embeds=any(k.startswith("value_embeds.") for k in state),
         smear="smear_lambda" in state, backout="backout_lambda" in state, skip_lambdas="resid_lambdas" in state,
     ), layout

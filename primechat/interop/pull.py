@@ -41,7 +41,7 @@ def config_from_hf(cfg: dict):
     return GPTConfig(sequence_len=cfg.get("max_position_embeddings", 2048), vocab_size=cfg["vocab_size"],
                      n_layer=cfg["num_hidden_layers"], n_head=cfg["num_attention_heads"],
                      n_kv_head=cfg.get("num_key_value_heads") or cfg["num_attention_heads"], n_embd=d,
-                     window_pattern="L", rope_base=float(rope.get("rope_theta", cfg.get("rope_theta", 10_000.0))),
+                     window_pattern="F", rope_base=float(rope.get("rope_theta", cfg.get("rope_theta", 10_000.0))),
                      qk_scale=1.0, value_embeds=False, smear=False, backout=False, skip_lambdas=False,
                      softcap=float(cfg.get("final_logit_softcapping") or 1e9), vocab_pad_to=1)
 

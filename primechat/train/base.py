@@ -48,7 +48,8 @@ def add_arguments(p):
     p.add_argument("--aspect-ratio", type=int, default=64, help="model width = depth × this, rounded to heads")
     p.add_argument("--head-dim", type=int, default=128, help="attention head size")
     p.add_argument("--max-seq-len", type=int, default=2048, help="context length in tokens")
-    p.add_argument("--window-pattern", default="SSSL", help="per-layer attention windows: S = quarter, L = full")
+    p.add_argument("--window-pattern", default="SSSL", help="per-layer attention windows: S = a quarter of the "
+                   "context, L = the context, F = unbounded (nanochat's Oct 2025 model)")
     add_dataset_argument(p, "pretraining dataset under base_data/")
     p.add_argument("--data-streams", type=int, default=None, help="independent data streams (default: one per "
                    "process); runs with equal streams and total batch see the same data whatever the process count")
