@@ -185,11 +185,11 @@ def weight_decay_multiplier(step: int, num_steps: int) -> float:
 
 
 def validation_flops(plan: Plan, args, step: int = 0) -> tuple[int, float]:
-    """How many validations a run does from `step` to the end (at step 0, every --eval-every steps and at the end)
-    and their FLOPs: forward only, a third of a training step's per token. The planner counts them the same way."""
+    """How many validations a run does from `step` to the end (where the loop's `due` puts them: step 0, every
+    --eval-every steps, the end) and their FLOPs: forward only, a third of a training step's per token. The planner
+    counts them the same way."""
     first = step + 1 if step else 0  # a resumed step was evaluated before it was saved
-    evaluations = len({s for s in range(first, plan.num_steps + 1)
-                       if s == plan.num_steps or (args.eval_every > 0 and s % args.eval_every == 0)})
+    evaluations = sum(due(s, args.eval_every, s == plan.num_steps) for s in range(first, plan.num_steps + 1))
     return evaluations, evaluations * args.eval_tokens * plan.flops_per_token / 3
 
 
