@@ -28,6 +28,11 @@ from primechat.fp8 import fp8_linear
 
 
 UNBOUNDED = 2**31 - 1  # an F layer's window: longer than any text
+ARCHES = ("primechat", "nanochat-2025")  # nanochat's 2026 design (B4), and its Oct 2025 model (A4)
+LAYOUTS = {  # the constants nanochat's two designs differ in, by its checkpoint layout's name
+    "oct2025": dict(rope_base=10_000.0, qk_scale=1.0, softcap=15.0),
+    "2026": dict(rope_base=100_000.0, qk_scale=1.2, softcap=15.0),
+}
 
 
 @dataclass
@@ -84,10 +89,20 @@ class GPTConfig:
 
 
 def config_for_depth(depth: int, vocab_size: int, sequence_len: int = 2048, aspect_ratio: int = 64,
-                     head_dim: int = 128, window_pattern: str = "SSSL") -> GPTConfig:
-    """The depth dial: width = depth × aspect ratio rounded up to whole heads."""
+                     head_dim: int = 128, window_pattern: str = "SSSL", arch: str = "primechat") -> GPTConfig:
+    """The depth dial: width = depth × aspect ratio rounded up to whole heads.
+
+    arch "nanochat-2025" gives nanochat's Oct 2025 model at that depth instead (reference A4): width exactly depth ×
+    aspect ratio in heads of about head_dim, the whole prefix attended in every layer, none of the 2026 additions,
+    the vocab unpadded; its RoPE base and QK scale. Everything else (optimizer, schedules) stays primechat's."""
     if depth < 1 or aspect_ratio < 1 or head_dim < 2:
         raise UserError(f"--depth {depth}, --aspect-ratio {aspect_ratio}, --head-dim {head_dim} must be positive")
+    if arch == "nanochat-2025":
+        width = depth * aspect_ratio
+        heads = max(1, math.ceil(width / head_dim))
+        return GPTConfig(sequence_len=sequence_len, vocab_size=vocab_size, n_layer=depth, n_head=heads,
+                         n_kv_head=heads, n_embd=width, window_pattern="F", value_embeds=False, smear=False,
+                         backout=False, skip_lambdas=False, vocab_pad_to=1, **LAYOUTS["oct2025"])
     width = math.ceil(depth * aspect_ratio / head_dim) * head_dim
     heads = width // head_dim
     return GPTConfig(sequence_len=sequence_len, vocab_size=vocab_size, n_layer=depth, n_head=heads, n_kv_head=heads,

@@ -19,7 +19,6 @@ import torch
 
 from primechat.common import (CPU_RATE, GPU_HOURLY_PRICE, PEAK_BF16_FLOPS, UserError, aligned_rows,
                               gpu_hourly_price, hours_text, human_bytes, measured_mfu, physical_ram)
-from primechat.interop.nanochat import LAYOUTS
 from primechat.model import GPT, GPTConfig
 from primechat.optim import build_optimizer
 from primechat.train import base
@@ -150,18 +149,6 @@ def parse_gpus(text: str) -> tuple[int, GPU | None]:
     return int(count), gpu
 
 
-def nanochat_2025_config(args, vocab_size: int) -> GPTConfig:
-    """nanochat's Oct 2025 model (reference A4): width depth×64, heads of ~128, full attention everywhere, none of the
-    2026 additions, vocab unpadded; RoPE base, QK scale and softcap from interop's Oct 2025 layout."""
-    if args.depth < 1:
-        raise UserError(f"--depth {args.depth} must be positive")
-    width = args.depth * args.aspect_ratio
-    heads = max(1, math.ceil(width / args.head_dim))
-    return GPTConfig(sequence_len=args.max_seq_len, vocab_size=vocab_size, n_layer=args.depth, n_head=heads,
-                     n_kv_head=heads, n_embd=width, window_pattern="F", value_embeds=False, smear=False,
-                     backout=False, skip_lambdas=False, vocab_pad_to=1, **LAYOUTS["oct2025"])
-
-
 def saved_values(config: GPTConfig, compiled: bool) -> int:
     """Activation values (bf16 compiled, fp32 eager) autograd keeps for backward, per token, over the whole model.
 
@@ -273,7 +260,7 @@ def train_base_args(args, depth: int | None = None, device_batch: int | None = N
     parser = argparse.ArgumentParser()
     base.add_arguments(parser)
     targs = parser.parse_args([])
-    for name in ("max_seq_len", "device_batch_size", "total_batch_size", "num_iterations", "target_flops",
+    for name in ("arch", "max_seq_len", "device_batch_size", "total_batch_size", "num_iterations", "target_flops",
                  "aspect_ratio", "head_dim", "window_pattern", "eval_every", "eval_tokens"):
         setattr(targs, name, getattr(args, name))
     for name, value in (("depth", args.depth), ("depth", depth), ("device_batch_size", device_batch)):
@@ -293,9 +280,8 @@ def plan_run(args, depth: int | None = None, device_batch: int | None = None) ->
     targs = train_base_args(args, depth, device_batch)
     nanochat = args.arch == "nanochat-2025"
     vocab = args.vocab_size or (NANOCHAT_2025_VOCAB if nanochat else PRIMECHAT_VOCAB)
-    config = nanochat_2025_config(targs, vocab) if nanochat else base.model_config(targs, vocab)
     with torch.device("meta"):
-        model = GPT(config)
+        model = GPT(base.model_config(targs, vocab))
     counts = model.num_params()
     if nanochat:  # Oct 2025's rule: a fixed 0.5M-token batch, ratio (default 20) × ALL parameters
         if targs.total_batch_size <= 0:

@@ -396,6 +396,23 @@ def test_gradient_accumulation_gives_the_same_result(run_a, corpus, tmp_path):
 
 
 
+def test_arch_nanochat_2025_trains_the_model_an_oct_2025_import_would_be(corpus, tmp_path):
+    """--arch nanochat-2025 is nanochat's Oct 2025 model, trained the same way, so that the two designs compare on
+    one budget: exactly the model primechat makes of a nanochat Oct 2025 checkpoint of that size."""
+    from primechat.interop.nanochat import convert_config
+    home = make_home(corpus, tmp_path / "home")
+    ok(train(home, "--num-iterations", 12, "--arch", "nanochat-2025", "--aspect-ratio", 32, "--head-dim", 32))
+    meta = json.loads((ckpt(home) / "meta_000012.json").read_text())
+    state = load_model(home, 12)
+    assert not any(name.startswith(("value_embeds", "smear", "backout", "resid_lambdas")) for name in state)
+    sizes = {k: meta["model_config"][k] for k in ("sequence_len", "vocab_size", "n_layer", "n_head", "n_kv_head",
+                                                  "n_embd")}
+    assert sizes == dict(sequence_len=128, vocab_size=VOCAB, n_layer=2, n_head=2, n_kv_head=2, n_embd=64)
+    assert meta["model_config"] == convert_config(state, sizes, layout="oct2025")[0].to_dict()
+    losses = [r["raw_loss"] for r in metrics(home) if "loss" in r]
+    assert losses[-1] < losses[0] - 0.3
+
+
 def test_the_start_up_table_expects_the_time_of_training_and_of_each_validation(run_a):
     _, result = run_a
     rows = {line.strip().split("  ")[0]: line for line in result.stdout.splitlines() if line.startswith("  ")}

@@ -30,10 +30,6 @@ from primechat.train.checkpoint import STAGE_DIRS, checkpoint_dir, load_meta, sa
 SIZE_FIELDS = ("sequence_len", "vocab_size", "n_layer", "n_head", "n_kv_head", "n_embd")
 KNOWN_FIELDS = set(SIZE_FIELDS) | {"window_pattern"}
 FOLDER_STAGES = {folder: stage for stage, folder in STAGE_DIRS.items()}  # chatsft_checkpoints -> sft, …
-LAYOUTS = {
-    "oct2025": dict(rope_base=10_000.0, qk_scale=1.0, softcap=15.0),
-    "2026": dict(rope_base=100_000.0, qk_scale=1.2, softcap=15.0),
-}
 
 
 def model_steps(folder: Path) -> list[int]:
@@ -81,7 +77,7 @@ def detect_layout(state: dict, model_config: dict) -> str:
 def convert_config(state: dict, model_config: dict, layout: str | None = None, rope_base: float | None = None,
                    qk_scale: float | None = None):
     """primechat's GPTConfig for a nanochat checkpoint: sizes from its meta, switches from its weights and layout."""
-    from primechat.model import GPTConfig
+    from primechat.model import LAYOUTS, GPTConfig
 
     missing = [f for f in SIZE_FIELDS if f not in model_config]
     if missing:

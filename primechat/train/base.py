@@ -26,7 +26,7 @@ from primechat.data.shards import add_dataset_argument, list_shards, pick_datase
 from primechat.eval.core import bundle_for, evaluate_core
 from primechat.eval.loss import evaluate_bpb
 from primechat.fp8 import check_device as check_fp8_device, enable_fp8
-from primechat.model import GPT, GPTConfig, config_for_depth
+from primechat.model import ARCHES, GPT, GPTConfig, config_for_depth
 from primechat.optim import DEFAULT_LRS, build_optimizer
 from primechat.plots import plot_training_curves
 from primechat.tokenizer import load_tokenizer
@@ -50,6 +50,9 @@ def add_arguments(p):
     p.add_argument("--max-seq-len", type=int, default=2048, help="context length in tokens")
     p.add_argument("--window-pattern", default="SSSL", help="per-layer attention windows: S = a quarter of the "
                    "context, L = the context, F = unbounded (nanochat's Oct 2025 model)")
+    p.add_argument("--arch", choices=ARCHES, default="primechat", help="the model: primechat (nanochat's 2026 "
+                   "design) or nanochat-2025 (its Oct 2025 model: no windows, value embeddings, smear, backout or "
+                   "lambdas; ignores --window-pattern), trained the same way, to compare the two")
     add_dataset_argument(p, "pretraining dataset under base_data/")
     p.add_argument("--data-streams", type=int, default=None, help="independent data streams (default: one per "
                    "process); runs with equal streams and total batch see the same data whatever the process count")
@@ -111,7 +114,7 @@ class Plan:
 def model_config(args, vocab_size: int, depth: int | None = None) -> GPTConfig:
     """The model the flags describe (at another depth if given); `primechat plan` builds the same one."""
     return config_for_depth(args.depth if depth is None else depth, vocab_size, args.max_seq_len, args.aspect_ratio,
-                            args.head_dim, args.window_pattern)
+                            args.head_dim, args.window_pattern, args.arch)
 
 
 def scaling_params(depth: int, args, vocab_size: int) -> int:
