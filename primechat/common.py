@@ -1,4 +1,6 @@
-"""Shared plumbing: the home folder, user errors, atomic files, progress bars, device, dtype and distributed setup.
+"""Shared plumbing: the home folder, user errors, atomic files, progress bars, child processes, device, dtype and
+distributed setup, and the hardware tables (GPU peak FLOPs and bandwidth, prices, measured MFU) from which training,
+`bench` and `plan` tell speed and cost.
 
 Everything primechat produces lives under one home folder ($PRIMECHAT_HOME, else ~/.cache/primechat) with nanochat's
 layout, so a user can find, copy or delete any stage's output by hand:

@@ -135,6 +135,9 @@ VE_GATE_CHANNELS, SMEAR_GATE_CHANNELS = 12, 24
 
 
 class Attention(nn.Module):
+    """Causal self-attention with RoPE, QK-norm and this layer's window. The Hub's remote-code copy
+    (interop/modeling_primechat.py) restates it; tests/test_interop.py compares the two."""
+
     def __init__(self, config: GPTConfig, layer: int):
         super().__init__()
         self.layer = layer
@@ -164,6 +167,10 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
+    """relu² at 4× width. Restated outside this file, so change them with it: interop/modeling_primechat.py (the
+    Hub's remote-code copy), interop/hf.py and interop/pull.py (transformers' NanoChat config: hidden_act,
+    intermediate_size) and plan.saved_values (activation memory); tests/test_interop.py compares the copies."""
+
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.c_fc = Linear(config.n_embd, 4 * config.n_embd, bias=False)
