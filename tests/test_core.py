@@ -145,6 +145,25 @@ def test_stub_model_gets_the_known_accuracies_and_csv(tok, tmp_path, home):
     assert rows[4] == ["CORE", "", f"{sum(centered) / 3:.6f}"]
 
 
+def test_examples_past_the_trained_context_are_counted_and_said(tok, tmp_path, home):
+    """CORE runs prompts past the model's trained context, as nanochat does, and crops those past what the model can
+    run at all: the result says how many of each, since a small-context model's score is mostly measured there."""
+    bundle = write_bundle(tmp_path)
+    lines = []
+    result = core.evaluate_core(Bigram(), tok.encode, BOS, "cpu", bundle, max_seq_len=8, log=lines.append,
+                                trained_context=4)
+    # mc "q0 x" is 5 tokens with BOS, schema "xz" 3, a one-shot lm prompt 11-12
+    assert {r["task"]: (r["over_context"], r["cropped"]) for r in result.rows} == {
+        "mc": (4, 0), "schema": (0, 0), "lm": (4, 4)}
+    assert {r["task"]: r["accuracy"] for r in result.rows} == {label: v[5] for label, v in TASKS.items()}  # bigrams
+    assert next(line for line in lines if line.startswith("lm")).endswith("4 over context, 4 cropped")
+    notes = result.context_notes(4, 8)
+    assert notes["over context"].startswith("8 of 10 examples (2 of 3 tasks) are longer than the model's 4-token "
+                                            "context: run past it as nanochat does")
+    assert notes["cropped"].startswith("4 examples longer than 8 tokens")
+    assert core.evaluate_core(Bigram(), tok.encode, BOS, "cpu", bundle).context_notes(None, None) == {}
+
+
 def test_data_is_shuffled_with_1337_then_cropped(tmp_path):
     path = tmp_path / "lm.jsonl"
     path.write_text("".join(json.dumps({"context": str(i), "continuation": "x"}) + "\n" for i in range(5)))

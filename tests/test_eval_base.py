@@ -201,7 +201,8 @@ def test_hf_model_through_the_same_core_code(home, fake_hub, cli, tmp_path):
     # a prompt longer than GPT-2's 64 positions is cropped from the left instead of crashing
     task = core.Task("mc", "multiple_choice", "mc.jsonl", 0, " ", 50.0)
     data = [{"query": "why? " * 30, "choices": ["yes", "no"], "gold": 0}]
-    accuracy = core.evaluate_task(subject.forward, data, task, subject.encode, subject.bos, "cpu", subject.max_seq_len)
+    accuracy = core.evaluate_task(subject.forward, data, task, subject.encode, subject.bos, "cpu",
+                                  subject.max_seq_len).accuracy
     assert accuracy in (0.0, 1.0)
 
     url = fake_hub.add_static("eval_bundle.zip", bundle_zip(tmp_path))

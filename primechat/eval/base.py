@@ -70,7 +70,7 @@ def parse_evals(text: str | None, hf: bool) -> list[str]:
 def primechat_subject(model, tokenizer):
     # nanochat does not crop its own models; ours can run up to its RoPE tables (10× the training context)
     return SimpleNamespace(forward=model, encode=tokenizer.encode, bos=tokenizer.bos_id,
-                           max_seq_len=model.cos.size(1))
+                           max_seq_len=model.cos.size(1), trained_context=model.config.sequence_len)
 
 
 def hf_subject(path: str, device):
@@ -90,7 +90,7 @@ def hf_subject(path: str, device):
         raise UserError(f"the tokenizer of {path} has neither a BOS nor an EOS token to begin prompts with")
     return SimpleNamespace(forward=lambda ids: model(ids).logits, bos=bos,
                            encode=lambda texts: [tok.encode(t, add_special_tokens=False) for t in texts],
-                           max_seq_len=getattr(model.config, "max_position_embeddings", None))
+                           max_seq_len=getattr(model.config, "max_position_embeddings", None), trained_context=None)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -98,7 +98,7 @@ def hf_subject(path: str, device):
 
 def run_core(subject, device, args, slug: str, bundle: Path, title: str) -> core.CoreResult:
     result = core.evaluate_core(subject.forward, subject.encode, subject.bos, device, bundle, args.max_per_task,
-                                subject.max_seq_len, args.strict, log=print0)
+                                subject.max_seq_len, args.strict, log=print0, trained_context=subject.trained_context)
     width = max([len(result.label)] + [len(r["task"]) for r in result.rows])
     lines = [f"{'Task':<{width}}  {'Accuracy':>8}  {'Centered':>8}  {'Time':>7}"]
     lines += [f"{r['task']:<{width}}  {r['accuracy']:>8.4f}  {r['centered']:>8.4f}  {r['seconds']:>6.1f}s"
@@ -107,6 +107,9 @@ def run_core(subject, device, args, slug: str, bundle: Path, title: str) -> core
     print0("\n".join(lines))
     if result.missing:
         print0(f"missing tasks ({len(result.missing)}): {', '.join(result.missing)}")
+    notes = result.context_notes(subject.trained_context, subject.max_seq_len)
+    for note in notes.values():
+        print0(f"note: {note}")
     if not is_master():
         return result
     csv_path = home_dir() / "base_eval" / f"{slug}.csv"
@@ -115,6 +118,7 @@ def run_core(subject, device, args, slug: str, bundle: Path, title: str) -> core
     summary = {"model": slug, f"{result.label} metric": result.core, "max per task": args.max_per_task}
     if result.missing:
         summary["missing tasks"] = ", ".join(result.missing)
+    summary.update(notes)
     report.log_section(title, summary, core.markdown_table(result))
     return result
 

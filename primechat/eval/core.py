@@ -30,6 +30,7 @@ import urllib.error
 import urllib.request
 import zipfile
 from dataclasses import dataclass
+from typing import NamedTuple
 from pathlib import Path
 
 import torch
@@ -225,13 +226,18 @@ def prepare_example(idx: int, data: list[dict], task: Task, encode, bos: int, ma
                             f"continuation, so the continuation cannot be located")
         tokens, starts, ends = [with_], [len(without)], [len(with_)]
     if max_seq_len is not None:
-        crops = [max(0, len(t) - max_seq_len) for t in tokens]
-        tokens = [t[c:] for t, c in zip(tokens, crops)]
-        starts = [s - c for s, c in zip(starts, crops)]
-        ends = [e - c for e, c in zip(ends, crops)]
-        if min(starts) < 1:  # the first scored token must still have a token before it
-            raise UserError(f"{task.label} example {idx}: the scored tokens alone exceed the model's "
-                            f"{max_seq_len}-token limit")
+        tokens, starts, ends = crop_left(tokens, starts, ends, max_seq_len, f"{task.label} example {idx}")
+    return tokens, starts, ends
+
+
+def crop_left(tokens, starts, ends, max_seq_len: int, where: str):
+    """The sequences cut from the left to max_seq_len tokens, their scored spans moved with them."""
+    crops = [max(0, len(t) - max_seq_len) for t in tokens]
+    tokens = [t[c:] for t, c in zip(tokens, crops)]
+    starts = [s - c for s, c in zip(starts, crops)]
+    ends = [e - c for e, c in zip(ends, crops)]
+    if min(starts) < 1:  # the first scored token must still have a token before it
+        raise UserError(f"{where}: the scored tokens alone exceed the model's {max_seq_len}-token limit")
     return tokens, starts, ends
 
 
@@ -256,18 +262,31 @@ def score_example(model, tokens, starts, ends, task_type: str, gold: int | None,
     return mean_losses.argmin().item() == gold  # one host sync per example; ties go to the first, as DCLM's
 
 
-def evaluate_task(model, data: list[dict], task: Task, encode, bos: int, device, max_seq_len=None) -> float:
-    """Accuracy on a task. Rank r of N takes examples r, r+N, …; the per-example results are summed across ranks."""
+class TaskScore(NamedTuple):
+    accuracy: float
+    over_context: int  # examples longer than the model's trained context (run past it, as nanochat does)
+    cropped: int  # examples longer than the model can run at all, cut from the left
+
+
+def evaluate_task(model, data: list[dict], task: Task, encode, bos: int, device, max_seq_len=None,
+                  trained_context=None) -> TaskScore:
+    """Accuracy on a task, and how many examples went past the trained context or were cropped to max_seq_len.
+    Rank r of N takes examples r, r+N, …; the per-example results are summed across ranks."""
     _, rank, _, world = dist_info()
-    correct = torch.zeros(len(data), dtype=torch.float32, device=device)
+    results = torch.zeros(len(data), 3, dtype=torch.float32, device=device)  # correct, over context, cropped
     indices = range(rank, len(data), world)
     for idx in progress(indices, desc=task.label, unit="ex", leave=False) if rank == 0 else indices:
-        tokens, starts, ends = prepare_example(idx, data, task, encode, bos, max_seq_len)
-        correct[idx] = float(score_example(model, tokens, starts, ends, task.task_type, data[idx].get("gold"), bos,
-                                           device))
+        tokens, starts, ends = prepare_example(idx, data, task, encode, bos)
+        longest = max(len(t) for t in tokens)
+        if max_seq_len is not None and longest > max_seq_len:
+            tokens, starts, ends = crop_left(tokens, starts, ends, max_seq_len, f"{task.label} example {idx}")
+        correct = score_example(model, tokens, starts, ends, task.task_type, data[idx].get("gold"), bos, device)
+        results[idx] = torch.tensor([correct, trained_context is not None and longest > trained_context,
+                                     max_seq_len is not None and longest > max_seq_len])
     if world > 1 and dist.is_initialized():
-        dist.all_reduce(correct, op=dist.ReduceOp.SUM)
-    return correct.mean().item()
+        dist.all_reduce(results, op=dist.ReduceOp.SUM)
+    correct, over, cropped = results.sum(dim=0).tolist()
+    return TaskScore(correct / len(data), int(over), int(cropped))
 
 
 def centered(accuracy: float, random_baseline: float) -> float:
@@ -278,7 +297,8 @@ def centered(accuracy: float, random_baseline: float) -> float:
 
 @dataclass
 class CoreResult:
-    rows: list[dict]  # {"task", "type", "shots", "examples", "accuracy", "centered", "seconds"} per evaluated task
+    rows: list[dict]  # {"task", "type", "shots", "examples", "accuracy", "centered", "seconds", "over_context",
+    # "cropped"} per evaluated task
     missing: list[str]  # labels of tasks whose data file is absent
     total_tasks: int
     core: float
@@ -289,11 +309,28 @@ class CoreResult:
             return f"CORE (partial, {len(self.rows)}/{self.total_tasks} tasks)"
         return "CORE"
 
+    def context_notes(self, trained_context: int | None, max_seq_len: int | None) -> dict[str, str]:
+        """What the score owes to prompts longer than the model was trained on, for the screen and the report."""
+        notes = {}
+        examples = sum(r["examples"] for r in self.rows)
+        over = [r for r in self.rows if r["over_context"]]
+        if over:
+            count = sum(r["over_context"] for r in over)
+            notes["over context"] = (f"{count:,} of {examples:,} examples ({len(over)} of {len(self.rows)} tasks) are "
+                                     f"longer than the model's {trained_context:,}-token context: run past it as "
+                                     f"nanochat does, where the model is weaker")
+        cropped = sum(r["cropped"] for r in self.rows)
+        if cropped:
+            notes["cropped"] = (f"{cropped:,} examples longer than {max_seq_len:,} tokens (all the model can run) "
+                                f"were cropped from the left")
+        return notes
+
 
 def evaluate_core(model, encode, bos: int, device, bundle: Path, max_per_task: int = -1, max_seq_len=None,
-                  strict: bool = False, log=print, abandon=lambda: False) -> CoreResult | None:
-    """Evaluate every task of the bundle whose data file exists (all of them, or a UserError, if strict). abandon()
-    is asked before each task (a training run's stop: the save should not wait for 22 tasks); yes gives None."""
+                  strict: bool = False, log=print, abandon=lambda: False, trained_context=None) -> CoreResult | None:
+    """Evaluate every task of the bundle whose data file exists (all of them, or a UserError, if strict). Prompts
+    are cropped to max_seq_len; those longer than trained_context are counted. abandon() is asked before each task
+    (a training run's stop: the save should not wait for 22 tasks); yes gives None."""
     tasks = load_tasks(bundle)
     missing = [t.label for t in tasks if not (bundle / "eval_data" / t.dataset_uri).exists()]
     if len(missing) == len(tasks):
@@ -316,12 +353,14 @@ def evaluate_core(model, encode, bos: int, device, bundle: Path, max_per_task: i
             raise UserError(f"{task.label} has {len(data)} examples, too few for its {task.num_fewshot}-shot "
                             f"prompts (each draws its shots from the others): use --max-per-task "
                             f"{task.num_fewshot + 1} or more")
-        accuracy = evaluate_task(model, data, task, encode, bos, device, max_seq_len)
+        score = evaluate_task(model, data, task, encode, bos, device, max_seq_len, trained_context)
         row = {"task": task.label, "type": task.task_type, "shots": task.num_fewshot, "examples": len(data),
-               "accuracy": accuracy, "centered": centered(accuracy, task.random_baseline),
-               "seconds": time.time() - t0}
+               "accuracy": score.accuracy, "centered": centered(score.accuracy, task.random_baseline),
+               "seconds": time.time() - t0, "over_context": score.over_context, "cropped": score.cropped}
+        over = f"  {score.over_context} over context" if score.over_context else ""
+        over += f", {score.cropped} cropped" if score.cropped else ""
         log(f"{task.label:<34} {task.num_fewshot:>2}-shot {task.task_type:<17} {len(data):>5} ex  "
-            f"accuracy {accuracy:.4f}  centered {row['centered']:+.4f}  {row['seconds']:.1f}s")
+            f"accuracy {score.accuracy:.4f}  centered {row['centered']:+.4f}  {row['seconds']:.1f}s{over}")
         rows.append(row)
     core = sum(r["centered"] for r in rows) / len(rows)
     return CoreResult(rows=rows, missing=missing, total_tasks=len(tasks), core=core)
