@@ -8,6 +8,7 @@ Commands: /clear (or clear: new conversation), /temperature [value], /topk [k], 
 Ctrl-C stops the reply being written (it stays in the conversation) or, at the prompt, clears the line.
 """
 
+import random
 import sys
 import time
 
@@ -51,7 +52,7 @@ class Chat:
     """One conversation with a model: sends a turn, streams the reply to `out`, keeps the token history."""
 
     def __init__(self, engine, tokenizer, chat_format: bool, temperature: float, top_k: int, max_tokens: int,
-                 out=None):
+                 out=None, seed: int = 0):
         self.engine, self.tokenizer, self.chat_format = engine, tokenizer, chat_format
         self.temperature, self.top_k, self.max_tokens = temperature, top_k, max_tokens
         self.out = out or sys.stdout
@@ -59,8 +60,9 @@ class Chat:
         self.user_start, self.user_end = special("<|user_start|>"), special("<|user_end|>")
         self.assistant_start, self.assistant_end = special("<|assistant_start|>"), special("<|assistant_end|>")
         self.decoder = StreamDecoder(tokenizer, tool_call_specials(tokenizer))
-        self.seed = 0
+        self.seed = seed  # each reply draws with the next one
         self.stopped = False  # whether Ctrl-C cut the last reply short
+        self.context = 0  # tokens in context after the last reply
         self.clear()
 
     def clear(self):
@@ -80,7 +82,7 @@ class Chat:
         if not self.chat_format:
             self.out.write(text)  # the reply continues it
         self.out.flush()
-        self.seed += 1  # a fresh draw each turn, reproducible across runs
+        self.seed += 1  # a fresh draw each turn; the same --seed repeats a session's replies
         self.stopped = False
         start = time.perf_counter()
         first = None
@@ -109,8 +111,8 @@ class Chat:
         ttft = (first or end) - start
         rate = f"{(n - 1) / (end - first):.1f} tok/s" if n > 1 and end > first else "- tok/s"
         stopped = " (stopped)" if self.stopped else ""
-        context = len(self.tokens) if self.chat_format else len(prompt) + n
-        return f"time to first token {ttft * 1000:.0f} ms · {rate} · {n} tokens{stopped} · {context} in context"
+        self.context = len(self.tokens) if self.chat_format else len(prompt) + n
+        return f"time to first token {ttft * 1000:.0f} ms · {rate} · {n} tokens{stopped} · {self.context} in context"
 
     def _too_long(self, length: int) -> str:
         limit = f"too long for this model's {self.engine.context:,}-token limit"
@@ -162,6 +164,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("-t", "--temperature", type=float, default=0.6, help="sampling temperature (0 = greedy)")
     parser.add_argument("-k", "--top-k", type=int, default=50, help="sample among the k likeliest tokens (0 = all)")
     parser.add_argument("-m", "--max-tokens", type=int, default=512, help="longest reply in tokens")
+    parser.add_argument("--seed", type=int, default=None, help="sampling seed, to repeat replies (default: a new "
+                        "one each run, so a prompt asked again gets another answer)")
     parser.add_argument("--device-type", choices=["cuda", "mps", "cpu"], help="default: autodetect")
 
 
@@ -170,11 +174,15 @@ def main(args) -> None:
         raise UserError("--temperature and --top-k must be >= 0 and --max-tokens >= 1")
     device, _, _ = compute_init(args.device_type)
     model, tokenizer, name = load_stage(args.source, args.model_tag, args.step, device)
+    seed = random.SystemRandom().randrange(2**31) if args.seed is None else args.seed
     chat = Chat(Engine(model, tokenizer), tokenizer, chat_format=args.source != "base",
-                temperature=args.temperature, top_k=args.top_k, max_tokens=args.max_tokens)
+                temperature=args.temperature, top_k=args.top_k, max_tokens=args.max_tokens, seed=seed)
     if args.prompt is not None:
         stats = chat.reply(args.prompt)
         print(stats, file=sys.stderr)
+        if chat.context > model.config.sequence_len:
+            print(f"(the prompt and reply, {chat.context:,} tokens, run past the {model.config.sequence_len}-token "
+                  f"context the model was trained on, where replies degrade)", file=sys.stderr)
         if chat.stopped:  # one-shot: Ctrl-C ends the command as usual (exit 130), after what it wrote
             raise KeyboardInterrupt
         return

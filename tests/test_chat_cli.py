@@ -121,6 +121,24 @@ def test_one_shot_prompt_prints_the_reply_and_exits(chat_env, cli):
     assert "time to first token" in first.err and "time to first token" not in first.out
 
 
+def test_a_prompt_asked_again_gets_another_sample_unless_the_seed_is_given(chat_env, cli):
+    def ask(*flags):
+        result = cli.run("chat", "-p", "hello", "-t", "1", "-k", "0", "-m", "8", "--device-type", "cpu", *flags)
+        assert result.code == 0, result.err
+        return result.out
+
+    assert ask("--seed", "7") == ask("--seed", "7")
+    assert len({ask(), ask(), ask()}) > 1  # one seed for every run made these equal
+
+
+def test_one_shot_says_when_it_ran_past_the_trained_context(chat_env, cli):
+    short = cli.run("chat", "-p", "hello", "-t", "0", "-m", "4", "--device-type", "cpu")
+    assert short.code == 0 and "trained on" not in short.err
+    long = cli.run("chat", "-p", "the cat sat " * 20, "-t", "0", "-m", "4", "--device-type", "cpu")
+    assert long.code == 0, long.err
+    assert "run past the 64-token context the model was trained on" in long.err and "trained on" not in long.out
+
+
 def test_base_model_completes_plain_text(chat_env, cli):
     result = cli("chat", "-i", "base", "-p", "the cat", "-m", "5", "--device-type", "cpu")
     assert result.code == 0, result.err
