@@ -272,6 +272,22 @@ def test_output_tag_trains_a_stage_again_from_the_same_source(base_home, tmp_pat
     assert_user_error(train("rl", home, "--output-tag", "a/b"), "--output-tag 'a/b' is not a plain name")
 
 
+def test_resume_refuses_a_run_that_ends_before_the_checkpoint(base_home, tmp_path):
+    """Like base and RL: --resume with fewer steps (or epochs) than the checkpoint has trained is refused in one line,
+    not "finished" with the saved run's numbers (its report section stays as it was)."""
+    home = copy_home(base_home, tmp_path)
+    ok(train("mid", home, "--num-iterations", 3))
+    section = (home / "report" / "midtraining.md").read_text()
+    assert_user_error(train("mid", home, "--num-iterations", 2, "--resume"),
+                      "the checkpoint is at step 3, past this run's 2 steps: raise --num-iterations (the saved run "
+                      "had 3)")
+    assert_user_error(train("mid", home, "--num-iterations", -1, "--num-epochs", 0.001, "--resume"),
+                      "past this run's 0.001: raise --num-epochs")
+    assert (home / "report" / "midtraining.md").read_text() == section
+    longer = ok(train("mid", home, "--num-iterations", 4, "--resume"))
+    assert "the saved run had 3 steps, this one 4" in longer.stdout and "done: 4 steps" in longer.stdout
+
+
 def test_sigterm_saves_and_resume_finishes(base_home, tmp_path):
     home = copy_home(base_home, tmp_path)
     proc = subprocess.Popen(command("mid", home, "--num-iterations", 500, "--eval-every", -1), env=env_for(home),

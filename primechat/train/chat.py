@@ -34,7 +34,7 @@ from primechat.tasks.mixture import load_mixture, resolve as resolve_mixture
 from primechat.train import checkpoint
 from primechat.train.base import B_REF, DEVICE_BATCH_SIZE, check_fraction, check_learning_rates
 from primechat.train.loop import (RunLog, StepReport, StopRequest, add_speed_arguments, add_wandb_arguments, due,
-                                  note_validation, out_of_memory, record_typed_flags, refuse_float16, say,
+                                  note_validation, out_of_memory, record_typed_flags, refuse_float16, resume, say,
                                   training_model, validation_batches, wandb_run)
 
 # Per stage: the stage it starts from, its mixture, schedule and evaluation cadence. For SFT from a base model (no
@@ -145,6 +145,16 @@ def lr_multiplier(progress: float, warmdown_ratio: float) -> float:
     return max(0.0, (1 - progress) / warmdown_ratio)
 
 
+def check_epochs(step: int, progress: float, num_epochs: float, saved_config: dict):
+    """loop.check_horizon for a run that ends by epochs: refused when the checkpoint has seen more of the data than
+    this run trains on. A finished run's last step passes its own target a little, so that target still resumes."""
+    saved_epochs = saved_config.get("num_epochs") if saved_config.get("num_iterations", -1) <= 0 else None
+    if progress > num_epochs and (saved_epochs is None or num_epochs < saved_epochs):
+        raise UserError(f"the checkpoint at step {step} has trained on {progress:.2f} epochs, past this run's "
+                        f"{num_epochs:g}: raise --num-epochs" + (f" (the saved run had {saved_epochs:g})"
+                                                                  if saved_epochs is not None else ""))
+
+
 def warm_start(optimizer, source_folder, source_step: int, rank: int, device) -> bool:
     """Load the source's optimizer state (Adam moments, Muon momentum) but keep this run's learning rates."""
     path = source_folder / f"optim_{source_step:06d}_rank{rank}.pt"
@@ -219,18 +229,17 @@ def main(args):
         group["lr"] = group["initial_lr"] = group["initial_lr"] * settings["init_lr_frac"]
 
     # Resume this stage, or start from the source.
-    step, loader_state = 0, None
     loop = {"progress": 0.0, "smooth_loss": 0.0, "training_time": 0.0, "val_bpb": None, "min_val_bpb": float("inf"),
             "metrics": {}}
-    resumed_at = checkpoint.resume_point(folder, args.resume, args.resume_from_step,
-                                         f"from {args.source} {source_tag}", rank, device, "--output-tag")
+    num_steps = args.num_iterations if args.num_iterations > 0 else None  # else the run ends after --num-epochs
+    resumed_at, meta, loader_state = resume(
+        folder, args, loop, num_steps, model=model, optimizer=optimizer, model_config=source_meta["model_config"],
+        user_config=user_config, rank=rank, world=world, device=device, fresh_start=f"from {args.source} {source_tag}",
+        source=(args.source, source_tag), tag_flag="--output-tag")
+    step = resumed_at or 0
     if resumed_at is not None:
-        step = resumed_at
-        meta = checkpoint.resume_training(folder, step, source_meta["model_config"], model, optimizer, rank,
-                                           world, device, user_config)
-        checkpoint.refuse_other_source(meta, args.source, source_tag, folder, step)
-        loader_state = checkpoint.load_rank_state(folder, step, "loader", rank)
-        loop.update(meta["loop_state"])
+        if num_steps is None:
+            check_epochs(resumed_at, loop["progress"], args.num_epochs, meta["user_config"])
     elif args.load_optimizer and warm_start(optimizer, source_folder, source_meta["step"], rank, device):
         print0(f"optimizer state warm-started from {args.source} {source_tag} step {source_meta['step']}")
     elif args.load_optimizer:
@@ -286,7 +295,7 @@ def main(args):
                                                        "step": source_meta["step"]},
                 "mixture": str(mixture.path), **{k: settings[k] for k in ("device_batch_size", "max_seq_len",
                                                                           "total_batch_size")},
-                "world_size": world, "metrics": loop["metrics"], "loop_state": loop}
+                "world_size": world, "num_iterations": num_steps, "metrics": loop["metrics"], "loop_state": loop}
         checkpoint.save_checkpoint(folder, step, model.state_dict(), meta, optimizer.state_dict(),
                                    train_loader.state_dict(), rank)
         draw_curve()

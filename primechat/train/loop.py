@@ -11,7 +11,8 @@
 - add_speed_arguments, training_model: --attention and --compile, the same in every trainer and in bench train.
 - record_typed_flags: parsing notes which flags were typed (args.typed_flags), so a resume can take the others from
   the saved run (checkpoint.inherit_saved_flags).
-- check_horizon: a resumed run may change its number of steps, but not end before the step it resumes from.
+- resume: --resume / --resume-from-step, one sequence for every trainer; check_horizon: a resumed run may change
+  its number of steps, but not end before the step it resumes from.
 - validation_batches: this rank's share of the validation rows, packed once.
 """
 
@@ -27,6 +28,7 @@ from tqdm import tqdm
 
 from primechat.attention import BACKENDS, use_backend
 from primechat.common import UserError, atomic_path, is_master, peak_flops, print0
+from primechat.train import checkpoint
 
 
 class StopRequest:
@@ -166,13 +168,35 @@ def refuse_float16(dtype: torch.dtype):
                         "PRIMECHAT_DTYPE=bfloat16 (GPUs since Ampere) or float32")
 
 
-def check_horizon(resumed_at: int, num_steps: int, saved_num_steps: int):
+def check_horizon(resumed_at: int, num_steps: int, saved_num_steps: int | None):
+    """saved_num_steps: None where the saved run did not count steps (mid/SFT by epochs, older RL checkpoints)."""
     if resumed_at > num_steps:
+        had = f" (the saved run had {saved_num_steps})" if saved_num_steps is not None else ""
         raise UserError(f"the checkpoint is at step {resumed_at}, past this run's {num_steps} steps: raise "
-                        f"--num-iterations (the saved run had {saved_num_steps})")
-    if num_steps != saved_num_steps:
+                        f"--num-iterations{had}")
+    if saved_num_steps is not None and num_steps != saved_num_steps:
         print0(f"note: the saved run had {saved_num_steps:,} steps, this one {num_steps:,}: the learning-rate "
                f"schedule changes from step {resumed_at} on")
+
+
+def resume(folder, args, loop: dict, num_steps: int | None, *, model, optimizer, model_config: dict, user_config: dict,
+           rank: int, world: int, device, fresh_start: str, source: tuple[str, str] | None = None,
+           tag_flag: str = "--model-tag", loader: bool = True) -> tuple[int | None, dict | None, dict | None]:
+    """--resume / --resume-from-step, the same in every trainer: (the saved step this run continues from, its meta,
+    this rank's data-loader state), or (None, None, None) for a new run. Loads the step's model and optimizer shard,
+    takes back its loop state into `loop`, and refuses a step trained from another source (mid/SFT/RL: `source` is
+    the (stage, tag) read) or past the run's num_steps (None: the run ends by epochs, checked by its trainer).
+    Nothing on disk changes here: the trainer sets later steps aside once its own checks have passed too."""
+    step = checkpoint.resume_point(folder, args.resume, args.resume_from_step, fresh_start, rank, device, tag_flag)
+    if step is None:
+        return None, None, None
+    meta = checkpoint.resume_training(folder, step, model_config, model, optimizer, rank, world, device, user_config)
+    if source is not None:
+        checkpoint.refuse_other_source(meta, *source, folder, step)
+    if num_steps is not None:
+        check_horizon(step, num_steps, meta.get("num_iterations"))
+    loop.update(meta["loop_state"])
+    return step, meta, checkpoint.load_rank_state(folder, step, "loader", rank) if loader else None
 
 
 def out_of_memory(device_batch_size: int) -> UserError:

@@ -33,8 +33,8 @@ from primechat.tasks.gsm8k import GSM8K
 from primechat.tasks.mixture import GENERATED, generated_task
 from primechat.train import checkpoint
 from primechat.train.chat import check_arguments
-from primechat.train.loop import (RunLog, StopRequest, add_wandb_arguments, check_horizon, due, out_of_memory,
-                                  record_typed_flags, refuse_float16, say)
+from primechat.train.loop import (RunLog, StopRequest, add_wandb_arguments, due, out_of_memory, record_typed_flags,
+                                  refuse_float16, resume, say)
 
 # --task: GSM8K, or a generated task that scores answers, by its name in tasks/mixture.py's GENERATED
 RL_TASKS = ["gsm8k", *(name for name, task in GENERATED.items() if task.eval_type)]
@@ -162,17 +162,12 @@ def main(args):
     tag = args.output_tag or source_tag
     folder = checkpoint.checkpoint_dir("rl", tag)
 
-    step = 0
     loop = {"training_time": 0.0, "pass_at_k": {}, "mean_reward": None}
-    resumed_at = checkpoint.resume_point(folder, args.resume, args.resume_from_step,
-                                         f"from {args.source} {source_tag}", rank, device, "--output-tag")
-    if resumed_at is not None:
-        step = resumed_at
-        meta = checkpoint.resume_training(folder, step, source_meta["model_config"], model, optimizer, rank,
-                                           world, device, user_config)
-        checkpoint.refuse_other_source(meta, args.source, source_tag, folder, step)
-        loop.update(meta["loop_state"])
-        check_horizon(step, num_steps, meta.get("num_iterations", num_steps))  # older RL checkpoints lack it
+    resumed_at, _, _ = resume(
+        folder, args, loop, num_steps, model=model, optimizer=optimizer, model_config=source_meta["model_config"],
+        user_config=user_config, rank=rank, world=world, device=device, fresh_start=f"from {args.source} {source_tag}",
+        source=(args.source, source_tag), tag_flag="--output-tag", loader=False)
+    step = resumed_at or 0
     print0(f"RL on {args.task}: {len(train_task):,} problems, {num_steps} steps × {args.examples_per_step} problems "
            f"× {args.num_samples} samples, from {args.source} {source_tag} step {source_meta['step']} on {device}")
 
