@@ -108,6 +108,20 @@ def step_files(folder: Path, step: int) -> list[Path]:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# The schedules
+
+def test_chat_and_rl_schedules():
+    """mid/SFT: LR 1 then a linear warmdown to 0 over the last warmdown_ratio, Muon momentum 0.85 → 0.95 over 300
+    steps; RL: LR linear from 1 to 0 (base's are pinned in test_train.py)."""
+    from primechat.train.chat import chat_lr_multiplier, chat_muon_momentum
+    from primechat.train.rl import rl_lr_multiplier
+    assert [chat_lr_multiplier(p / 10, 0.2) for p in range(11)] == pytest.approx([1] * 9 + [0.5, 0])
+    assert chat_lr_multiplier(0.99, 0.0) == 1.0
+    assert [chat_muon_momentum(s) for s in (0, 150, 300, 1000)] == pytest.approx([0.85, 0.90, 0.95, 0.95])
+    assert [rl_lr_multiplier(s, 4) for s in range(4)] == [1.0, 0.75, 0.5, 0.25]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # The loader
 
 def test_loader_packs_whole_conversations_and_trains_only_the_assistant(tokenizer):

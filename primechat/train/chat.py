@@ -138,11 +138,19 @@ def inherit(args, source_meta: dict, world: int) -> dict:
                 batch_lr_scale=math.sqrt(total / B_REF), **lrs)
 
 
-def lr_multiplier(progress: float, warmdown_ratio: float) -> float:
-    """1 until the last warmdown_ratio of the run, then linearly down to 0."""
+# The mid/SFT schedules, as functions of the run's progress (0 → 1) and step; base's are train/base.py's
+# lr_multiplier and muon_momentum, RL's is rl.py's rl_lr_multiplier.
+
+def chat_lr_multiplier(progress: float, warmdown_ratio: float) -> float:
+    """1 until the last warmdown_ratio of the run, then linearly down to 0 (no warmup)."""
     if warmdown_ratio <= 0 or progress < 1 - warmdown_ratio:
         return 1.0
     return max(0.0, (1 - progress) / warmdown_ratio)
+
+
+def chat_muon_momentum(step: int) -> float:
+    """0.85 → 0.95 over the first 300 steps, then constant."""
+    return 0.85 + 0.10 * min(step / 300, 1.0)
 
 
 def check_epochs(step: int, progress: float, num_epochs: float, saved_config: dict):
@@ -330,11 +338,11 @@ def main(args):
 
         # One optimizer step: grad_accum micro-batches, then the synchronising optimizer.
         t0 = time.time()
-        lrm = lr_multiplier(run_progress(), settings["warmdown_ratio"])
+        lrm = chat_lr_multiplier(run_progress(), settings["warmdown_ratio"])
         for group in optimizer.param_groups:
             group["lr"] = group["initial_lr"] * lrm
             if group["kind"] == "muon":
-                group["momentum"] = 0.85 + 0.10 * min(step / 300, 1.0)
+                group["momentum"] = chat_muon_momentum(step)
         train_loss = torch.zeros((), device=device)
         try:
             for _ in range(settings["grad_accum"]):

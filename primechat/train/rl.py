@@ -48,6 +48,11 @@ def load_rl_task(name: str, split: str, words: str) -> Task:
     return generated_task(name, words, size=GENERATED_SIZES[split], split=split)
 
 
+def rl_lr_multiplier(step: int, num_steps: int) -> float:
+    """RL's schedule (mid/SFT's: chat.py chat_lr_multiplier; base's: base.py lr_multiplier): linear from 1 to 0."""
+    return 1.0 - step / num_steps
+
+
 def count_steps(args, num_problems: int) -> int:
     """--num-iterations, else the steps of --num-epochs passes over the training problems (nanochat's count, which
     a fraction of an epoch shortens: the problems are taken in order from the step number)."""
@@ -203,7 +208,7 @@ def main(args):
             break
 
         t0 = time.time()
-        lrm = 1.0 - step / num_steps
+        lrm = rl_lr_multiplier(step, num_steps)
         for group in optimizer.param_groups:
             group["lr"] = group["initial_lr"] * lrm
         rewards_sum, lengths = torch.zeros((), dtype=torch.float64), []
