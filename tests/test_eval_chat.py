@@ -17,7 +17,7 @@ from primechat.engine import Engine
 from primechat.eval.chat import (CHATCORE_BASELINES, TASKS, categorical_results, chatcore, evaluate_categorical,
                                  evaluate_generative, generative_results, load_task, pass_at_k, sample_outcomes)
 from primechat.tasks.common import MultipleChoiceTask, Task
-from primechat.tasks.gsm8k import extract_answer
+from primechat.tasks.common import extract_number
 from primechat.train.checkpoint import checkpoint_dir, save_checkpoint
 from test_chat_cli import tiny_model, tiny_tokenizer
 from test_tasks import HUMANEVAL_ROW, arc_rows, gsm_rows, mmlu_rows, put_parquet
@@ -156,7 +156,7 @@ class Sums(Task):
 
     def evaluate(self, conversation, completion):
         self.seen.append(completion)
-        return extract_answer(completion) == conversation["answer"]
+        return extract_number(completion) == conversation["answer"]
 
 
 def scripted_engine(monkeypatch, replies):

@@ -16,9 +16,9 @@ from primechat.common import UserError
 from primechat.tasks.arc import ARC
 from primechat.tasks.arithmetic import Arithmetic
 from primechat.tasks.chat import ChatTask
-from primechat.tasks.common import Task, TaskMixture, render_mc
+from primechat.tasks.common import Task, TaskMixture, extract_number, render_mc
 from primechat.tasks.customjson import CustomJSON
-from primechat.tasks.gsm8k import GSM8K, extract_answer, solution_parts
+from primechat.tasks.gsm8k import GSM8K, solution_parts
 from primechat.tasks.humaneval import HumanEval
 from primechat.common import CONFIGS_DIR as CONFIGS
 from primechat.tasks.mixture import GENERATED, _check_entry, generated_task, load_mixture
@@ -153,9 +153,10 @@ def test_gsm8k_from_hub_shuffled_like_datasets_and_cached_for_offline_use(fake_h
 
 
 def test_gsm8k_answer_parsing_and_calculator_parts():
-    assert extract_answer("so the total is\n#### 1,234") == "1234"
-    assert extract_answer("#### -3.5 apples") == "-3.5"
-    assert extract_answer("no final answer") is None
+    assert extract_number("so the total is\n#### 1,234") == "1234"
+    assert extract_number("#### -3.5 apples") == "-3.5"
+    assert extract_number("no final answer") is None
+    assert extract_number("#### apple") is None  # numbers only: a task with text answers needs its own reader
     assert solution_parts(GSM_ANSWER) == [
         {"type": "text", "text": "Natalia sold 48/2 = "},
         {"type": "python", "text": "48/2"}, {"type": "python_output", "text": "24"},

@@ -8,8 +8,7 @@ Generative: evaluate() compares the number after `#### `.
 
 import random
 
-from primechat.tasks.common import Task
-from primechat.tasks.gsm8k import extract_answer
+from primechat.tasks.common import Task, extract_number
 
 QUESTIONS = ["What is {expr}?", "Compute {expr}.", "Calculate {expr}", "what's {expr}?", "{expr} = ?",
              "Please work out {expr}.", "Can you tell me what {expr} equals?", "Solve: {expr}"]
@@ -41,4 +40,4 @@ class Arithmetic(Task):
                 "answer": result}
 
     def evaluate(self, conversation: dict, completion: str) -> bool:
-        return extract_answer(completion) == conversation["answer"]
+        return extract_number(completion) == conversation["answer"]

@@ -16,12 +16,24 @@ task twice doubles its share: that is how mixtures oversample.
 """
 
 import random
+import re
 
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+FINAL_NUMBER = re.compile(r"#### (\-?[0-9\.\,]+)")
 
 
 class Task:
-    """Base class: subclasses implement num_examples() and get_example(index) over their whole underlying data."""
+    """Base class: subclasses implement num_examples() and get_example(index) over their whole underlying data.
+
+    A generated task (tasks/arithmetic.py, say) is one class plus its line in tasks/mixture.py's GENERATED:
+    - its constructor takes size, split ("train"/"test"), seed and the slice's start/stop/step as keywords, and
+      words (a list) when needs_words = True (mixture.generated_task loads it);
+    - example i is the same on every run (e.g. drawn from Random(f"name:{seed}:{split}:{i}")), and test differs
+      from train;
+    - eval_type = "generative" with evaluate(conversation, completion) makes it count for `eval chat -a`,
+      `--metrics` and `train rl --task`; its examples then carry "answer", what evaluate compares against. None: it
+      is training data only. extract_number reads a number only: a task with text answers needs its own reader.
+    """
 
     eval_type = None
     needs_words = False
@@ -74,6 +86,13 @@ class TaskMixture:
 
     def __iter__(self):
         return (self[i] for i in range(len(self)))
+
+
+def extract_number(text: str) -> str | None:
+    """The number after the first `#### ` (GSM8K's final-answer line), commas removed ("1,234" -> "1234"), or None
+    if there is none: a text after `#### ` is None too."""
+    match = FINAL_NUMBER.search(text)
+    return match.group(1).strip().replace(",", "") if match else None
 
 
 def render_mc(question: str, letters: list[str], choices: list[str]) -> str:

@@ -8,17 +8,10 @@ line `#### 72` stays as text, and the number after `#### ` is the answer that ev
 
 import re
 
-from primechat.tasks.common import Task
+from primechat.tasks.common import Task, extract_number
 from primechat.tasks.hub import HubRows
 
 CALC = re.compile(r"<<([^<>]*?)>>")
-ANSWER = re.compile(r"#### (\-?[0-9\.\,]+)")
-
-
-def extract_answer(text: str) -> str | None:
-    """The number after the first `#### `, commas removed ("1,234" -> "1234"), or None if there is none."""
-    match = ANSWER.search(text)
-    return match.group(1).strip().replace(",", "") if match else None
 
 
 def solution_parts(solution: str) -> list[dict]:
@@ -49,8 +42,8 @@ class GSM8K(Task):
         row = self.rows[index]
         return {"messages": [{"role": "user", "content": row["question"]},
                              {"role": "assistant", "content": solution_parts(row["answer"])}],
-                "answer": extract_answer(row["answer"])}
+                "answer": extract_number(row["answer"])}
 
     def evaluate(self, conversation: dict, completion: str) -> bool:
-        predicted = extract_answer(completion)
+        predicted = extract_number(completion)
         return predicted is not None and predicted == conversation["answer"]

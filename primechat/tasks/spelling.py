@@ -11,8 +11,7 @@ every run and rank, and train and test draw different examples.
 
 import random
 
-from primechat.tasks.common import Task
-from primechat.tasks.gsm8k import extract_answer
+from primechat.tasks.common import Task, extract_number
 
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
 
@@ -99,4 +98,4 @@ class SpellingBee(SpellingTask):
                 "answer": str(count)}
 
     def evaluate(self, conversation: dict, completion: str) -> bool:
-        return extract_answer(completion) == conversation["answer"]
+        return extract_number(completion) == conversation["answer"]
