@@ -31,7 +31,7 @@ from primechat.engine import Engine
 from primechat.tasks.arc import ARC
 from primechat.tasks.gsm8k import GSM8K
 from primechat.tasks.humaneval import HumanEval
-from primechat.tasks.mixture import GENERATED, generated_task
+from primechat.tasks.mixture import EVAL_SIZE, GENERATED, generated_task
 from primechat.tasks.mmlu import MMLU
 from primechat.train.checkpoint import STAGE_DIRS, check_model_tag, default_tag, load_model
 
@@ -44,25 +44,34 @@ TASKS = {
     "MMLU": lambda words: MMLU("test"),
     "GSM8K": lambda words: GSM8K("test"),
     "HumanEval": lambda words: HumanEval("test"),
-    # the generated tasks that score answers (tasks/mixture.py's GENERATED) under their class names: SpellingBee,
-    # Arithmetic; 256 problems, nanochat's SpellingBee size
-    **{task.__name__: partial(generated_task, name, size=256, split="test")
+    # the generated tasks that score answers (tasks/mixture.py's GENERATED), under their class names
+    **{task.__name__: partial(generated_task, name, size=EVAL_SIZE, split="test")
        for name, task in GENERATED.items() if task.eval_type},
 }
+# the names a mixture and `train rl --task` use, taken too: spelling-bee is SpellingBee
+ALIASES = {"gsm8k": "GSM8K", **{name: task.__name__ for name, task in GENERATED.items() if task.eval_type}}
 # ChatCORE's tasks and their random baselines: nanochat's Oct 2025 definition (see above), so a task added to TASKS
 # leaves ChatCORE as it is
 CHATCORE_BASELINES = {"ARC-Easy": 0.25, "ARC-Challenge": 0.25, "MMLU": 0.25, "GSM8K": 0.0, "HumanEval": 0.0}
 
 
-def check_task(name: str) -> None:
+def task_name(name: str) -> str:
+    """The TASKS name of a task, given as that or as an alias (ALIASES)."""
+    name = ALIASES.get(name, name)
     if name not in TASKS:
-        raise UserError(f"unknown task {name!r}: choose from {'|'.join(TASKS)} (several separated by |)")
+        raise UserError(f"unknown task {name!r}: choose from {'|'.join(TASKS)} (several separated by |), or by the "
+                        f"name a mixture and `train rl --task` use: {', '.join(ALIASES)}")
+    return name
+
+
+def task_names(text: str) -> list[str]:
+    """The tasks of a '|'-separated list (-a, --metrics), each once, by their TASKS names."""
+    return list(dict.fromkeys(task_name(n.strip()) for n in text.split("|") if n.strip()))
 
 
 def load_task(name: str, words: str = WORDS_URL):
-    """The test split of a task of TASKS, shuffled with seed 42 as nanochat's."""
-    check_task(name)
-    return TASKS[name](words)
+    """The test split of a task of TASKS (or an alias), shuffled with seed 42 as nanochat's."""
+    return TASKS[task_name(name)](words)
 
 
 def num_problems(task, max_problems: int | None) -> int:
@@ -208,8 +217,8 @@ def chatcore(accuracies: dict[str, float]) -> float | None:
 def add_arguments(p):
     p.add_argument("-i", "--source", required=True, choices=tuple(STAGE_DIRS), help="which stage's model")
     p.add_argument("-a", "--task-name", default=None,  # None: the help names the default once, in words
-                   help=f"tasks separated by |, of {'|'.join(TASKS)} (default: ChatCORE's five, "
-                        f"{'|'.join(CHATCORE_BASELINES)})")
+                   help=f"tasks separated by |, of {'|'.join(TASKS)}, or by the name a mixture and `train rl --task` "
+                        f"use ({'|'.join(ALIASES)}) (default: ChatCORE's five, {'|'.join(CHATCORE_BASELINES)})")
     p.add_argument("-d", "--dtype", choices=("float32", "bfloat16", "float16"),
                    help="compute dtype (default: bfloat16 on GPUs that have it, else float32; or $PRIMECHAT_DTYPE)")
     p.add_argument("-t", "--temperature", type=float, default=0.0,
@@ -228,11 +237,9 @@ def add_arguments(p):
 
 def main(args):
     args.task_name = args.task_name or "|".join(CHATCORE_BASELINES)
-    names = list(dict.fromkeys(n.strip() for n in args.task_name.split("|") if n.strip()))
+    names = task_names(args.task_name)
     if not names:
         raise UserError(f"--task-name {args.task_name!r} names no task: give some of {'|'.join(TASKS)}")
-    for name in names:
-        check_task(name)
     if args.max_problems is not None and args.max_problems < 1:
         raise UserError(f"--max-problems {args.max_problems}: give at least 1, or leave it out for all problems")
     if args.num_samples < 1 or args.batch_size < 1 or args.max_new_tokens < 1:

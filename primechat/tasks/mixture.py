@@ -51,6 +51,7 @@ KNOWN_DATASETS = {"HuggingFaceTB/smol-smoltalk": "chat", "cais/mmlu": "mmlu", "a
 # The generated tasks, by the name a mixture's `task:` takes. The one list of them: `train rl --task` takes those that
 # score answers (eval_type set) by the same name, `eval chat -a` takes those under their class name (SpellingBee).
 GENERATED = {"spelling-bee": SpellingBee, "simple-spelling": SimpleSpelling, "arithmetic": Arithmetic}
+EVAL_SIZE = 256  # test problems of a generated task in `eval chat` and --metrics (nanochat's SpellingBee size)
 SECTIONS = ("train", "val")
 SLICE = {"start", "stop", "step", "repeat", "name"}
 FIELDS = {"dataset": SLICE | {"dataset", "subset", "split", "adapter", "columns", "seed"},

@@ -212,9 +212,7 @@ def main(args):
     device, rank, world = compute_init(args.device_type)
     master = rank == 0
     user_config = checkpoint.user_config(args)
-    metric_names = [n.strip() for n in args.metrics.split("|") if n.strip()]
-    for name in metric_names:
-        chat_eval.check_task(name)
+    metric_names = chat_eval.task_names(args.metrics)
     resolve_mixture(args.mixture)  # a mistyped mixture is reported before the model is loaded
     # the tasks' data (and SpellingBee's word list) before the model too: offline, fail now, not at the first measure
     metric_tasks = {name: chat_eval.load_task(name, args.words) for name in metric_names}
