@@ -1,11 +1,11 @@
 """Chat-model evaluation: `primechat eval chat -i sft`, on CPU, one GPU or under torchrun.
 
 Each task on its test split: ChatCORE's five (ARC-Easy, ARC-Challenge, MMLU, GSM8K, HumanEval, the default) and every
-generated task that scores answers (SpellingBee; Arithmetic, offline, what the demo's RL trains on).
+generated task that scores answers (tasks/mixture.py's GENERATED; Arithmetic, offline, is what the demo's RL trains on).
 - categorical (ARC-Easy, ARC-Challenge, MMLU): the prompt is the question with the assistant turn opened; the model's
   answer is whichever allowed letter has the highest logit at that position. No sampling, so any model gets a clean
   reading, even one that would ramble instead of writing a letter.
-- generative (GSM8K, HumanEval, SpellingBee, Arithmetic): the Engine samples up to --max-new-tokens per reply (with the
+- generative (GSM8K, HumanEval, the generated tasks): the Engine samples up to --max-new-tokens per reply (with the
   calculator tool), and the task checks the reply. With -n N samples per problem the score is pass@N: solved if any
   sample is.
 ChatCORE, when its five ran, is the mean over them of the accuracy rescaled so that chance is 0 and perfect is 1.
@@ -37,7 +37,7 @@ from primechat.train.checkpoint import STAGE_DIRS, check_model_tag, default_tag,
 
 WORDS_URL = "https://raw.githubusercontent.com/dwyl/english-words/master/words_alpha.txt"  # nanochat's word list
 
-# name -> factory of the test split, given the word-list source (only the spelling tasks use it)
+# name -> factory of the test split, given the word-list source (only tasks that need one use it)
 TASKS = {
     "ARC-Easy": lambda words: ARC("ARC-Easy", "test"),
     "ARC-Challenge": lambda words: ARC("ARC-Challenge", "test"),
@@ -230,7 +230,7 @@ def add_arguments(p):
     p.add_argument("-g", "--model-tag", default=None, help="checkpoint folder (default: the deepest d<N>)")
     p.add_argument("-s", "--step", type=int, default=None, help="checkpoint step (default: the latest)")
     p.add_argument("-x", "--max-problems", type=int, default=None, help="first problems per task (default: all)")
-    p.add_argument("--words", default=WORDS_URL, help="the spelling tasks' word list: a URL, a file, or builtin "
+    p.add_argument("--words", default=WORDS_URL, help="word list of the tasks that need one: a URL, a file, or builtin "
                    "(offline)")
     p.add_argument("--device-type", default=None, help="cuda|cpu|mps (default: autodetect)")
 
@@ -246,7 +246,7 @@ def main(args):
         raise UserError("--num-samples, --batch-size and --max-new-tokens must be at least 1")
     if args.temperature < 0 or args.top_k < 0:
         raise UserError("--temperature and --top-k must be >= 0 (temperature 0: greedy; top-k 0: no cut)")
-    # Every task's data (Hub datasets, the spelling word list) first: offline, the error comes now, not after an
+    # Every task's data (Hub datasets, a word list) first: offline, the error comes now, not after an
     # hour of other tasks whose scores it would throw away; and before the model is loaded.
     check_model_tag(args.source, args.model_tag or default_tag(args.source))  # a missing model first: cheaper
     tasks = {name: load_task(name, args.words) for name in names}

@@ -4,7 +4,7 @@ A mixture lists its sources per split; the shipped ones are configs/mid.yaml, co
 configs/demo-chat.yaml (offline). Each source is a Hub dataset, a JSONL file of conversations, or a generated task:
 
     description: what this mixture is for
-    words: builtin                    # word list of the spelling tasks: builtin, a URL or a file (tasks/words.py)
+    words: builtin                    # word list of the tasks that need one: builtin, a URL or a file (tasks/words.py)
     train:
       - dataset: HuggingFaceTB/smol-smoltalk     # any Hub dataset repo
         split: train
@@ -18,7 +18,7 @@ configs/demo-chat.yaml (offline). Each source is a Hub dataset, a JSONL file of 
         columns: {instruction: prompt, response: completion}    # for `chat` (tasks/chat.py)
       - jsonl: identity.jsonl         # relative to this file's folder (else the shipped one), or absolute
         repeat: 2                     # listed twice: twice as many of its conversations in the mix
-      - task: spelling-bee            # generated: spelling-bee, simple-spelling, arithmetic
+      - task: spelling-bee            # a generated task, by its name in GENERATED (below)
         size: 80000
     val:
       - ...

@@ -90,7 +90,7 @@ def add_arguments(p, stage: str):
     p.add_argument("--metrics", default="MMLU|ARC-Easy", help="'|'-separated tasks of `primechat eval chat` to "
                    "measure during training ('' for none)")
     p.add_argument("--metrics-max-problems", type=int, default=1024, help="problems per task per measurement")
-    p.add_argument("--words", default=chat_eval.WORDS_URL, help="word list for a SpellingBee metric: a URL, a file, "
+    p.add_argument("--words", default=chat_eval.WORDS_URL, help="word list for a metric that needs one: a URL, a file, "
                    "or builtin (offline)")
     p.add_argument("--save-every", type=int, default=-1, help="checkpoint every N steps (-1: only at the end)")
     p.add_argument("--resume", action="store_true", help="continue from this stage's latest checkpoint (or start "
@@ -214,7 +214,7 @@ def main(args):
     user_config = checkpoint.user_config(args)
     metric_names = chat_eval.task_names(args.metrics)
     resolve_mixture(args.mixture)  # a mistyped mixture is reported before the model is loaded
-    # the tasks' data (and SpellingBee's word list) before the model too: offline, fail now, not at the first measure
+    # the tasks' data (and a word list) before the model too: offline, fail now, not at the first measure
     metric_tasks = {name: chat_eval.load_task(name, args.words) for name in metric_names}
 
     # The model: the source checkpoint, in fp32 master weights.

@@ -11,8 +11,8 @@ over the tokens the model sampled (prompt and tool outputs are masked out), norm
 Every --eval-every steps pass@k (k = 1..--eval-samples) on --eval-examples test problems; checkpoints every
 --save-every steps and at the end, SIGTERM/Ctrl-C save and stop, --resume continues. The data order follows from the
 step number, so a resumed run samples exactly what an uninterrupted one would have.
---task arithmetic / spelling-bee train on a generated task instead (offline; the CPU demo uses arithmetic): any task
-of tasks/mixture.py's GENERATED that scores answers, by its name there. --num-epochs may be a fraction: fewer steps.
+--task NAME trains on a generated task instead (offline; the CPU demo uses arithmetic): any task of tasks/mixture.py's
+GENERATED that scores answers, by its name there. --num-epochs may be a fraction: fewer steps.
 """
 
 import math
@@ -75,7 +75,8 @@ def add_arguments(p):
                    "to train the stage again from the same source")
     p.add_argument("--source-step", type=int, default=None, help="source checkpoint step (default: the latest)")
     p.add_argument("--task", choices=RL_TASKS, default="gsm8k", help="what to reinforce")
-    p.add_argument("--words", default="builtin", help="word list for --task spelling-bee (builtin, a URL or a file)")
+    p.add_argument("--words", default="builtin", help="word list for a --task that needs one (builtin, a URL or a "
+                   "file)")
     p.add_argument("--device-type", default="", help="cuda|cpu|mps (default: autodetect)")
     p.add_argument("--device-batch-size", type=int, default=8, help="sequences per forward pass (sampling and "
                    "training); lower it to save memory")
