@@ -471,11 +471,19 @@ def test_features_primechat_cannot_honour_are_400_naming_the_param(client, path,
     ("/v1/completions", {"logprobs": None, "echo": False, "best_of": 1, "suffix": None, "logit_bias": None,
                          "frequency_penalty": 0, "presence_penalty": 0}),
     ("/v1/completions", {"logprobs": 0, "suffix": ""}),
+    # null is the default, as OpenAI's types have it (SDKs generated from its spec send every field)
+    ("/v1/chat/completions", {"n": None, "stream": None, "stream_options": {"include_usage": None}}),
+    ("/v1/chat/completions", {"stream": True, "stream_options": {"include_usage": None}}),
+    ("/v1/completions", {"n": None, "stream": None, "echo": None}),
 ])
 def test_the_off_values_of_those_features_pass(client, path, change):
     body = {"messages": HELLO} if path == "/v1/chat/completions" else {"prompt": "the cat"}
     r = client.post(path, json={**body, "max_tokens": 1, **change})
     assert r.status_code == 200, r.text
+    if change.get("stream"):
+        assert sse(r.text)[-1] == "[DONE]" and "usage" not in sse(r.text)[-2]
+    else:
+        assert len(r.json()["choices"]) == 1
 
 
 def test_penalties_reach_the_engine_and_are_bounded(client, monkeypatch):

@@ -82,7 +82,7 @@ class Message(_Body):
 
 
 class StreamOptions(_Body):
-    include_usage: bool = False
+    include_usage: bool | None = False
 
 
 class ResponseFormat(_Body):
@@ -113,9 +113,11 @@ class ServerDefaulted(_Body):
 class SamplingFields(ServerDefaulted):
     """OpenAI's fields beyond those, for /v1/chat/completions and /v1/completions."""
     model: str | None = None
-    stream: bool = False
+    # null means the default for these too: OpenAI's types declare them Optional, and SDKs generated from its spec
+    # send every field
+    stream: bool | None = False
     stream_options: StreamOptions | None = None
-    n: int = Field(1, ge=1, le=MAX_N)
+    n: int | None = Field(1, ge=1, le=MAX_N)
     top_p: float | None = Field(None, gt=0, le=1)
     max_completion_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS)
     stop: str | list[str] | None = None
@@ -148,12 +150,12 @@ class ChatRequest(SamplingFields):
 
 class CompletionRequest(SamplingFields):
     prompt: str | list[str] | list[int] | list[list[int]]  # text, or token ids of the served model's tokenizer
-    echo: bool = False
+    echo: bool | None = False
     best_of: int | None = Field(None, ge=1)
     suffix: str | None = None
 
     def asked(self) -> dict[str, bool]:
-        return {**super().asked(), "echo": self.echo, "best_of": (self.best_of or 1) > 1, "suffix": bool(self.suffix)}
+        return {**super().asked(), "echo": bool(self.echo), "best_of": (self.best_of or 1) > 1, "suffix": bool(self.suffix)}
 
 
 class NanochatMessage(_Body):
@@ -246,7 +248,7 @@ def _sampling(body: ServerDefaulted, settings: Settings) -> Sampling:
     return Sampling(max_tokens=openai.max_completion_tokens or body.max_tokens or settings.max_tokens,
                     temperature=settings.temperature if body.temperature is None else body.temperature,
                     top_k=settings.top_k if body.top_k is None else body.top_k,
-                    top_p=openai.top_p, n=openai.n, frequency_penalty=openai.frequency_penalty or 0.0,
+                    top_p=openai.top_p, n=openai.n or 1, frequency_penalty=openai.frequency_penalty or 0.0,
                     presence_penalty=openai.presence_penalty or 0.0,
                     seed=random.randint(0, 2**31 - 1) if openai.seed is None else openai.seed % 2**63,
                     stops=_stops(openai.stop))
