@@ -605,6 +605,19 @@ def test_nanochat_endpoints(client):
     assert logo.status_code == 200 and logo.headers["content-type"].startswith("image/svg")
 
 
+def test_an_openai_request_to_nanochats_endpoint_points_to_v1(client):
+    """An OpenAI client whose base_url lacks /v1 posts to nanochat's endpoint: told where the API is, rather than a
+    200 stream it would turn into a string. nanochat's own page sends only messages and the sampling fields."""
+    for extra in ({"model": "sft"}, {"stream": False}, {"n": 1, "stop": ["x"]}, {"stream_options": None},
+                  {"tools": []}):
+        r = client.post("/chat/completions", json={"messages": HELLO, "max_tokens": 2, **extra})
+        assert r.status_code == 400, (extra, r.text)
+        assert "the OpenAI API is at /v1/chat/completions" in r.json()["detail"]
+        assert all(name in r.json()["detail"] for name in extra)
+    page = {"messages": HELLO, "temperature": 0.8, "top_k": 50, "max_tokens": 2}  # what nanochat's ui.html sends
+    assert client.post("/chat/completions", json=page).status_code == 200
+
+
 def test_models_are_cached_per_worker_least_recently_used_out(env):
     app = create_app(Settings(max_models_per_worker=2, max_tokens=1))
     with TestClient(app) as c:
@@ -706,6 +719,10 @@ def test_openai_client_against_a_real_server(env):
         from openai import AuthenticationError
         with pytest.raises(AuthenticationError):
             bad.models.list()
+        from openai import BadRequestError
+        no_v1 = OpenAI(base_url=server.url, api_key="k", max_retries=0)  # the most common base_url mistake
+        with pytest.raises(BadRequestError, match="/v1/chat/completions"):
+            no_v1.chat.completions.create(model="sft", messages=HELLO, max_tokens=2)
 
 
 def test_disconnecting_client_frees_its_worker(env, slow_engine):

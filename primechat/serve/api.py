@@ -167,6 +167,11 @@ class NanochatRequest(ServerDefaulted):
     messages: list[NanochatMessage]
 
 
+# fields of an OpenAI chat request that nanochat's body never has (its page sends messages, temperature, top_k and
+# max_tokens): one of them on /chat/completions is an OpenAI client whose base_url lacks /v1
+OPENAI_ONLY = frozenset(ChatRequest.model_fields) - frozenset(NanochatRequest.model_fields)
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Checks shared by the endpoints
 
@@ -176,6 +181,19 @@ def refuse_unsupported(body: SamplingFields) -> None:
     for name, asked in body.asked().items():
         if asked:
             raise ApiError(400, f"{name}: {UNSUPPORTED[name]}", param=name, code="unsupported_parameter")
+
+
+def misdirected_openai_request(body: NanochatRequest) -> JSONResponse | None:
+    """The 400 for an OpenAI request sent to nanochat's endpoint, None for nanochat's own: answered, its stream of
+    {"token"} events would reach an OpenAI client as a 200 it turns into a string or into chunks without choices.
+    Both error shapes: nanochat's {"detail"}, and OpenAI's {"error"}, the one an OpenAI client shows."""
+    fields = sorted(OPENAI_ONLY & set(body.model_extra or {}))
+    if not fields:
+        return None
+    message = (f"this is nanochat's endpoint, which takes no {', '.join(fields)}: the OpenAI API is at "
+               "/v1/chat/completions (an OpenAI client's base_url ends in /v1)")
+    error = {"message": message, "type": "invalid_request_error", "param": None, "code": None}
+    return JSONResponse({"detail": message, "error": error}, status_code=400)
 
 
 def _text(content, param: str) -> str:
@@ -579,6 +597,9 @@ def create_app(settings: Settings, pool: WorkerPool | None = None) -> FastAPI:
     @app.post("/chat/completions")
     async def nanochat_completions(body: NanochatRequest, request: Request):
         started = time.perf_counter()
+        misdirected = misdirected_openai_request(body)
+        if misdirected is not None:
+            return misdirected
         ref = catalog.lookup(None)
         if not ref.chat:
             raise ApiError(400, f"the default model {ref.id} is a base model, which cannot chat: start the server "
