@@ -264,6 +264,10 @@ def test_stop_sequences_cut_and_never_leak(client):
     chunks = sse(client.post("/v1/chat/completions", json={**body, "stop": stop, "stream": True}).text)
     assert stream_text(chunks) == expected
     assert [c["choices"][0]["finish_reason"] for c in chunks[:-1] if c["choices"][0]["finish_reason"]] == ["stop"]
+    # as many as an editor's autocompletion sends (Continue: more than api.openai.com's 4), each up to 128 characters
+    many = ["\n\n", "```", "/src/", "#- coding", "\n}", "x" * 128, *[f"never{i}" for i in range(9)], stop]
+    r = client.post("/v1/chat/completions", json={**body, "stop": many})
+    assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == expected, r.text
     # a stop string that never occurs changes nothing
     same = client.post("/v1/chat/completions", json={**body, "stop": "\x00never"}).json()
     assert same["choices"][0]["message"]["content"] == full
@@ -416,7 +420,8 @@ def test_completions_for_base_model(client, tokenizer):
     ({"max_tokens": 0}, "max_tokens"),
     ({"max_tokens": 4097}, "max_tokens"),
     ({"n": 0}, "n"),
-    ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
+    ({"stop": [str(i) for i in range(17)]}, "stop"),
+    ({"stop": "x" * 129}, "stop"),
     ({"stop": [""]}, "stop"),
     ({"messages": []}, "messages"),
     ({"messages": None}, "messages"),

@@ -43,7 +43,8 @@ MAX_MESSAGES = 500
 MAX_MESSAGE_CHARS = 8000
 MAX_TOTAL_CHARS = 32000
 MAX_TOKENS = 4096
-MAX_STOPS = 4
+MAX_STOPS = 16  # api.openai.com takes 4, but editors' autocompletion (Continue) sends more to other hosts
+MAX_STOP_CHARS = 128  # each; a reply holds back a tail as long as the longest, checked at every token
 MAX_N = 16
 
 
@@ -256,6 +257,10 @@ def _stops(stop) -> list[str]:
         raise ApiError(400, f"stop: at most {MAX_STOPS} stop sequences, got {len(stops)}", param="stop")
     if any(not s for s in stops):
         raise ApiError(400, "stop: stop sequences must not be empty", param="stop")
+    longest = max(stops, key=len, default="")
+    if len(longest) > MAX_STOP_CHARS:
+        raise ApiError(400, f"stop: at most {MAX_STOP_CHARS} characters per stop sequence, got {len(longest)}",
+                       param="stop")
     return stops
 
 
