@@ -338,6 +338,31 @@ def test_system_message_and_content_parts(client, tokenizer):
     assert data["usage"]["prompt_tokens"] == len(chat_prompt(tokenizer, history))
 
 
+def test_message_orders_api_openai_com_takes(client, tokenizer):
+    """A system (or developer) note later in the conversation is read as the user's text where it stands; an
+    assistant greeting first stays the assistant's turn, after the system text as the user's turn (or an empty one)."""
+    def prompt_tokens(messages):
+        r = client.post("/v1/chat/completions", json={"messages": messages, "max_tokens": 1})
+        assert r.status_code == 200, r.text
+        return r.json()["usage"]["prompt_tokens"]
+
+    system, greeting = {"role": "system", "content": "be brief"}, {"role": "assistant", "content": "Hello! Ask."}
+    assert prompt_tokens([system, greeting, *HELLO]) == len(chat_prompt(tokenizer, [
+        {"role": "user", "content": "be brief"}, greeting, *HELLO]))
+    assert prompt_tokens([greeting, *HELLO]) == len(chat_prompt(tokenizer, [
+        {"role": "user", "content": ""}, greeting, *HELLO]))
+    for role in ("system", "developer"):
+        late = [*HELLO, {"role": "assistant", "content": "yo"}, {"role": role, "content": "be brief"},
+                {"role": "user", "content": "the cat"}]
+        assert prompt_tokens(late) == len(chat_prompt(tokenizer, [
+            *HELLO, {"role": "assistant", "content": "yo"}, {"role": "user", "content": "be brief\n\nthe cat"}]))
+    assert prompt_tokens([system]) == len(chat_prompt(tokenizer, [{"role": "user", "content": "be brief"}]))
+    # nanochat's endpoint keeps nanochat's rules, naming the role that was sent
+    r = client.post("/chat/completions", json={"messages": [greeting, *HELLO]})
+    assert r.status_code == 400 and r.json()["detail"] == \
+        "messages: the conversation must start with a user message, got 'assistant'"
+
+
 def test_a_final_assistant_message_is_continued(client, tokenizer):
     """Open WebUI's "Continue Response" sends the conversation ending with the assistant's partial answer: the model
     goes on from inside that turn and the reply holds only the continuation."""

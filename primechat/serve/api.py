@@ -209,10 +209,15 @@ def _text(content, param: str) -> str:
     return "".join(part.text for part in content)
 
 
-def check_messages(messages, allow_system: bool, allow_continue: bool = False) -> list[dict]:
-    """nanochat's limits, then the conversation in the tokenizer's shape: leading system messages joined into one,
-    consecutive messages of one role joined, user and assistant alternating, ending with the user's turn (or, with
-    allow_continue, with an assistant message to be continued)."""
+def check_messages(messages, openai: bool) -> list[dict]:
+    """nanochat's limits, then the conversation in the tokenizer's shape: an optional system message, then user and
+    assistant alternating (consecutive messages of one role joined), ending with the user's turn. nanochat's endpoint
+    takes only that; OpenAI's (openai) takes the orders api.openai.com takes, rendered in that shape:
+    - system (or developer) messages: the leading ones are joined into the system message, which the tokenizer folds
+      into the first user turn; a later one is read as the user's text where it stands (joined to the user turn
+      after it, or before it), as the model has no system role;
+    - an assistant message first (a chat app's greeting), or only system messages: see _user_first;
+    - an assistant message last: its continuation is asked for (Open WebUI's "Continue Response")."""
     if not messages:
         raise ApiError(400, "messages: at least one message is required", param="messages")
     if len(messages) > MAX_MESSAGES:
@@ -222,19 +227,19 @@ def check_messages(messages, allow_system: bool, allow_continue: bool = False) -
     out = []
     for i, message in enumerate(messages):
         param = f"messages[{i}].content"
-        role = "system" if message.role == "developer" else message.role
         text = _text(message.content, param)
-        if not text and role != "assistant":  # an assistant turn that only called tools has none
+        if not text and message.role != "assistant":  # an assistant turn that only called tools has none
             raise ApiError(400, f"{param}: a message must not be empty", param=param)
         if len(text) > MAX_MESSAGE_CHARS:
             raise ApiError(400, f"{param}: at most {MAX_MESSAGE_CHARS:,} characters per message, got {len(text):,}",
                            param=param)
         total += len(text)
-        if role not in (("system", "user", "assistant") if allow_system else ("user", "assistant")):
-            raise ApiError(400, f"messages[{i}].role: must be 'user' or 'assistant', got {message.role!r}",
-                           param=f"messages[{i}].role")
-        if role == "system" and any(m["role"] != "system" for m in out):
-            raise ApiError(400, f"messages[{i}]: system messages must come first", param=f"messages[{i}].role")
+        role = message.role
+        if role in ("system", "developer"):
+            if not openai:
+                raise ApiError(400, f"messages[{i}].role: must be 'user' or 'assistant', got {role!r}",
+                               param=f"messages[{i}].role")
+            role = "system" if all(m["role"] == "system" for m in out) else "user"
         if out and out[-1]["role"] == role:
             out[-1]["content"] = "\n\n".join(part for part in (out[-1]["content"], text) if part)
         else:
@@ -242,13 +247,28 @@ def check_messages(messages, allow_system: bool, allow_continue: bool = False) -
     if total > MAX_TOTAL_CHARS:
         raise ApiError(400, f"messages: at most {MAX_TOTAL_CHARS:,} characters in all, got {total:,}",
                        param="messages")
-    turns = out[1:] if out[0]["role"] == "system" else out
-    if not turns or turns[0]["role"] != "user":
-        raise ApiError(400, "messages: the conversation must start with a user message (after any system message)",
+    if openai:
+        return _user_first(out)
+    if out[0]["role"] != "user":
+        raise ApiError(400, f"messages: the conversation must start with a user message, got {out[0]['role']!r}",
                        param="messages")
-    if turns[-1]["role"] != "user" and not allow_continue:
-        raise ApiError(400, "messages: the last message must be the user's", param="messages")
+    if out[-1]["role"] != "user":
+        raise ApiError(400, f"messages: the last message must be the user's, got {out[-1]['role']!r}",
+                       param="messages")
     return out
+
+
+def _user_first(out: list[dict]) -> list[dict]:
+    """A conversation in the tokenizer's shape, user first, when the assistant opens it (a chat app's greeting) or
+    there are only system messages. The greeting stays the assistant's own turn, words the model reads as its own
+    (folded into the user's text, they would read as the user's); the system message becomes the user turn before it,
+    its text where it would be folded anyway, or, with none, that turn is empty: the one turn unlike those the model
+    was trained on, and a short one."""
+    system = out[0]["content"] if out[0]["role"] == "system" else None
+    turns = out[1:] if system is not None else out
+    if turns and turns[0]["role"] == "user":
+        return out
+    return [{"role": "user", "content": system or ""}, *turns]
 
 
 def _stops(stop) -> list[str]:
@@ -553,7 +573,7 @@ def create_app(settings: Settings, pool: WorkerPool | None = None) -> FastAPI:
             raise ApiError(400, f"{ref.id} is a base model: it has no chat format. Use /v1/completions for plain "
                            "text completion, or pick a mid, sft or rl model", param="model", code="model_not_chat")
         refuse_unsupported(body)
-        messages = check_messages(body.messages, allow_system=True, allow_continue=True)
+        messages = check_messages(body.messages, openai=True)
         sampling = _sampling(body, settings)
         # A conversation that ends with the assistant's message asks for its continuation (Open WebUI's "Continue
         # Response", vLLM's continue_final_message): that turn stays open and the reply holds only what comes next.
@@ -610,7 +630,7 @@ def create_app(settings: Settings, pool: WorkerPool | None = None) -> FastAPI:
             raise ApiError(400, f"the default model {ref.id} is a base model, which cannot chat: start the server "
                            "with --model set to a chat model")
         try:
-            messages = check_messages(body.messages, allow_system=False)
+            messages = check_messages(body.messages, openai=False)
         except ApiError as e:
             raise ApiError(400, e.message) from e
         sampling = _sampling(body, settings)
