@@ -434,6 +434,36 @@ def test_completions_for_base_model(client, tokenizer):
     assert r.status_code == 400 and r.json()["error"]["param"] == "model"
 
 
+def test_a_list_of_prompts_is_a_batch(client, tokenizer):
+    """OpenAI's prompt may be a list (LangChain's OpenAI LLM batches them): prompt i's j-th reply is choice i*n + j,
+    each the reply that prompt alone gets, and the usage is summed."""
+    body = {"model": "base", "temperature": 1.0, "top_k": 0, "max_tokens": 5, "seed": 4, "n": 2}
+    prompts = ["the cat", "on the mat", "sat"]
+    alone = [client.post("/v1/completions", json={**body, "prompt": p}).json() for p in prompts]
+    r = client.post("/v1/completions", json={**body, "prompt": prompts})
+    assert r.status_code == 200, r.text
+    batch = r.json()
+    assert [c["index"] for c in batch["choices"]] == list(range(6))
+    assert [(c["text"], c["finish_reason"]) for c in batch["choices"]] == \
+        [(c["text"], c["finish_reason"]) for a in alone for c in a["choices"]]
+    assert batch["usage"] == {key: sum(a["usage"][key] for a in alone) for key in batch["usage"]}
+    assert batch["timings"]["total_ms"] >= batch["timings"]["ttft_ms"] > 0
+    as_ids = client.post("/v1/completions", json={**body, "prompt": [tokenizer.encode(p) for p in prompts]}).json()
+    assert as_ids["choices"] == batch["choices"]
+    # without a seed, each prompt is sampled on its own: the same prompt twice gets two replies
+    unseeded = {"model": "base", "prompt": ["the"] * 2, "max_tokens": 12, "temperature": 1.0}
+    texts = [c["text"] for c in client.post("/v1/completions", json=unseeded).json()["choices"]]
+    assert texts[0] != texts[1]
+    r = client.post("/v1/completions", json={**body, "prompt": prompts, "stream": True})
+    assert r.status_code == 400 and "not streamed" in r.json()["error"]["message"]
+    # one prompt in a list is one prompt, streamed or not
+    assert client.post("/v1/completions", json={**body, "prompt": ["sat"]}).json()["choices"] == alone[2]["choices"]
+    words = " ".join(["the cat sat on the mat"] * 1200)[:7999]
+    r = client.post("/v1/completions", json={**body, "prompt": ["the cat", words]})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "prompt[1]"
+    assert r.json()["error"]["code"] == "context_length_exceeded"
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Errors
 
@@ -559,10 +589,10 @@ def test_what_real_clients_send_is_read(client, tokenizer):
     for prompt in (ids, [ids], tokenizer.encode("the cat", prepend="<|bos|>")):  # the <|bos|> is added if missing
         same = client.post("/v1/completions", json={**body, "prompt": prompt}).json()
         assert same["choices"] == text["choices"] and same["usage"] == text["usage"]
-    for prompt, message in (([tokenizer.vocab_size], "vocabulary"), ([ids, ids], "one prompt"), ([], "one prompt"),
-                            ([1, "a"], "")):
+    for prompt, message in (([tokenizer.vocab_size], "vocabulary"), ([[1], [tokenizer.vocab_size]], "vocabulary"),
+                            ([], "1 to 32 prompts"), (["a"] * 33, "1 to 32 prompts"), ([1, "a"], "")):
         r = client.post("/v1/completions", json={**body, "prompt": prompt})
-        assert r.status_code == 400 and r.json()["error"]["param"] == "prompt", r.text
+        assert r.status_code == 400 and r.json()["error"]["param"].startswith("prompt"), r.text
         assert message in r.json()["error"]["message"]
 
 

@@ -4,7 +4,7 @@
     GET  /v1/models             every servable checkpoint, id "stage/tag/step", the default model first, with the
                                 context it was trained on (max_model_len, context_length)
     POST /v1/chat/completions   chat models; OpenAI's fields plus top_k; streamed as server-sent events or not
-    POST /v1/completions        plain text completion (base models, and chat models too)
+    POST /v1/completions        plain text completion (base models, and chat models too), of one prompt or a list
     POST /chat/completions      nanochat's streaming endpoint: data: {"token", "gpu"} … data: {"done": true}
     GET  /health, /stats        liveness and the server's sampling defaults, and what the workers are doing
 
@@ -21,6 +21,7 @@ import time
 import uuid
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -46,6 +47,7 @@ MAX_TOKENS = 4096
 MAX_STOPS = 16  # api.openai.com takes 4, but editors' autocompletion (Continue) sends more to other hosts
 MAX_STOP_CHARS = 128  # each; a reply holds back a tail as long as the longest, checked at every token
 MAX_N = 16
+MAX_PROMPTS = 32  # a text completion's list of prompts (LangChain batches 20)
 
 
 @dataclass
@@ -150,13 +152,15 @@ class ChatRequest(SamplingFields):
 
 
 class CompletionRequest(SamplingFields):
-    prompt: str | list[str] | list[int] | list[list[int]]  # text, or token ids of the served model's tokenizer
+    # text, or token ids of the served model's tokenizer; a list of either: a batch (_prompts)
+    prompt: str | list[str] | list[int] | list[list[int]]
     echo: bool | None = False
     best_of: int | None = Field(None, ge=1)
     suffix: str | None = None
 
     def asked(self) -> dict[str, bool]:
-        return {**super().asked(), "echo": bool(self.echo), "best_of": (self.best_of or 1) > 1, "suffix": bool(self.suffix)}
+        return {**super().asked(), "echo": bool(self.echo), "best_of": (self.best_of or 1) > 1,
+                "suffix": bool(self.suffix)}
 
 
 class NanochatMessage(_Body):
@@ -343,6 +347,62 @@ def _sse(obj) -> bytes:
     return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n".encode()
 
 
+def _prompts(prompt) -> list:
+    """A text completion's prompts: OpenAI's prompt is a text, token ids, or a list of either (a batch)."""
+    if not isinstance(prompt, list) or (prompt and isinstance(prompt[0], int)):
+        return [prompt]
+    if not 1 <= len(prompt) <= MAX_PROMPTS:
+        raise ApiError(400, f"prompt: 1 to {MAX_PROMPTS} prompts per request, got {len(prompt)}", param="prompt")
+    return prompt
+
+
+def _completion_prompt(prompt, ref, param: str, tokenizer) -> list[int]:
+    """A text completion's prompt tokens: text, or token ids of the model's tokenizer, after <|bos|>."""
+    if isinstance(prompt, str):
+        return tokenizer.encode(prompt, prepend="<|bos|>")
+    bad = next((token for token in prompt if not 0 <= token < tokenizer.vocab_size), None)
+    if bad is not None:
+        raise ApiError(400, f"{param}: token id {bad} is not in {ref.id}'s vocabulary (0 to "
+                       f"{tokenizer.vocab_size - 1})", param=param)
+    bos = tokenizer.encode_special("<|bos|>")  # as a text prompt gets: the models saw it open every text
+    return prompt if prompt[:1] == [bos] else [bos, *prompt]
+
+
+def _reply_head(chat: bool, model: str) -> dict:
+    """The fields a reply, and each chunk of a stream, opens with: system_fingerprint (and service_tier in chat),
+    null here, are fields OpenAI always sends, for clients that read them without checking."""
+    return {"id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}",
+            "object": "chat.completion" if chat else "text_completion", "created": int(time.time()), "model": model,
+            "system_fingerprint": None, **({"service_tier": None} if chat else {})}
+
+
+def _choice(chat: bool, index: int, text: str, reason: str | None, streamed: bool) -> dict:
+    """One choice of a reply: chat replies carry a message (a delta when streamed), completions plain text."""
+    if not chat:
+        content = {"text": text}
+    elif streamed:
+        content = {"delta": {"content": text} if text else {}}
+    else:
+        content = {"message": {"role": "assistant", "content": text, "refusal": None}}
+    return {"index": index, **content, "logprobs": None, "finish_reason": reason}
+
+
+def whole_reply(chat: bool, model: str, results: list[tuple]) -> dict:
+    """A reply as one JSON object from each prompt's (texts, reasons, stats): as OpenAI numbers them, prompt i's j-th
+    reply is choice i*n + j, and the usage is summed; timings: the first prompt's time to first token, the last's
+    total (both from the request's arrival), the tokens per second over all."""
+    replies = [(text, reason) for texts, reasons, _ in results for text, reason in zip(texts, reasons)]
+    choices = [_choice(chat, i, text, reason, streamed=False) for i, (text, reason) in enumerate(replies)]
+    usage = {key: sum(stats["usage"][key] for *_, stats in results)
+             for key in ("prompt_tokens", "completion_tokens", "total_tokens")}
+    seconds = sum(stats["usage"]["completion_tokens"] / stats["timings"]["tokens_per_second"]
+                  for *_, stats in results if stats["timings"]["tokens_per_second"])
+    timings = {"ttft_ms": results[0][2]["timings"]["ttft_ms"],
+               "tokens_per_second": round(usage["completion_tokens"] / seconds, 2) if seconds else 0.0,
+               "total_ms": results[-1][2]["timings"]["total_ms"]}
+    return {**_reply_head(chat, model), "choices": choices, "usage": usage, "timings": timings}
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # The app
 
@@ -475,34 +535,15 @@ def create_app(settings: Settings, pool: WorkerPool | None = None) -> FastAPI:
         return _sse({"error": {"message": error.message, "type": error.type, "param": error.param,
                                "code": error.code}})
 
-    def choice(chat: bool, index: int, text: str, reason: str | None, streamed: bool) -> dict:
-        """One choice of a reply: chat replies carry a message (a delta when streamed), completions plain text."""
-        if not chat:
-            content = {"text": text}
-        elif streamed:
-            content = {"delta": {"content": text} if text else {}}
-        else:
-            content = {"message": {"role": "assistant", "content": text, "refusal": None}}
-        return {"index": index, **content, "logprobs": None, "finish_reason": reason}
-
-    async def reply(job: Job, body, n: int, chat: bool):
-        """The job's result in OpenAI's shape: one JSON object, or SSE chunks ending in [DONE] when body.stream."""
-        reply_id, created = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}", int(time.time())
-        kind = "chat.completion" if chat else "text_completion"
-        # fields OpenAI always sends, null here, for clients that read them without checking
-        always = {"system_fingerprint": None, **({"service_tier": None} if chat else {})}
-        if not body.stream:
-            texts, reasons, stats = await collect(job, n)
-            return {"id": reply_id, "object": kind, "created": created, "model": job.ref.id, **always,
-                    "choices": [choice(chat, i, text, reason, streamed=False)
-                                for i, (text, reason) in enumerate(zip(texts, reasons))],
-                    "usage": stats["usage"], "timings": stats["timings"]}
-
+    def stream_reply(job: Job, body, chat: bool) -> StreamingResponse:
+        """The job's reply as SSE chunks ending in [DONE]."""
+        n, head = job.sampling.n, _reply_head(chat, job.ref.id)
+        if chat:
+            head["object"] = "chat.completion.chunk"
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
 
         def chunk(choices, **extra) -> bytes:
-            obj = {"id": reply_id, "object": f"{kind}.chunk" if chat else kind, "created": created,
-                   "model": job.ref.id, **always, "choices": choices}
+            obj = {**head, "choices": choices}
             if include_usage:
                 obj["usage"] = None
             return _sse({**obj, **extra})
@@ -514,9 +555,9 @@ def create_app(settings: Settings, pool: WorkerPool | None = None) -> FastAPI:
                                   "finish_reason": None}])
                 async for event in events(job):
                     if event[0] == "text":
-                        yield chunk([choice(chat, event[1], event[2], None, streamed=True)])
+                        yield chunk([_choice(chat, event[1], event[2], None, streamed=True)])
                     elif event[0] == "finish":
-                        yield chunk([choice(chat, event[1], "", event[2], streamed=True)])
+                        yield chunk([_choice(chat, event[1], "", event[2], streamed=True)])
                     elif event[0] == "error":
                         yield stream_error(event[1])
                     elif event[0] == "done" and include_usage:
@@ -560,10 +601,17 @@ def create_app(settings: Settings, pool: WorkerPool | None = None) -> FastAPI:
                 "stage": ref.stage, "tag": ref.tag, "step": ref.step, "chat": ref.chat, "max_model_len": context,
                 "context_length": context}
 
-    async def answer(job: Job, body, chat: bool):
-        """An OpenAI request's answer: its whole reply, or once a worker has the prompt ready, its stream."""
-        await start(job)
-        return await reply(job, body, job.sampling.n, chat)
+    async def answer(jobs: list[Job], body, chat: bool):
+        """An OpenAI request's answer: its whole reply, or once a worker has the prompt ready, its stream. A list of
+        prompts has a job each, run one after another, and is not streamed."""
+        if body.stream:
+            await start(jobs[0])
+            return stream_reply(jobs[0], body, chat)
+        results = []
+        for job in jobs:
+            await start(job)
+            results.append(await collect(job, job.sampling.n))
+        return whole_reply(chat, jobs[0].ref.id, results)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatRequest, request: Request):
@@ -587,35 +635,27 @@ def create_app(settings: Settings, pool: WorkerPool | None = None) -> FastAPI:
             return ids + tokenizer.encode(opening)
 
         job = Job(ref, build_prompt, sampling, started)
-        return await while_connected(request, answer(job, body, chat=True))
+        return await while_connected(request, answer([job], body, chat=True))
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request):
         started = time.perf_counter()
         ref = catalog.lookup(body.model)
         refuse_unsupported(body)
-        prompt = body.prompt
-        if isinstance(prompt, list) and not (prompt and isinstance(prompt[0], int)):  # a list of prompts
-            if len(prompt) != 1:
-                raise ApiError(400, f"prompt: one prompt per request, got {len(prompt)}", param="prompt")
-            prompt = prompt[0]
-        if isinstance(prompt, str) and len(prompt) > MAX_TOTAL_CHARS:
-            raise ApiError(400, f"prompt: at most {MAX_TOTAL_CHARS:,} characters, got {len(prompt):,}",
-                           param="prompt")
-        sampling = _sampling(body, settings)
-
-        def build_prompt(tokenizer):
-            if isinstance(prompt, str):
-                return tokenizer.encode(prompt, prepend="<|bos|>")
-            bad = next((token for token in prompt if not 0 <= token < tokenizer.vocab_size), None)
-            if bad is not None:
-                raise ApiError(400, f"prompt: token id {bad} is not in {ref.id}'s vocabulary (0 to "
-                               f"{tokenizer.vocab_size - 1})", param="prompt")
-            bos = tokenizer.encode_special("<|bos|>")  # as a text prompt gets: the models saw it open every text
-            return prompt if prompt[:1] == [bos] else [bos, *prompt]
-
-        job = Job(ref, build_prompt, sampling, started, prompt_param="prompt")
-        return await while_connected(request, answer(job, body, chat=False))
+        prompts = _prompts(body.prompt)
+        if len(prompts) > 1 and body.stream:
+            raise ApiError(400, "prompt: a list of prompts is answered whole, not streamed: send one prompt per "
+                           "streamed request", param="prompt")
+        jobs = []
+        for i, prompt in enumerate(prompts):
+            param = "prompt" if len(prompts) == 1 else f"prompt[{i}]"
+            if isinstance(prompt, str) and len(prompt) > MAX_TOTAL_CHARS:
+                raise ApiError(400, f"{param}: at most {MAX_TOTAL_CHARS:,} characters, got {len(prompt):,}",
+                               param=param)
+            sampling = _sampling(body, settings)  # without a seed, each prompt its own
+            jobs.append(Job(ref, partial(_completion_prompt, prompt, ref, param), sampling, started,
+                            prompt_param=param))
+        return await while_connected(request, answer(jobs, body, chat=False))
 
     # ---- nanochat's endpoints ----
 
