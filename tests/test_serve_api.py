@@ -329,9 +329,11 @@ def test_n_samples_stream_and_not(client, tokenizer):
 
 def test_system_message_and_content_parts(client, tokenizer):
     messages = [{"role": "system", "content": "be brief"},
-                {"role": "user", "content": [{"type": "text", "text": "hello "}, {"type": "text", "text": "there"}]}]
+                {"role": "user", "content": [{"type": "text", "text": "hello"}, {"type": "text", "text": "there"}]}]
     data = client.post("/v1/chat/completions", json={"messages": messages, "max_tokens": 1}).json()
-    folded = chat_prompt(tokenizer, [{"role": "system", "content": "be brief"}, *HELLO])
+    # text parts are joined by a line, as vLLM does: not glued into "hellothere"
+    folded = chat_prompt(tokenizer, [{"role": "system", "content": "be brief"},
+                                     {"role": "user", "content": "hello\nthere"}])
     assert data["usage"]["prompt_tokens"] == len(folded) > len(chat_prompt(tokenizer, HELLO))
     history = [*HELLO, {"role": "assistant", "content": "hi"}, {"role": "user", "content": "the cat"}]
     data = client.post("/v1/chat/completions", json={"messages": history, "max_tokens": 1}).json()

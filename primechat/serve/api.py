@@ -210,7 +210,7 @@ def _text(content, param: str) -> str:
         if part.type != "text":
             raise ApiError(400, f"{param}[{j}]: primechat models read text only, got a part of type {part.type!r}",
                            param=f"{param}[{j}]")
-    return "".join(part.text for part in content)
+    return "\n".join(part.text for part in content)  # as vLLM: parts are blocks (context, then the question)
 
 
 def check_messages(messages, openai: bool) -> list[dict]:
