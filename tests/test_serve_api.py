@@ -601,6 +601,19 @@ def test_what_real_clients_send_is_read(client, tokenizer):
 def test_bad_json_missing_fields_and_unknown_routes(client):
     r = client.post("/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"})
     assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
+    assert r.json()["error"]["message"].startswith("the request body is not valid JSON")
+    # curl -d without -H 'content-type: application/json' sends a form; an array is not an object either
+    not_object = "the request body must be a JSON object (Content-Type: application/json)"
+    body = json.dumps({"messages": HELLO}).encode()
+    for content, kind in ((body, "application/x-www-form-urlencoded"), (body, "text/plain"),
+                          (b"[1]", "application/json")):
+        r = client.post("/v1/chat/completions", content=content, headers={"content-type": kind})
+        assert r.status_code == 400 and r.json()["error"]["message"] == not_object, (kind, r.text)
+    r = client.post("/v1/chat/completions", headers={"content-type": "application/json"})
+    assert r.status_code == 400 and r.json()["error"]["message"] == \
+        "the request body is empty: send a JSON object (Content-Type: application/json)"
+    r = client.post("/chat/completions", content=b"")
+    assert r.status_code == 400 and r.json()["detail"].startswith("the request body is empty")
     r = client.post("/v1/completions", json={"model": "base"})
     assert r.status_code == 400 and r.json()["error"]["param"] == "prompt"
     r = client.post("/v1/chat/completions", json={"model": "sft/d2/99", "messages": HELLO})

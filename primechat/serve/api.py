@@ -315,6 +315,19 @@ def _param(loc) -> str | None:
     return out or None
 
 
+def _validation_message(error: dict, param: str | None) -> str:
+    """A request's first validation error in words, naming the field; or, for the body as a whole, what it must be."""
+    if error.get("type") == "json_invalid":
+        return f"the request body is not valid JSON: {error.get('msg')}"
+    if param is None:  # the body itself: empty, or not a JSON object (curl -d sends a form unless told otherwise)
+        if error.get("type") == "missing":
+            return "the request body is empty: send a JSON object (Content-Type: application/json)"
+        return "the request body must be a JSON object (Content-Type: application/json)"
+    if error.get("type") == "missing":
+        return f"{param}: a required field is missing"
+    return f"{param}: {error.get('msg')}"
+
+
 class ApiKeyMiddleware:
     """With an API key set, /v1 and /chat/completions want `Authorization: Bearer <key>` (401 otherwise); the page,
     /health and /stats stay open, and CORS preflights pass (they carry no credentials)."""
@@ -440,13 +453,7 @@ def create_app(settings: Settings, pool: WorkerPool | None = None) -> FastAPI:
     async def validation_error(request: Request, error: RequestValidationError):
         first = error.errors()[0] if error.errors() else {"loc": (), "msg": "invalid request"}
         param = _param(first.get("loc", ()))
-        if first.get("type") == "json_invalid":
-            param, message = None, f"the body is not valid JSON: {first.get('msg')}"
-        elif first.get("type") == "missing":
-            message = f"{param}: a required field is missing"
-        else:
-            message = f"{param}: {first.get('msg')}" if param else str(first.get("msg"))
-        return error_response(request, ApiError(400, message, param=param))
+        return error_response(request, ApiError(400, _validation_message(first, param), param=param))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException):
