@@ -626,9 +626,13 @@ def test_bad_json_missing_fields_and_unknown_routes(client):
 
 def test_api_key(env, monkeypatch):
     with TestClient(create_app(Settings(api_key="sekret", max_tokens=2))) as c:
-        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "sekret"}):
+        scheme = "the Authorization header must read 'Bearer <key>'"  # the right key, without "Bearer "
+        for headers, message in (({}, "Missing API key: send the header 'Authorization: Bearer <key>'"),
+                                 ({"Authorization": "Bearer wrong"}, "Incorrect API key provided"),
+                                 ({"Authorization": "sekret"}, scheme), ({"Authorization": "Token sekret"}, scheme)):
             r = c.post("/v1/chat/completions", json={"messages": HELLO}, headers=headers)
             assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+            assert r.json()["error"]["message"] == message
         assert c.get("/v1/models").status_code == 401
         assert c.post("/chat/completions", json={"messages": HELLO}).status_code == 401
         ok = c.post("/v1/chat/completions", json={"messages": HELLO}, headers={"Authorization": "Bearer sekret"})

@@ -328,6 +328,15 @@ def _validation_message(error: dict, param: str | None) -> str:
     return f"{param}: {error.get('msg')}"
 
 
+def _key_refusal(header: str) -> str:
+    """Why an Authorization header is refused: absent, without its scheme (which may be the right key), or wrong."""
+    if not header:
+        return "Missing API key: send the header 'Authorization: Bearer <key>'"
+    if header.partition(" ")[0].lower() != "bearer":
+        return "the Authorization header must read 'Bearer <key>'"
+    return "Incorrect API key provided"
+
+
 class ApiKeyMiddleware:
     """With an API key set, /v1 and /chat/completions want `Authorization: Bearer <key>` (401 otherwise); the page,
     /health and /stats stay open, and CORS preflights pass (they carry no credentials)."""
@@ -342,8 +351,7 @@ class ApiKeyMiddleware:
             header = Request(scope).headers.get("authorization", "")
             scheme, _, token = header.partition(" ")
             if scheme.lower() != "bearer" or not secrets.compare_digest(token.strip().encode(), self.key):
-                message = ("Incorrect API key provided" if header else
-                           "Missing API key: send the header 'Authorization: Bearer <key>'")
+                message = _key_refusal(header)
                 error = ApiError(401, message, code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
                 await self.respond(Request(scope), error)(scope, receive, send)
                 return
