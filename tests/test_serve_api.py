@@ -130,6 +130,7 @@ def test_models_list_default_first_and_aliases(client):
         assert r.status_code == 200, r.text
         assert r.json()["model"] == full
     assert client.get("/v1/models/sft").json()["id"] == "sft/d2/10"
+    assert client.get("/v1/models/").json()["data"] == data["data"]
 
 
 def test_models_flag_restricts_and_model_flag_sets_default(env):

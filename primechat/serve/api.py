@@ -606,6 +606,8 @@ def create_app(settings: Settings, pool: WorkerPool | None = None) -> FastAPI:
 
     @app.get("/v1/models/{name:path}")
     async def get_model(name: str):
+        if not name:  # /v1/models/, as a client that builds base + "/models/" asks: the list, not the default's card
+            return await list_models()
         return model_card(catalog.lookup(name))
 
     def model_card(ref) -> dict:
