@@ -308,6 +308,11 @@ def test_defaults_from_the_server_and_top_k_top_p(tokenizer, env):
         got = c.post("/v1/chat/completions", json={"messages": HELLO, "seed": 11}).json()
         nucleus = c.post("/v1/chat/completions", json={"messages": HELLO, "seed": 11, "top_k": 0, "top_p": 0.5,
                                                        "max_tokens": 9}).json()
+        # -1: vLLM's spelling of off, which clients written for it send
+        off = {"messages": HELLO, "seed": 11, "top_k": -1, "max_tokens": 9}
+        vllm_off = c.post("/v1/chat/completions", json=off).json()
+        assert vllm_off["choices"] == c.post("/v1/chat/completions", json={**off, "top_k": 0}).json()["choices"]
+        assert c.post("/v1/chat/completions", json={**off, "top_k": -2}).json()["error"]["param"] == "top_k"
     texts, counts = reference(tokenizer, "sft", 10, prompt, max_tokens=5, temperature=1.0, top_k=3, seed=11)
     assert got["choices"][0]["message"]["content"] == texts[0] and got["usage"]["completion_tokens"] == counts[0]
     texts, counts = reference(tokenizer, "sft", 10, prompt, max_tokens=9, temperature=1.0, top_p=0.5, seed=11)

@@ -115,6 +115,7 @@ class ServerDefaulted(_Body):
 
 class SamplingFields(ServerDefaulted):
     """OpenAI's fields beyond those, for /v1/chat/completions and /v1/completions."""
+    top_k: int | None = Field(None, ge=-1, le=200)  # not OpenAI's: -1 is vLLM's spelling of off, as 0 is ours
     model: str | None = None
     # null means the default for these too: OpenAI's types declare them Optional, and SDKs generated from its spec
     # send every field
@@ -294,7 +295,7 @@ def _sampling(body: ServerDefaulted, settings: Settings) -> Sampling:
     openai = body if isinstance(body, SamplingFields) else SamplingFields()
     return Sampling(max_tokens=openai.max_completion_tokens or body.max_tokens or settings.max_tokens,
                     temperature=settings.temperature if body.temperature is None else body.temperature,
-                    top_k=settings.top_k if body.top_k is None else body.top_k,
+                    top_k=settings.top_k if body.top_k is None else max(body.top_k, 0),
                     top_p=openai.top_p, n=openai.n or 1, frequency_penalty=openai.frequency_penalty or 0.0,
                     presence_penalty=openai.presence_penalty or 0.0,
                     seed=random.randint(0, 2**31 - 1) if openai.seed is None else openai.seed % 2**63,
