@@ -646,6 +646,20 @@ def test_api_key(env, monkeypatch):
         assert c.get("/health").status_code == 200  # liveness needs no key
 
 
+def test_pages_on_other_origins_may_call_the_api(client):
+    """A chat front-end on a public HTTPS origin calling a server on this machine: Chrome's private-network preflight
+    passes, and the page may read Retry-After on a 503."""
+    preflight = {"Origin": "https://chat.example.com", "Access-Control-Request-Method": "POST",
+                 "Access-Control-Request-Headers": "content-type,authorization",
+                 "Access-Control-Request-Private-Network": "true"}
+    r = client.options("/v1/chat/completions", headers=preflight)
+    assert r.status_code == 200, r.text
+    assert r.headers["access-control-allow-private-network"] == "true"
+    r = client.get("/v1/models", headers={"Origin": "https://chat.example.com"})
+    assert r.headers["access-control-allow-origin"] == "*"
+    assert "retry-after" in r.headers["access-control-expose-headers"].lower()
+
+
 def test_full_queue_is_503_with_retry_after(env):
     app = create_app(Settings(num_workers=1, max_queue=0, max_tokens=2))
     pool = app.state.pool

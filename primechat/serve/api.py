@@ -475,7 +475,10 @@ def create_app(settings: Settings, pool: WorkerPool | None = None) -> FastAPI:
     if settings.api_key:
         app.add_middleware(ApiKeyMiddleware, key=settings.api_key, respond=error_response)
 
-    app.add_middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["*"], allow_headers=["*"])
+    # any page may call the API, also a public one calling a server on this machine or the LAN (Chrome's Private
+    # Network Access preflight), and read when to retry a 503
+    app.add_middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["*"], allow_headers=["*"],
+                       allow_private_network=True, expose_headers=["Retry-After"])
 
     # ---- running a job ----
 
