@@ -660,6 +660,19 @@ def test_pages_on_other_origins_may_call_the_api(client):
     assert "retry-after" in r.headers["access-control-expose-headers"].lower()
 
 
+def test_api_key_flag_and_environment(monkeypatch):
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+
+    def key(*flags):
+        return settings_from_args(parser.parse_args(["--device-type", "cpu", *flags])).api_key
+    monkeypatch.setenv("PRIMECHAT_API_KEY", "abc")
+    assert key() == "abc" and key("--api-key", "xyz") == "xyz"
+    assert key("--api-key", "") is None  # an empty flag turns off the variable's key
+    monkeypatch.delenv("PRIMECHAT_API_KEY")
+    assert key() is None
+
+
 def test_full_queue_is_503_with_retry_after(env):
     app = create_app(Settings(num_workers=1, max_queue=0, max_tokens=2))
     pool = app.state.pool

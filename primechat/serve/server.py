@@ -37,7 +37,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     parser.add_argument("-p", "--port", type=int, default=8000, help="port to listen on (0: a free one)")
     parser.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on the API "
-                        "(default: $PRIMECHAT_API_KEY; unset: no key)")
+                        "(default: $PRIMECHAT_API_KEY; unset: no key; --api-key '': no key, whatever the variable)")
     parser.add_argument("-t", "--temperature", type=float, default=Settings.temperature,
                         help="when a request gives none")
     parser.add_argument("-k", "--top-k", type=int, default=Settings.top_k, help="when a request gives none (0 = off)")
@@ -84,7 +84,13 @@ def settings_from_args(args) -> Settings:
     models = [name.strip() for name in args.models.split(",") if name.strip()] if args.models else None
     return Settings(models=models, model=default_model(args), num_workers=num_workers, device_type=device_type,
                     max_queue=args.max_queue, max_models_per_worker=args.max_models_per_worker,
-                    api_key=args.api_key or os.environ.get("PRIMECHAT_API_KEY") or None, **sampling)
+                    api_key=api_key(args), **sampling)
+
+
+def api_key(args) -> str | None:
+    """--api-key, or else $PRIMECHAT_API_KEY; an empty one (--api-key '') means no key."""
+    key = args.api_key if args.api_key is not None else os.environ.get("PRIMECHAT_API_KEY")
+    return key or None
 
 
 class ServerThread:
