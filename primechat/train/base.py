@@ -31,9 +31,9 @@ from primechat.optim import DEFAULT_LRS, build_optimizer
 from primechat.plots import plot_training_curves
 from primechat.tokenizer import load_tokenizer
 from primechat.train import checkpoint
-from primechat.train.loop import (RunLog, StepReport, StopRequest, add_speed_arguments, add_wandb_arguments,
-                                  check_horizon, due, note_validation, out_of_memory, record_typed_flags,
-                                  refuse_float16, say, training_model, validation_batches, wandb_run)
+from primechat.train.loop import (RunLog, StepReport, StopRequest, add_speed_arguments, add_wandb_arguments, due,
+                                  note_validation, out_of_memory, record_typed_flags, refuse_float16, resume, say,
+                                  training_model, validation_batches, wandb_run)
 
 SAMPLE_PROMPTS = ["The capital of France is", "The chemical symbol of gold is",
                   "If yesterday was Friday, then tomorrow will be", "The opposite of hot is",
@@ -301,16 +301,11 @@ def main(args):
                                 weight_decay=plan.weight_decay, batch_lr_scale=plan.batch_lr_scale)
 
     # Resume: model, optimizer shard, loader state and loop state of a saved step.
-    step, loader_state = 0, None
     loop = {"min_val_bpb": float("inf"), "smooth_loss": 0.0, "training_time": 0.0, "val_bpb": None}
-    resumed_at = checkpoint.resume_point(folder, args.resume, args.resume_from_step, "from scratch", rank, device)
-    if resumed_at is not None:
-        step = resumed_at
-        meta = checkpoint.resume_training(folder, step, config.to_dict(), model, optimizer, rank, world, device,
-                                           user_config)
-        loader_state = checkpoint.load_rank_state(folder, step, "loader", rank)
-        loop.update(meta["loop_state"])
-        check_horizon(step, plan.num_steps, meta["num_iterations"])
+    resumed_at, _, loader_state = resume(
+        folder, args, loop, plan.num_steps, model=model, optimizer=optimizer, model_config=config.to_dict(),
+        user_config=user_config, rank=rank, world=world, device=device, fresh_start="from scratch")
+    step = resumed_at or 0
 
     speed_rows = []
     if args.fp8:
