@@ -487,6 +487,32 @@ def test_mixture_errors_found_at_load_name_the_entry(fake_hub, tmp_path):
         load_mixture("nope")
 
 
+def test_a_dataset_missing_from_a_shipped_mixture_says_to_use_a_copy(fake_hub, tmp_path, caplog):
+    """A mirror without smol-smoltalk (or MMLU's auxiliary_train): the user cannot edit the shipped file, so the fix is
+    a copy of it, not "check its name"; huggingface_hub's own "No files matched" line is not printed before ours."""
+    shipped = CONFIGS / "mid.yaml"
+    with pytest.raises(UserError) as info:
+        load_mixture("mid")
+    message = str(info.value)
+    assert message.startswith(f"{shipped}: train[0] (HuggingFaceTB/smol-smoltalk train): dataset "
+                              "HuggingFaceTB/smol-smoltalk not found on ")
+    assert f"copy {shipped}, change or remove that entry, and pass the copy with `--mixture COPY`" in message
+    assert "HF_TOKEN" not in message and "check its name" not in message and "\n" not in message
+    put_parquet(fake_hub, "HuggingFaceTB/smol-smoltalk", "data/train-00000-of-00001.parquet", chat_rows(3))
+    put_parquet(fake_hub, "cais/mmlu", "all/test-00000-of-00001.parquet", mmlu_rows(3))
+    with pytest.raises(UserError) as info:
+        load_mixture("mid")
+    message = str(info.value)
+    assert "train[1] (cais/mmlu auxiliary_train train): dataset cais/mmlu has no parquet files" in message
+    assert "--mixture COPY" in message and "fix the subset/split" not in message
+    assert "No files matched" not in caplog.text
+    copy = tmp_path / "mid.yaml"  # the user's own file keeps the fix for a name they typed
+    copy.write_text(shipped.read_text().replace("HuggingFaceTB/smol-smoltalk", "me/chats"))
+    with pytest.raises(UserError, match=re.escape(f"{copy}: train[0] (me/chats train): dataset me/chats not found on ")
+                       + ".*check its name; for a private one set HF_TOKEN$"):
+        load_mixture(copy)
+
+
 def test_shipped_mixtures_are_valid(home):
     for name in ("mid", "sft", "demo-chat"):
         spec = yaml.safe_load((CONFIGS / f"{name}.yaml").read_text())

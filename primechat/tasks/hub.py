@@ -12,6 +12,7 @@ gives: the same examples land in the same places as in nanochat, which shuffles 
 """
 
 import fnmatch
+import logging
 import re
 from pathlib import Path
 
@@ -23,6 +24,19 @@ from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, HFValidation
                                     OfflineModeIsEnabled, RepositoryNotFoundError)
 
 from primechat.common import UserError
+
+# snapshot_download logs "No files matched allow_patterns=…" just before parquet_files says the same with the fix; drop
+# that one line (a filter, not the logger's level, which would also hide its progress bars)
+logging.getLogger("huggingface_hub._snapshot_download").addFilter(lambda r: not r.getMessage().startswith("No files"))
+
+
+class MissingDataset(UserError):
+    """The Hub (or mirror) has no such dataset, or none of the asked subset/split. `problem` is the message without its
+    fix, for a caller with a better one (a shipped mixture, which the user cannot edit)."""
+
+    def __init__(self, problem: str, fix: str):
+        super().__init__(f"{problem}; {fix}")
+        self.problem = problem
 
 
 def file_patterns(subset: str | None, split: str) -> list[str]:
@@ -52,8 +66,8 @@ def parquet_files(repo: str, subset: str | None, split: str) -> list[Path]:
     except GatedRepoError:
         raise UserError(f"dataset {repo} is gated: accept its terms on the Hub, then set HF_TOKEN") from None
     except RepositoryNotFoundError:
-        raise UserError(f"dataset {repo} not found on {HfApi().endpoint}: check its name; for a private one set "
-                        "HF_TOKEN") from None
+        raise MissingDataset(f"dataset {repo} not found on {HfApi().endpoint}",
+                             "check its name; for a private one set HF_TOKEN") from None
     except (LocalEntryNotFoundError, OfflineModeIsEnabled, HfHubHTTPError, OSError) as e:
         reason = (str(e).strip() or type(e).__name__).splitlines()[0]
         raise UserError(f"cannot get {where} from {HfApi().endpoint} and it is not in the HF cache ({reason}): "
@@ -62,9 +76,9 @@ def parquet_files(repo: str, subset: str | None, split: str) -> list[Path]:
                    if any(fnmatch.fnmatch(p.relative_to(folder).as_posix(), pat) for pat in patterns))
     if not files:
         have = available(repo)
-        raise UserError(f"dataset {repo} has no parquet files for {'subset ' + subset + ', ' if subset else ''}"
-                        f"split {split} (looked for {' or '.join(patterns)})"
-                        + (f": it has {have}" if have else "") + "; fix the subset/split")
+        raise MissingDataset(f"dataset {repo} has no parquet files for {'subset ' + subset + ', ' if subset else ''}"
+                             f"split {split} (looked for {' or '.join(patterns)})" + (f": it has {have}" if have else ""),
+                             "fix the subset/split")
     return files
 
 

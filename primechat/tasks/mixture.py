@@ -40,6 +40,7 @@ from primechat.tasks.chat import ChatTask, check_columns
 from primechat.tasks.common import Task, TaskMixture
 from primechat.tasks.customjson import CustomJSON
 from primechat.tasks.gsm8k import GSM8K
+from primechat.tasks.hub import MissingDataset
 from primechat.tasks.humaneval import HumanEval
 from primechat.tasks.mmlu import MMLU
 from primechat.tasks.spelling import SimpleSpelling, SpellingBee
@@ -219,6 +220,7 @@ def load_mixture(name: str | Path, sections: tuple[str, ...] = SECTIONS) -> Mixt
     if not isinstance(words_source, str):
         raise UserError(f"{path}: `words:` must be builtin, a URL or a file path")
     base = path.parent
+    shipped = path.resolve().parent == CONFIGS_DIR.resolve()
     checked = {}
     for section in sections:
         entries = spec.get(section)
@@ -234,6 +236,9 @@ def load_mixture(name: str | Path, sections: tuple[str, ...] = SECTIONS) -> Mixt
             try:
                 task = _build(entry, kind, section, base, words_source)
             except (UserError, ValueError) as e:
+                if shipped and isinstance(e, MissingDataset):  # its fix (check the name…) is not for a shipped file
+                    e = (f"{e.problem}; this mixture ships with primechat: copy {path}, change or remove that "
+                         "entry, and pass the copy with `--mixture COPY`")
                 raise UserError(f"{path}: {section}[{i}] ({label}): {e}") from None
             sources[section].append(Source(label, task, entry.get("repeat", 1)))
     return Mixture(path, spec.get("description", ""), sources)
