@@ -59,6 +59,10 @@ def _format_value(value) -> str:
     return str(value)
 
 
+def section_path(title: str) -> Path:
+    return report_dir() / f"{title.lower().replace(' ', '-')}.md"
+
+
 def log_section(title: str, *items) -> None:
     """Write (replace) one section; items are dicts (rendered as `- key: value`) or Markdown strings."""
     if not is_master():
@@ -70,8 +74,7 @@ def log_section(title: str, *items) -> None:
         else:
             lines.append(str(item).rstrip("\n"))
         lines.append("")
-    slug = title.lower().replace(" ", "-")
-    with atomic_path(report_dir() / f"{slug}.md") as tmp:
+    with atomic_path(section_path(title)) as tmp:
         tmp.write_text("\n".join(lines))
 
 
@@ -202,6 +205,12 @@ def _number(value: str | None) -> float | None:
         return None
 
 
+def chat_scores(values: dict[str, str]) -> dict[str, float]:
+    """The task scores of a "Chat evaluation <stage>" section's values (its settings and notes left out)."""
+    return {key: _number(value) for key, value in values.items()
+            if key not in CHAT_EVAL_SETTINGS and _number(value) is not None}
+
+
 def _timestamp(text: str, label: str) -> datetime.datetime | None:
     m = re.search(rf"^{label}: (\d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d)", text, re.MULTILINE)
     return datetime.datetime.strptime(m.group(1), TIME_FORMAT) if m else None
@@ -225,9 +234,8 @@ def scores(sections: dict[str, str]) -> tuple[dict[str, dict[str, float]], list[
     capped = {}
     for stage in STAGES:
         values = section_values(sections.get(f"chat-evaluation-{stage}", ""))
-        for key, value in values.items():
-            if key not in CHAT_EVAL_SETTINGS and _number(value) is not None:
-                tasks.setdefault(key, {})[stage] = _number(value)
+        for key, value in chat_scores(values).items():
+            tasks.setdefault(key, {})[stage] = value
         if _number(values.get("ChatCORE metric")) is not None:
             chatcore.setdefault("ChatCORE", {})[stage] = _number(values["ChatCORE metric"])
         if values.get("max problems", "all") != "all":

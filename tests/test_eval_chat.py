@@ -310,6 +310,8 @@ def test_command_prints_the_table_and_writes_the_report(home, fake_hub, tokenize
     result = cli("eval", "chat", "-i", "sft", "-a", "GSM8K|ARC-Easy", "-x", "2", "-m", "2", "--device-type", "cpu")
     assert result.code == 0, result.err
     assert list(accuracies(result.out)) == ["GSM8K", "ARC-Easy"] and "ChatCORE" not in result.out
+    # it replaced the full evaluation of this stage on the card, and says so
+    assert "replaced the report's Chat evaluation sft section (was 5 tasks, up to 5 problems each)\n" in result.out
     section = (home / "report" / "chat-evaluation-sft.md").read_text()
     assert "- GSM8K: " in section and "MMLU" not in section and "ChatCORE" not in section
 
@@ -321,6 +323,19 @@ def test_command_prints_the_table_and_writes_the_report(home, fake_hub, tokenize
     assert list(accuracies(result.out)) == ["Arithmetic", "SpellingBee"] and "ChatCORE" not in result.out
     section = (home / "report" / "chat-evaluation-sft.md").read_text()
     assert re.search(r"^- Arithmetic: \d\.\d{4}$", section, re.MULTILINE) and "ChatCORE" not in section
+
+
+def test_replacing_a_section_of_other_tasks_or_problem_cap_is_announced(home):
+    from primechat import report
+    from primechat.eval.chat import replaced_note
+    title = "Chat evaluation mid"
+    assert replaced_note(title, ["MMLU"], None) is None  # nothing to replace
+    report.log_section(title, {"model": "mid_d2_000005", "max problems": "all", "ARC-Easy": 0.5, "MMLU": 0.25,
+                               "MMLU over context": "1 of 9 problems did not fit", "ChatCORE metric": 0.1})
+    assert replaced_note(title, ["MMLU", "ARC-Easy"], None) is None  # the same evaluation, run again
+    assert replaced_note(title, ["MMLU"], None) == ("replaced the report's Chat evaluation mid section "
+                                                    "(was 2 tasks, all problems)")
+    assert replaced_note(title, ["MMLU", "ARC-Easy"], 8) is not None
 
 
 def test_dtype_flag_chooses_the_compute_dtype(home, fake_hub, tokenizer, cli, monkeypatch):

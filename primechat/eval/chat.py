@@ -211,6 +211,21 @@ def chatcore(accuracies: dict[str, float]) -> float | None:
                for name, baseline in CHATCORE_BASELINES.items()) / len(CHATCORE_BASELINES)
 
 
+def replaced_note(title: str, tasks: list[str], max_problems: int | None) -> str | None:
+    """A line saying what the report section `title` held, when this run (other tasks or another problem cap) is about
+    to replace it: the card keeps one chat evaluation per stage, and a quick check should not erase a full one
+    unnoticed."""
+    path = report.section_path(title)
+    if not path.exists():
+        return None
+    old = report.section_values(path.read_text())
+    old_tasks, old_cap = report.chat_scores(old), old.get("max problems", "all").replace(",", "")
+    if set(old_tasks) == set(tasks) and old_cap == str(max_problems or "all"):
+        return None
+    cap = "all problems" if old_cap == "all" else f"up to {old_cap} problems each"
+    return f"replaced the report's {title} section (was {len(old_tasks)} tasks, {cap})"
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # The command
 
@@ -290,7 +305,11 @@ def main(args):
                **{f"{name} over context": o.summary() for name, o in overflows.items()}}
     if score is not None:
         section["ChatCORE metric"] = score
-    report.log_section(f"Chat evaluation {args.source}", section)
+    title = f"Chat evaluation {args.source}"
+    note = replaced_note(title, list(accuracies), args.max_problems)
+    report.log_section(title, section)
+    if note:
+        print0(note)
     compute_cleanup()
 
 
