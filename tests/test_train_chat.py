@@ -7,6 +7,7 @@ nothing is downloaded.
 """
 
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -200,11 +201,15 @@ def test_mid_sft_rl_end_to_end(base_home, tmp_path):
     assert (folder / "loss_curve.png").exists()
     assert "## Midtraining" in (home / "report" / "midtraining.md").read_text()
 
-    sft = ok(train("sft", home, "--num-iterations", 2, "--total-batch-size", 512))
+    sft = ok(train("sft", home, "--num-iterations", 2, "--total-batch-size", 512, "--metrics", "Arithmetic",
+                   "--metrics-every", -1, "--metrics-max-problems", 2))
     assert "warm-started from mid d2 step 4" in sft.stdout
     meta = json.loads((home / "chatsft_checkpoints" / "d2" / "meta_000002.json").read_text())
     assert meta["source"]["stage"] == "mid" and meta["user_config"]["init_lr_frac"] == 0.02
-    assert "## Chat SFT" in (home / "report" / "chat-sft.md").read_text()
+    section = (home / "report" / "chat-sft.md").read_text()
+    # the in-training metrics say on how many problems they were measured (`eval chat` may use more)
+    assert "## Chat SFT" in section and re.search(r"^- task metrics: on the first 2 problems of each task\n"
+                                                   r"- Arithmetic: \d\.\d{4}$", section, re.MULTILINE)
 
     rl = ok(train("rl", home, "--num-iterations", 2))
     folder = home / "chatrl_checkpoints" / "d2"

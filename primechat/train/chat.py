@@ -379,7 +379,10 @@ def main(args):
                "mixture": str(mixture.path),
                "training conversations": len(train_set), "steps": step,
                "total batch size": settings["total_batch_size"], "min validation bpb": loop["min_val_bpb"],
-               "final validation bpb": loop["val_bpb"], **loop["metrics"],
+               "final validation bpb": loop["val_bpb"],
+               # fewer problems than `eval chat` may use: the card's two figures for one checkpoint can differ
+               **({"task metrics": f"on the first {args.metrics_max_problems} problems of each task"}
+                  if loop["metrics"] else {}), **loop["metrics"],
                "training time (min)": loop["training_time"] / 60, "processes": world}
     report.log_section(PRESETS[stage]["title"], summary)
     print0(f"done: {step} steps, val bpb {loop['val_bpb']:.4f}"
