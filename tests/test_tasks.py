@@ -419,6 +419,7 @@ def test_mixture_loads_sources_with_weights(mixture_file):
     assert max(counts.values()) == 3 and sorted(set(counts.values())) == [1, 2, 3]
     assert mixture.sources["val"][1].task.split == "test"  # generated val examples differ from train ones
     assert load_mixture(mixture_file, sections=("val",)).sources.keys() == {"val"}
+    assert mixture.source_names() == "openai/gsm8k main train, me/chats train ×2, me.jsonl ×3, spelling-bee, sums"
 
 
 @pytest.mark.parametrize("entry, fragments", [

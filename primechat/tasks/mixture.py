@@ -73,6 +73,10 @@ class Mixture:
     description: str
     sources: dict[str, list[Source]]  # section ("train", "val") -> its sources
 
+    def source_names(self, section: str = "train") -> str:
+        """The section's sources as the preview names them, one line: "openai/gsm8k main train, identity.jsonl ×2"."""
+        return ", ".join(s.label + (f" ×{s.repeat}" if s.repeat > 1 else "") for s in self.sources[section])
+
     def mix(self, section: str) -> TaskMixture:
         return TaskMixture([s.task for s in self.sources[section] for _ in range(s.repeat)])
 

@@ -376,7 +376,7 @@ def main(args):
         compute_cleanup()
         stop.exit_stopped(step, folder)
     summary = {"model tag": tag, "source": f"{args.source} {source_tag} step {source_meta['step']}",
-               "mixture": str(mixture.path),
+               "mixture": str(mixture.path), "mixture sources": mixture.source_names(),  # the path is this machine's
                "training conversations": len(train_set), "steps": step,
                "total batch size": settings["total_batch_size"], "min validation bpb": loop["min_val_bpb"],
                "final validation bpb": loop["val_bpb"],
