@@ -241,6 +241,9 @@ def scores(sections: dict[str, str]) -> tuple[dict[str, dict[str, float]], list[
         if values.get("max problems", "all") != "all":
             capped.setdefault(values["max problems"], []).append(STAGES[stage][0])
     notes += [f"{', '.join(columns)}: chat tasks on at most {n} problems each." for n, columns in capped.items()]
+    if "chat-rl" in sections and "chat-evaluation-rl" not in sections:  # RL measured pass@k, but not on these rows
+        notes.append("RL: empty until `primechat eval chat -i rl` runs; the Chat RL section has the pass@k measured "
+                     "during RL.")
     outside = {name: values for name, values in sorted(tasks.items()) if name not in CHATCORE_BASELINES}
     if outside:
         notes.append(f"{', '.join(outside)}: not part of ChatCORE, nanochat's mean over "

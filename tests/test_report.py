@@ -182,6 +182,18 @@ def test_speedrun_total_sets_the_time_and_cpu_runs_cost_nothing(home, cli):
     assert "Estimated cost: $0 (CPU)" in result.out
 
 
+def test_an_rl_column_left_empty_says_how_to_fill_it(home):
+    """RL measured pass@k while training, but the summary's RL column comes from `eval chat -i rl` alone."""
+    write_pipeline_sections()
+    hint = "- RL: empty until `primechat eval chat -i rl` runs; the Chat RL section has the pass@k measured during RL."
+    assert hint not in report.summary_table(report.read_sections())  # it ran: the column has figures
+    (home / "report" / "chat-evaluation-rl.md").unlink()
+    table = report.summary_table(report.read_sections())
+    assert hint in table.splitlines() and "RL: chat tasks on at most" not in table
+    (home / "report" / "chat-rl.md").unlink()  # no RL at all: nothing to say
+    assert "eval chat -i rl" not in report.summary_table(report.read_sections())
+
+
 def test_partial_core_is_labelled(home, cli):
     report.log_section("Base model evaluation", {"CORE (partial, 3/22 tasks) metric": 0.15,
                                                  "missing tasks": "jeopardy, squad"})
