@@ -363,6 +363,15 @@ def test_command_errors_are_one_line(home, tokenizer, cli):
     assert result.code == 2 and "--max-problems" in result.err
 
 
+def test_a_tasks_dataset_missing_from_the_hub_names_the_flag(home, fake_hub, tokenizer, cli):
+    """A mirror without ARC: the fix is -a (the dataset's name is primechat's), not "check its name"."""
+    save_tiny_checkpoint(home, tokenizer)
+    result = cli("eval", "chat", "-i", "sft", "--device-type", "cpu")
+    assert result.code == 2 and result.err.count("\n") == 1
+    assert "ARC-Easy: dataset allenai/ai2_arc not found on " in result.err
+    assert "pick tasks without it with -a/--task-name" in result.err and "HF_TOKEN" not in result.err
+
+
 def test_unreachable_word_list_fails_before_any_task_runs_and_names_the_flag(home, tokenizer, cli):
     """The word list is fetched before evaluating anything: offline, SpellingBee's turn would come after an hour of
     other tasks, whose scores would be lost."""

@@ -417,6 +417,14 @@ def test_bad_input_is_one_line(base_home, tmp_path, monkeypatch, cli):
     assert offline.returncode == 2 and "cannot download the word list" in error and "--words builtin" in error
 
 
+def test_a_metric_tasks_dataset_missing_from_the_hub_names_the_flag(fake_hub, cli):
+    """A mirror without MMLU: the fix is --metrics (the dataset's name is primechat's), named before any model loads."""
+    result = cli("train", "mid", "--metrics", "ARC-Easy|MMLU", "--device-type", "cpu")
+    assert result.code == 2 and result.err.count("\n") == 1
+    assert "ARC-Easy: dataset allenai/ai2_arc not found on " in result.err
+    assert "pick tasks without it with --metrics ('' for none)" in result.err and "HF_TOKEN" not in result.err
+
+
 def test_help_of_mid_and_sft_documents_the_loop_they_share(cli):
     for stage in ("mid", "sft"):
         result = cli.run("train", stage, "--help")

@@ -30,6 +30,7 @@ from primechat.common import UserError, compute_cleanup, compute_init, print0, p
 from primechat.engine import Engine
 from primechat.tasks.arc import ARC
 from primechat.tasks.gsm8k import GSM8K
+from primechat.tasks.hub import MissingDataset
 from primechat.tasks.humaneval import HumanEval
 from primechat.tasks.mixture import EVAL_SIZE, GENERATED, generated_task
 from primechat.tasks.mmlu import MMLU
@@ -69,9 +70,13 @@ def task_names(text: str) -> list[str]:
     return list(dict.fromkeys(task_name(n.strip()) for n in text.split("|") if n.strip()))
 
 
-def load_task(name: str, words: str = WORDS_URL):
-    """The test split of a task of TASKS (or an alias), shuffled with seed 42 as nanochat's."""
-    return TASKS[task_name(name)](words)
+def load_task(name: str, words: str = WORDS_URL, flag: str = "-a/--task-name"):
+    """The test split of a task of TASKS (or an alias), shuffled with seed 42 as nanochat's. A dataset missing from
+    the Hub or mirror names `flag`, the one that picks the tasks: the dataset's name is ours, not the user's to fix."""
+    try:
+        return TASKS[task_name(name)](words)
+    except MissingDataset as e:
+        raise UserError(f"{name}: {e.problem}; pick tasks without it with {flag}") from None
 
 
 def num_problems(task, max_problems: int | None) -> int:

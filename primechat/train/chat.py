@@ -215,7 +215,8 @@ def main(args):
     metric_names = chat_eval.task_names(args.metrics)
     resolve_mixture(args.mixture)  # a mistyped mixture is reported before the model is loaded
     # the tasks' data (and a word list) before the model too: offline, fail now, not at the first measure
-    metric_tasks = {name: chat_eval.load_task(name, args.words) for name in metric_names}
+    metric_tasks = {name: chat_eval.load_task(name, args.words, "--metrics ('' for none)")
+                    for name in metric_names}
 
     # The model: the source checkpoint, in fp32 master weights.
     source_tag = args.model_tag or checkpoint.default_tag(args.source)
