@@ -12,7 +12,7 @@ import pytest
 from primechat.common import UserError
 from primechat.data.loader import PretrainLoader
 from primechat.tokenizer import Tokenizer
-from primechat.data.shards import iter_texts, list_shards, shard_name
+from primechat.data.shards import dataset_label, iter_texts, list_shards, shard_name
 
 
 def shard_files(folder) -> list[str]:
@@ -64,6 +64,7 @@ def test_download_fetches_val_shard_first_then_first_n_train_shards(fake_hub, cl
     train, val = list_shards("corpus")
     assert [p.name for p in train] == wanted[1:] and val.name == wanted[0]
     assert "3 downloaded, 0 already present" in result.out
+    assert dataset_label("corpus", len(train)) == "corpus (me/corpus, 2 training shards)"  # as the report names it
     assert "README.md" not in resolved(fake_hub)
 
 

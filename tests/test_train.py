@@ -202,6 +202,7 @@ def test_a_run_leaves_metrics_checkpoint_curve_and_report(run_a):
     report = (home / "report" / "base-model-training.md").read_text()
     assert report.startswith("## Base model training")
     assert "- steps: 12" in report and "final validation bpb" in report
+    assert "- dataset: tiny (2 training shards)" in report
 
 
 def test_save_and_resume_bit_for_bit(run_a, corpus, tmp_path):

@@ -74,6 +74,12 @@ def pick_dataset(name: str | None, choose: str | None = "choose another with --d
     return DEFAULT_DATASET
 
 
+def dataset_label(dataset: str, train_shards: int) -> str:
+    """A dataset as report sections name it: with the Hub repo it came from, if downloaded, and its training shards."""
+    repo = read_manifest(dataset_dir(dataset)).get("repo")
+    return f"{dataset} ({repo + ', ' if repo else ''}{train_shards} training shards)"
+
+
 def refetch_hint(folder: Path) -> str:
     """How to get a dataset's shards back, by where they came from (dataset.json says)."""
     manifest = read_manifest(folder)

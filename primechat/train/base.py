@@ -22,7 +22,7 @@ from primechat import report
 from primechat.common import (UserError, aligned_rows, compute_cleanup, compute_dtype, compute_init, device_rate,
                               dist_info, hours_text, print0, progress)
 from primechat.data.loader import DataParallelLoader, PretrainLoader
-from primechat.data.shards import add_dataset_argument, list_shards, pick_dataset
+from primechat.data.shards import add_dataset_argument, dataset_label, list_shards, pick_dataset
 from primechat.eval.core import bundle_for, evaluate_core
 from primechat.eval.loss import evaluate_bpb
 from primechat.fp8 import check_device as check_fp8_device, enable_fp8
@@ -431,7 +431,8 @@ def main(args):
                **({"final CORE": f"{loop['core_metric']:.4f} (at most {args.core_metric_max_per_task} examples per "
                                  f"task; `primechat eval base` for the full one)"} if bundle else {}),
                "training time (min)": loop["training_time"] / 60,
-               "peak memory (GiB)": f"{peak_mem:.2f}" if peak_mem else "-", "dataset": args.dataset,
+               "peak memory (GiB)": f"{peak_mem:.2f}" if peak_mem else "-",
+               "dataset": dataset_label(args.dataset, len(train_paths)),
                "processes": world}
     report.log_section("Base model training", summary)
     print0(f"done: min val bpb {loop['min_val_bpb']:.4f}, training time {loop['training_time'] / 60:.2f} min"
