@@ -700,6 +700,9 @@ def test_nanochat_endpoints(client):
     assert all(set(e) == {"token", "gpu"} and e["gpu"] == 0 for e in events[:-1])
     greedy = client.post("/v1/chat/completions", json={"messages": HELLO, "temperature": 0, "max_tokens": 6}).json()
     assert "".join(e["token"] for e in events[:-1]) == greedy["choices"][0]["message"]["content"]
+    tool_turn = {"messages": [*HELLO, {"role": "tool", "content": "x"}, *HELLO]}
+    assert "messages[1].role: must be 'user' or 'assistant', got 'tool'" in client.post(
+        "/chat/completions", json=tool_turn).json()["detail"]  # said at once, without waiting for a worker
     for bad in ({"messages": [{"role": "system", "content": "x"}, *HELLO]}, {"messages": []},
                 {"messages": HELLO, "temperature": 3}, {"messages": HELLO, "max_tokens": 5000},
                 {"messages": [{"role": "user", "content": "x" * 8001}]}):

@@ -240,10 +240,10 @@ def check_messages(messages, openai: bool) -> list[dict]:
                            param=param)
         total += len(text)
         role = message.role
+        if not openai and role not in ("user", "assistant"):  # nanochat's rule; OpenAI's roles are checked by type
+            raise ApiError(400, f"messages[{i}].role: must be 'user' or 'assistant', got {role!r}",
+                           param=f"messages[{i}].role")
         if role in ("system", "developer"):
-            if not openai:
-                raise ApiError(400, f"messages[{i}].role: must be 'user' or 'assistant', got {role!r}",
-                               param=f"messages[{i}].role")
             role = "system" if all(m["role"] == "system" for m in out) else "user"
         if out and out[-1]["role"] == role:
             out[-1]["content"] = "\n\n".join(part for part in (out[-1]["content"], text) if part)
