@@ -19,7 +19,7 @@ import torch
 
 from primechat.common import (CPU_RATE, GPU_HOURLY_PRICE, PEAK_BF16_FLOPS, UserError, aligned_rows,
                               gpu_hourly_price, hours_text, human_bytes, measured_mfu, physical_ram)
-from primechat.model import GPT, GPTConfig
+from primechat.model import ARCHES, GPT, GPTConfig
 from primechat.optim import build_optimizer
 from primechat.train import base
 
@@ -69,7 +69,6 @@ LOGIT_BYTES = {"gpu": 8, "cpu": 16}
 OVERHEAD_GIB = {"gpu": 3.0, "cpu": 1.0}
 MAX_DEVICE_BATCH = 1024
 BUDGET_DEPTHS = range(2, 65, 2)
-ARCHES = ("primechat", "nanochat-2025")
 PRIMECHAT_VOCAB = 32768  # `primechat tokenizer train`'s default
 NANOCHAT_2025_VOCAB, NANOCHAT_2025_BATCH, NANOCHAT_2025_RATIO = 65536, 524288, 20
 NANOCHAT_2025_EVAL_TOKENS = 20 * 524288  # its base_train's validation tokens (reference A6; every 250 steps as here)
@@ -436,7 +435,8 @@ def add_arguments(p):
     p.add_argument("--depth", type=int, default=None, help=f"number of layers (default {d('depth')}, as train base)")
     p.add_argument("--gpus", default="8xH100", help="COUNTxNAME (8xH100, 1xA100-80GB), NAME for one, or cpu")
     p.add_argument("--arch", choices=ARCHES, default="primechat",
-                   help="primechat (nanochat 2026) or nanochat-2025 (nanochat's Oct 2025 model and horizon rule)")
+                   help="primechat (nanochat 2026) or nanochat-2025 (nanochat's Oct 2025 model and its horizon "
+                   "rule, to check against its published runs; `train base --arch` takes the model only)")
     p.add_argument("--budget", type=float, default=None, metavar="DOLLARS",
                    help="pick the largest even depth whose whole pipeline costs at most this")
     p.add_argument("--price", type=float, default=None,

@@ -630,7 +630,8 @@ def test_total_batch_not_divisible(corpus, home):
 
 @pytest.mark.parametrize("flags,fragment", [
     (["--num-iterations", 12], "--resume"),  # a new run into a tag that has checkpoints
-    (["--num-iterations", 12, "--depth", 1, "--model-tag", "d2", "--resume"], "model config"),  # another model
+    (["--num-iterations", 12, "--depth", 1, "--model-tag", "d2", "--resume"],
+     "model config (n_layer differ: flags --depth 2 → 1)"),  # another model, and the flag that made it
     (["--num-iterations", 8, "--resume"], "the checkpoint is at step 12, past this run's 8 steps"),
     (["--num-iterations", 12, "--resume"], "older primechat"),  # a loader state in the format before data streams
 ], ids=["existing-tag", "depth-mismatch", "horizon-before-checkpoint", "old-loader-state"])

@@ -52,7 +52,8 @@ def add_arguments(p):
                    "context, L = the context, F = unbounded (nanochat's Oct 2025 model)")
     p.add_argument("--arch", choices=ARCHES, default="primechat", help="the model: primechat (nanochat's 2026 "
                    "design) or nanochat-2025 (its Oct 2025 model: no windows, value embeddings, smear, backout or "
-                   "lambdas; ignores --window-pattern), trained the same way, to compare the two")
+                   "lambdas; ignores --window-pattern), trained the same way (primechat's horizon, batch and optimizer, unlike "
+                   "`plan --arch`), to compare the two")
     add_dataset_argument(p, "pretraining dataset under base_data/")
     p.add_argument("--data-streams", type=int, default=None, help="independent data streams (default: one per "
                    "process); runs with equal streams and total batch see the same data whatever the process count")

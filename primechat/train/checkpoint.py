@@ -246,8 +246,10 @@ def resume_training(folder: Path, step: int, model_config: dict, model, optimize
                         f"resume it {how}")
     if meta["model_config"] != model_config:
         changed = [k for k, v in model_config.items() if meta["model_config"].get(k) != v]
-        raise UserError(f"checkpoint {folder} step {step} has another model config ({', '.join(changed)} differ): "
-                        f"use the settings it was trained with, or another --model-tag")
+        flags = changed_flags(meta.get("user_config", {}), user_config or {})  # the flags behind it, where known
+        because = f": flags {', '.join(flags)}" if flags else ""
+        raise UserError(f"checkpoint {folder} step {step} has another model config ({', '.join(changed)} differ"
+                        f"{because}): use the settings it was trained with, or another --model-tag")
     model.load_state_dict(load_model_state(folder, step, device))
     optimizer.load_state_dict(load_rank_state(folder, step, "optim", rank, device))
     print0(f"resuming {folder} from step {step}")
