@@ -179,7 +179,7 @@ def main(args) -> None:
                 temperature=args.temperature, top_k=args.top_k, max_tokens=args.max_tokens, seed=seed)
     if args.prompt is not None:
         stats = chat.reply(args.prompt)
-        print(stats, file=sys.stderr)
+        print(f"{stats} · seed {seed}", file=sys.stderr)  # --seed with it repeats the reply
         if chat.context > model.config.sequence_len:
             print(f"(the prompt and reply, {chat.context:,} tokens, run past the {model.config.sequence_len}-token "
                   f"context the model was trained on, where replies degrade)", file=sys.stderr)
@@ -190,7 +190,7 @@ def main(args) -> None:
     interactive = sys.stdin.isatty()
     dim, reset = ("\033[2m", "\033[0m") if sys.stdout.isatty() else ("", "")
     kind = "chat" if chat.chat_format else "text completion (base model: no chat format)"
-    print(f"primechat {kind} · {name} · /help for commands, /quit to leave")
+    print(f"primechat {kind} · {name} · seed {seed} · /help for commands, /quit to leave")
     while True:
         try:
             line = input("\nYou: " if interactive else "").strip()

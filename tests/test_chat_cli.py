@@ -129,6 +129,9 @@ def test_a_prompt_asked_again_gets_another_sample_unless_the_seed_is_given(chat_
 
     assert ask("--seed", "7") == ask("--seed", "7")
     assert len({ask(), ask(), ask()}) > 1  # one seed for every run made these equal
+    told = cli.run("chat", "-p", "hello", "-t", "1", "-k", "0", "-m", "8", "--device-type", "cpu")
+    seed = re.search(r" · seed (\d+)$", told.err.strip().splitlines()[-1]).group(1)  # the seed that repeats it
+    assert ask("--seed", seed) == told.out
 
 
 def test_one_shot_says_when_it_ran_past_the_trained_context(chat_env, cli):
