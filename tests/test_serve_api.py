@@ -937,3 +937,13 @@ def test_ctrl_c_ends_open_streams_and_stops_at_once(cli):
         "server_shutting_down"
     assert "Traceback" not in output and "ERROR" not in output, output
     assert code == 130 and output.rstrip().endswith("primechat: interrupted")
+
+
+def test_a_whole_reply_is_stamped_when_its_request_came(env, slow_engine):
+    """OpenAI's `created` is the request's time: a reply that took seconds (a list of prompts: minutes) keeps it."""
+    with TestClient(create_app(Settings(num_workers=1))) as c:
+        before = time.time()
+        body = {"model": "base", "prompt": "the", "max_tokens": 60, "temperature": 1.0, "top_k": 0, "seed": 3}
+        reply = c.post("/v1/completions", json=body).json()
+        assert time.time() - before > 2.4 and reply["usage"]["completion_tokens"] == 60  # 40 ms a token
+        assert int(before) <= reply["created"] <= int(before) + 1  # the end's time would be 2 s later at least

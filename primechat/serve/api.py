@@ -390,11 +390,11 @@ def _completion_prompt(prompt, ref, param: str, tokenizer) -> list[int]:
     return prompt if prompt[:1] == [bos] else [bos, *prompt]
 
 
-def _reply_head(chat: bool, model: str) -> dict:
+def _reply_head(chat: bool, model: str, created: int) -> dict:
     """The fields a reply, and each chunk of a stream, opens with: system_fingerprint (and service_tier in chat),
     null here, are fields OpenAI always sends, for clients that read them without checking."""
     return {"id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}",
-            "object": "chat.completion" if chat else "text_completion", "created": int(time.time()), "model": model,
+            "object": "chat.completion" if chat else "text_completion", "created": created, "model": model,
             "system_fingerprint": None, **({"service_tier": None} if chat else {})}
 
 
@@ -409,7 +409,7 @@ def _choice(chat: bool, index: int, text: str, reason: str | None, streamed: boo
     return {"index": index, **content, "logprobs": None, "finish_reason": reason}
 
 
-def whole_reply(chat: bool, model: str, results: list[tuple]) -> dict:
+def whole_reply(chat: bool, model: str, results: list[tuple], created: int) -> dict:
     """A reply as one JSON object from each prompt's (texts, reasons, stats): as OpenAI numbers them, prompt i's j-th
     reply is choice i*n + j, and the usage is summed; timings: the first prompt's time to first token, the last's
     total (both from the request's arrival), the tokens per second over all."""
@@ -422,7 +422,7 @@ def whole_reply(chat: bool, model: str, results: list[tuple]) -> dict:
     timings = {"ttft_ms": results[0][2]["timings"]["ttft_ms"],
                "tokens_per_second": round(usage["completion_tokens"] / seconds, 2) if seconds else 0.0,
                "total_ms": results[-1][2]["timings"]["total_ms"]}
-    return {**_reply_head(chat, model), "choices": choices, "usage": usage, "timings": timings}
+    return {**_reply_head(chat, model, created), "choices": choices, "usage": usage, "timings": timings}
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -554,9 +554,9 @@ def create_app(settings: Settings, pool: WorkerPool | None = None) -> FastAPI:
         return _sse({"error": {"message": error.message, "type": error.type, "param": error.param,
                                "code": error.code}})
 
-    def stream_reply(job: Job, body, chat: bool) -> StreamingResponse:
+    def stream_reply(job: Job, body, chat: bool, created: int) -> StreamingResponse:
         """The job's reply as SSE chunks ending in [DONE]."""
-        n, head = job.sampling.n, _reply_head(chat, job.ref.id)
+        n, head = job.sampling.n, _reply_head(chat, job.ref.id, created)
         if chat:
             head["object"] = "chat.completion.chunk"
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -625,14 +625,15 @@ def create_app(settings: Settings, pool: WorkerPool | None = None) -> FastAPI:
     async def answer(jobs: list[Job], body, chat: bool):
         """An OpenAI request's answer: its whole reply, or once a worker has the prompt ready, its stream. A list of
         prompts has a job each, run one after another, and is not streamed."""
+        created = int(time.time())  # when the request came, as OpenAI stamps it, not when the last reply ended
         if body.stream:
             await start(jobs[0])
-            return stream_reply(jobs[0], body, chat)
+            return stream_reply(jobs[0], body, chat, created)
         results = []
         for job in jobs:
             await start(job)
             results.append(await collect(job, job.sampling.n))
-        return whole_reply(chat, jobs[0].ref.id, results)
+        return whole_reply(chat, jobs[0].ref.id, results, created)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatRequest, request: Request):

@@ -158,7 +158,7 @@ def check_epochs(step: int, progress: float, num_epochs: float, saved_config: di
     this run trains on. A finished run's last step passes its own target a little, so that target still resumes."""
     saved_epochs = saved_config.get("num_epochs") if saved_config.get("num_iterations", -1) <= 0 else None
     if progress > num_epochs and (saved_epochs is None or num_epochs < saved_epochs):
-        raise UserError(f"the checkpoint at step {step} has trained on {progress:.2f} epochs, past this run's "
+        raise UserError(f"the checkpoint at step {step} has trained on {progress:g} epochs, past this run's "
                         f"{num_epochs:g}: raise --num-epochs" + (f" (the saved run had {saved_epochs:g})"
                                                                   if saved_epochs is not None else ""))
 
