@@ -106,6 +106,26 @@ class _TrainBaseFlags(Parser):
         raise UserError(f"flags after `--` (train base): {message}")
 
 
+def refuse_own_flags(parser, train_flags: list[str]) -> None:
+    """A flag after `--` that the sweep sets per point would win over it (argparse keeps the last), so a point would
+    train another model than its label says: refused, naming the sweep's own flag."""
+    own = {"--depth": "--depth", "--target-param-data-ratio": "--ratio", "--total-batch-size": "--total-batch-size",
+           **{flag: flag for flag in FIXED.values()}}
+    per_point = ("--model-tag", "--resume", "--sample-every")
+    options = parser._option_string_actions
+    for word in train_flags:
+        name = parser._dashed(word).partition("=")[0]
+        if not name.startswith("--"):
+            continue
+        prefixed = [option for option in options if option.startswith(name)]  # argparse takes unique prefixes
+        flag = name if name in options else prefixed[0] if len(prefixed) == 1 else None
+        if flag in own:
+            raise UserError(f"{flag} after `--` would override the sweep's own setting: give it to the sweep "
+                            f"(`primechat sweep {own[flag]} …`)")
+        if flag in per_point:
+            raise UserError(f"{flag} after `--`: the sweep sets it for each point itself")
+
+
 def plan_points(args, points: list[Point], vocab_sizes: dict) -> None:
     """Fill each point's argv and FLOPs with train base's own planning, which also rejects bad settings now."""
     import torch
@@ -115,6 +135,7 @@ def plan_points(args, points: list[Point], vocab_sizes: dict) -> None:
 
     parser = _TrainBaseFlags(prog="primechat train base")
     base.add_arguments(parser)
+    refuse_own_flags(parser, args.train_flags)
     for point in points:
         point.argv = [f"--depth={point.depth}", f"--target-param-data-ratio={point.ratio:g}",
                       f"--total-batch-size={point.batch}", *(f"{flag}={getattr(args, key)}"

@@ -103,6 +103,12 @@ BAD_INPUT = [
     (["--", "--no-such-flag"], "flags after `--` (train base): unrecognized arguments: --no-such-flag"),
     # nanochat's underscore spelling is train base's flag (here its bad value is what gets reported)
     (["--", "--warmup_steps=x"], "flags after `--` (train base): argument --warmup-steps: invalid int value: 'x'"),
+    # a point's own settings after `--` would train another model than its label: refused, in every spelling
+    (["--", "--depth", "6"], "--depth after `--` would override the sweep's own setting: give it to the sweep "
+                             "(`primechat sweep --depth …`)"),
+    (["--", "--target_param_data_ratio=2"], "(`primechat sweep --ratio …`)"),
+    (["--", "--max-seq", "64"], "--max-seq-len after `--`"),
+    (["--", "--model-tag", "x"], "--model-tag after `--`: the sweep sets it for each point itself"),
 ]
 
 
