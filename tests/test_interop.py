@@ -406,6 +406,61 @@ def test_nanochat_export_carries_no_remote_code(home, tmp_path, tokenizer):
     assert json.loads((out / "config.json").read_text())["model_type"] == "nanochat"
 
 
+def test_an_interrupted_export_leaves_the_earlier_export_whole(home, tmp_path, tokenizer, monkeypatch):
+    """Ctrl-C after the weights are written: OUT still holds the earlier model, every file of it, and no leftovers."""
+    for tag, depth in (("small", 1), ("big", 2)):
+        config = GPTConfig(vocab_size=tokenizer.vocab_size, **{**SIZES, "n_layer": depth}, **OCT)
+        save_checkpoint(checkpoint_dir("sft", tag), 7, random_state(config, seed=1),
+                        {"step": 7, "model_config": config.to_dict()})
+        tokenizer.save(checkpoint_dir("sft", tag))
+    out = tmp_path / "exports" / "hf"
+    assert run(hf, out, "-g", "small") == 0
+    before = {f.name: f.read_bytes() for f in out.iterdir()}
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+    with monkeypatch.context() as m:
+        m.setattr(hf, "_write_json", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            hf.export_hf(out, tag="big")
+        assert {f.name: f.read_bytes() for f in out.iterdir()} == before
+        assert [p.name for p in out.parent.iterdir()] == ["hf"]
+        with pytest.raises(KeyboardInterrupt):
+            hf.export_hf(out.parent / "fresh", tag="big")
+        assert not (out.parent / "fresh").exists()
+    assert run(hf, out, "-g", "big") == 0  # the complete new export replaces it
+    assert json.loads((out / "primechat.json").read_text())["tag"] == "big"
+    assert [p.name for p in out.parent.iterdir()] == ["hf"]
+    (out / "notes.txt").write_text("mine")  # a folder with other things in it: the export joins them
+    assert run(hf, out, "-g", "small") == 0
+    assert (out / "notes.txt").read_text() == "mine"
+    assert json.loads((out / "primechat.json").read_text())["tag"] == "small"
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []
+
+
+@pytest.mark.parametrize("where,message", [
+    ("file", "is a file: give a folder"),
+    ("under-file", "give a folder you can write to"),
+    ("read-only", "give a folder you can write to"),
+])
+def test_export_to_a_bad_folder_is_a_one_line_error(home, tmp_path, tokenizer, capsys, where, message):
+    import os
+    config = GPTConfig(vocab_size=tokenizer.vocab_size, **SIZES, **OCT)
+    save_checkpoint(checkpoint_dir("sft", "d2"), 7, random_state(config, seed=1),
+                    {"step": 7, "model_config": config.to_dict()})
+    tokenizer.save(checkpoint_dir("sft", "d2"))
+    (tmp_path / "a-file").write_text("x")
+    (tmp_path / "locked").mkdir(mode=0o555)
+    if where == "read-only" and os.access(tmp_path / "locked", os.W_OK):
+        pytest.skip("running as root: permissions are not enforced")
+    out = {"file": tmp_path / "a-file", "under-file": tmp_path / "a-file" / "hf",
+           "read-only": tmp_path / "locked" / "hf"}[where]
+    capsys.readouterr()
+    assert run(hf, out) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err and err.startswith("primechat: error:")
+
+
 def test_export_counts_the_parameters_it_exports(home, tmp_path, tokenizer):
     """A 700-token vocab is padded to 704 rows inside primechat; the export drops those rows, and so does its count
     (the model card's parameters)."""

@@ -23,7 +23,9 @@ tokens out of text, while a Hugging Face tokenizer turns "<|bos|>" written in a 
 """
 
 import json
+import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import torch
@@ -33,6 +35,8 @@ from primechat.tokenizer import SPECIAL_TOKENS, SPLIT_PATTERN
 from primechat.train.checkpoint import STAGE_DIRS, checkpoint_dir, default_tag, load_meta, resolve_step
 
 REMOTE_CODE = Path(__file__).with_name("modeling_primechat.py")
+EXPORT_FILES = {"model.safetensors", "config.json", "generation_config.json", "tokenizer.json",
+                "tokenizer_config.json", "chat_template.jinja", REMOTE_CODE.name, "primechat.json"}
 RMS_EPS = torch.finfo(torch.float32).eps  # F.rms_norm's default for fp32, which primechat's norm uses
 
 # Jinja rendering of Tokenizer._render: BOS; a system message folded into the first user turn; user and assistant
@@ -252,28 +256,47 @@ def _write_json(path: Path, obj) -> None:
         tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
 
 
-def export_hf(out, stage: str = "sft", tag: str | None = None, step: int | None = None,
-              dtype: str = "bfloat16") -> dict:
-    """Write the transformers folder; returns {"out", "stage", "tag", "step", "config", "meta", "remote_code",
-    "params"}: params counts the exported weights, which lack the padded vocab rows that primechat's model holds."""
+def _staging_dir(out: Path) -> Path:
+    """An empty folder to build the export in, so OUT never holds half an export: beside OUT, renamed onto it at
+    the end; inside OUT when OUT is a folder of other things, whose files are then moved in one by one."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out} is a file: give a folder to write the model into")
+    try:
+        if out.is_dir() and not _replaceable(out):
+            return Path(tempfile.mkdtemp(prefix=".primechat-export-", dir=out))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    except OSError as e:
+        raise UserError(f"cannot write the export to {out} ({e.strerror}): give a folder you can write to") from None
+
+
+def _replaceable(out: Path) -> bool:
+    """Empty, or an earlier export and nothing else: replaced as a whole."""
+    return {p.name for p in out.iterdir()} <= EXPORT_FILES
+
+
+def _move_into_place(staging: Path, out: Path) -> None:
+    if not out.exists():
+        staging.rename(out)
+    elif staging.parent != out:  # an earlier export: swapped for the complete new one
+        old = staging.with_name(staging.name + "-old")
+        out.rename(old)
+        staging.rename(out)
+        shutil.rmtree(old)
+    else:  # a folder of other things: the export's files join them, config.json last
+        for name in EXPORT_FILES - {p.name for p in staging.iterdir()}:
+            (out / name).unlink(missing_ok=True)  # e.g. modeling_primechat.py of an earlier 2026 model
+        for f in sorted(staging.iterdir(), key=lambda f: f.name == "config.json"):
+            os.replace(f, out / f.name)
+
+
+def _write_export(out: Path, folder: Path, step: int, meta: dict, config, tokenizer, stage: str, tag: str,
+                  dtype: str, torch_dtype) -> dict:
+    """Every file of the export into the empty folder `out`; returns the tensors written."""
     from safetensors.torch import save_file
 
-    from primechat.model import GPTConfig
-    from primechat.tokenizer import load_tokenizer
     from primechat.train.checkpoint import load_model_state
 
-    tag = tag or default_tag(stage)
-    folder = checkpoint_dir(stage, tag)
-    step = resolve_step(folder, step)
-    meta = load_meta(folder, step)
-    config = GPTConfig(**meta["model_config"])
-    tokenizer = load_tokenizer(folder if (folder / "tokenizer.pkl").exists() else None)
-    if tokenizer.vocab_size != config.vocab_size:
-        raise UserError(f"{stage} {tag} has a {config.vocab_size:,}-token vocabulary but its tokenizer has "
-                        f"{tokenizer.vocab_size:,}: restore the tokenizer it was trained with")
-    torch_dtype = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}[dtype]
-    out = Path(out).expanduser()
-    out.mkdir(parents=True, exist_ok=True)
     tensors = hf_state(load_model_state(folder, step), config, torch_dtype)
     with atomic_path(out / "model.safetensors") as tmp:
         save_file(tensors, str(tmp), metadata={"format": "pt"})
@@ -289,21 +312,48 @@ def export_hf(out, stage: str = "sft", tag: str | None = None, step: int | None 
     })
     with atomic_path(out / "chat_template.jinja") as tmp:
         tmp.write_text(CHAT_TEMPLATE)
-    remote_code = bool(unsupported_features(config))
-    if remote_code:
+    if unsupported_features(config):
         with atomic_path(out / REMOTE_CODE.name) as tmp:
             shutil.copyfile(REMOTE_CODE, tmp)
-    else:
-        (out / REMOTE_CODE.name).unlink(missing_ok=True)  # left by an earlier export of another model
     _write_json(out / "primechat.json", {"format": "primechat", "stage": stage, "tag": tag, "step": step,
                                          "model_config": config.to_dict(),
                                          **{k: meta[k] for k in ("val_bpb", "imported_from") if k in meta}})
+    return tensors
+
+
+def export_hf(out, stage: str = "sft", tag: str | None = None, step: int | None = None,
+              dtype: str = "bfloat16") -> dict:
+    """Write the transformers folder; returns {"out", "stage", "tag", "step", "config", "meta", "remote_code",
+    "params"}: params counts the exported weights, which lack the padded vocab rows that primechat's model holds.
+    OUT gets the whole export or is left as it was."""
+    from primechat.model import GPTConfig
+    from primechat.tokenizer import load_tokenizer
+
+    tag = tag or default_tag(stage)
+    folder = checkpoint_dir(stage, tag)
+    step = resolve_step(folder, step)
+    meta = load_meta(folder, step)
+    config = GPTConfig(**meta["model_config"])
+    tokenizer = load_tokenizer(folder if (folder / "tokenizer.pkl").exists() else None)
+    if tokenizer.vocab_size != config.vocab_size:
+        raise UserError(f"{stage} {tag} has a {config.vocab_size:,}-token vocabulary but its tokenizer has "
+                        f"{tokenizer.vocab_size:,}: restore the tokenizer it was trained with")
+    torch_dtype = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}[dtype]
+    out = Path(out).expanduser()
+    staging = _staging_dir(out)
+    try:
+        tensors = _write_export(staging, folder, step, meta, config, tokenizer, stage, tag, dtype, torch_dtype)
+        _move_into_place(staging, out)
+    finally:  # interrupted or failed: OUT is as it was, and the half-built export goes
+        shutil.rmtree(staging, ignore_errors=True)
+    remote_code = bool(unsupported_features(config))
     return {"out": out, "stage": stage, "tag": tag, "step": step, "config": config, "meta": meta,
             "remote_code": remote_code, "params": sum(t.numel() for t in tensors.values())}
 
 
 def add_arguments(p) -> None:
-    p.add_argument("out", help="folder to write (created if missing)")
+    p.add_argument("out", help="folder to write (created if missing; an earlier export there is replaced "
+                                "only once the new one is complete)")
     add_model_arguments(p)
 
 
