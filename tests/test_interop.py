@@ -531,13 +531,15 @@ def test_a_model_trained_here_pushes_with_its_code_and_pulls_back_exactly(home, 
     from transformers import AutoModelForCausalLM
 
     config = GPTConfig(vocab_size=tokenizer.vocab_size, **SIZES, **NEW)
-    save_checkpoint(checkpoint_dir("rl", "d2"), 5, random_state(config, seed=4), {"step": 5, "model_config": config.to_dict()})
+    save_checkpoint(checkpoint_dir("rl", "d2"), 5, random_state(config, seed=4),
+                    {"step": 5, "model_config": config.to_dict(), "user_config": {"task": "arithmetic"}})
     tokenizer.save(checkpoint_dir("rl", "d2"))
 
     assert run(push, "me/my-rl", "-i", "rl", "--dtype", "float32") == 0
     repo = fake_hub.root / "models" / "me" / "my-rl"
     assert (repo / "modeling_primechat.py").is_file()
     card = (repo / "README.md").read_text()
+    assert "| stage | chat model (SFT + RL on arithmetic) |" in card and "GSM8K" not in card  # what RL trained on
     assert 'AutoModelForCausalLM.from_pretrained("me/my-rl", trust_remote_code=True)' in card
     assert 'AutoTokenizer.from_pretrained("me/my-rl", trust_remote_code=True)' in card
     assert "sliding-window attention" in card

@@ -15,7 +15,15 @@ from primechat.common import UserError
 from primechat.interop.hf import add_model_arguments, export_hf, unsupported_features
 
 STAGE_NAMES = {"base": "base (pretrained) model", "mid": "mid-trained chat model", "sft": "chat model (SFT)",
-               "rl": "chat model (SFT + RL on GSM8K)"}
+               "rl": "chat model (SFT + RL)"}
+
+
+def stage_name(stage: str, meta: dict) -> str:
+    """What the model is; for RL, on which task (`train rl --task`, recorded in the checkpoint's user_config)."""
+    task = (meta.get("user_config") or {}).get("task")
+    if stage == "rl" and task:
+        return f"chat model (SFT + RL on {'GSM8K' if task == 'gsm8k' else task})"
+    return STAGE_NAMES[stage]
 
 
 def report_card() -> list[str]:
@@ -37,7 +45,8 @@ def model_card(repo_id: str, info: dict) -> str:
     imported = meta.get("imported_from")
     origin = (f"Imported from a {imported['format']} checkpoint ({imported.get('layout', '')} layout) with primechat."
               if imported else "Trained from scratch with primechat.")
-    rows = [("stage", STAGE_NAMES[info["stage"]]), ("checkpoint", f"{info['tag']} step {info['step']}"),
+    stage = stage_name(info["stage"], meta)
+    rows = [("stage", stage), ("checkpoint", f"{info['tag']} step {info['step']}"),
             ("parameters", f"{params:,}"), ("layers", c.n_layer), ("width", c.n_embd),
             ("heads / kv heads", f"{c.n_head} / {c.n_kv_head}"), ("context", f"{c.sequence_len:,} tokens"),
             ("vocabulary", f"{c.vocab_size:,} (byte-level BPE, 9 special tokens)"),
@@ -48,7 +57,7 @@ def model_card(repo_id: str, info: dict) -> str:
     lines = [
         "---", "library_name: transformers", "pipeline_tag: text-generation", "tags:", "- primechat", "- nanochat",
         "---", "", f"# {repo_id.split('/')[-1]}", "",
-        f"A small GPT, {STAGE_NAMES[info['stage']]}, in the architecture of karpathy's nanochat. {origin}", "",
+        f"A small GPT, {stage}, in the architecture of karpathy's nanochat. {origin}", "",
         "| | |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows], "",
         "## Use it with transformers", "",
     ]
