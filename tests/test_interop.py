@@ -461,6 +461,16 @@ def test_export_to_a_bad_folder_is_a_one_line_error(home, tmp_path, tokenizer, c
     assert message in err and "\n" not in err and err.startswith("primechat: error:")
 
 
+def test_export_of_an_imported_model_names_no_local_folder(home, tmp_path, tokenizer):
+    """primechat.json says where an imported model came from by folder name, not by this machine's path."""
+    config = GPTConfig(vocab_size=tokenizer.vocab_size, **SIZES, **OCT)
+    write_nanochat(tmp_path / "someones-home", "mid_checkpoints", config, tokenizer)
+    assert run(nanochat, tmp_path / "someones-home" / "mid_checkpoints" / "d2") == 0
+    hf.export_hf(tmp_path / "hf", "mid", "d2")
+    text = (tmp_path / "hf" / "primechat.json").read_text()
+    assert json.loads(text)["imported_from"]["path"] == "d2" and "someones-home" not in text
+
+
 def test_export_counts_the_parameters_it_exports(home, tmp_path, tokenizer):
     """A 700-token vocab is padded to 704 rows inside primechat; the export drops those rows, and so does its count
     (the model card's parameters)."""
@@ -484,9 +494,19 @@ def test_push_then_pull_round_trips_through_the_hub(home, fake_hub, tokenizer, c
 
     config = GPTConfig(vocab_size=tokenizer.vocab_size, **SIZES, **OCT)
     save_checkpoint(checkpoint_dir("sft", "d2"), 42, random_state(config, seed=2),
-                    {"step": 42, "val_bpb": 0.987654, "model_config": config.to_dict()})
+                    {"step": 42, "val_bpb": 0.987654, "model_config": config.to_dict(),
+                     "source": {"stage": "base", "tag": "d2", "step": 300}})
     tokenizer.save(checkpoint_dir("sft", "d2"))
-    report.log_section("Chat evaluation sft", {"ARC-Easy": 0.4321, "ChatCORE": 0.1234})
+    # the home's card: sections about the pushed model and the base model it grew from, and about other models
+    report.log_section("Base model training", {"model tag": "d2", "depth": 2, "parameters": 123_456})
+    report.log_section("Base model evaluation", {"model": "base_d2_000300", "CORE metric": 0.0567})
+    report.log_section("Chat SFT", {"model tag": "d2", "source": "base d2 step 300",
+                                    "mixture": "/home/someone/configs/my-mix.yaml"})
+    report.log_section("Chat evaluation sft", {"model": "sft_d2_000042", "ARC-Easy": 0.4321, "ChatCORE": 0.1234})
+    report.log_section("Midtraining", {"model tag": "d2", "source": "base d2 step 300", "parameters": 999_999})
+    report.log_section("Chat evaluation mid", {"model": "mid_d2_000010", "ARC-Easy": 0.1111})
+    report.log_section("Chat RL", {"model tag": "d2", "source": "sft d2 step 42", "task": "gsm8k"})
+    report.log_section("Chat evaluation rl", {"model": "rl_d2_000005", "ARC-Easy": 0.7777})
 
     assert run(push, "me/tiny-chat", "--dtype", "float32") == 0
     repo = fake_hub.root / "models" / "me" / "tiny-chat"
@@ -498,6 +518,10 @@ def test_push_then_pull_round_trips_through_the_hub(home, fake_hub, tokenizer, c
     assert "ARC-Easy: 0.4321" in card and "0.9877" in card
     assert "| Metric | BASE | MID | SFT | RL |" in card  # the report card's summary table
     assert any(line.startswith("| ARC-Easy ") and "0.4321" in line for line in card.splitlines())
+    assert "- CORE metric: 0.0567" in card and "123,456" in card  # the base model it grew from
+    assert "- mixture: my-mix.yaml" in card and "/home/someone" not in card
+    for other in ("0.1111", "0.7777", "999,999", "Chat RL", "Midtraining"):  # other models' sections stay out
+        assert other not in card, other
     pushed = sum(t.numel() for t in load_file(repo / "model.safetensors").values())
     assert f"| parameters | {pushed:,} |" in card  # what the repo holds: no padded vocab rows
     assert run(push, "me/tiny-chat", "--dtype", "float32") == 0  # pushing again updates the existing repo

@@ -315,9 +315,11 @@ def _write_export(out: Path, folder: Path, step: int, meta: dict, config, tokeni
     if unsupported_features(config):
         with atomic_path(out / REMOTE_CODE.name) as tmp:
             shutil.copyfile(REMOTE_CODE, tmp)
+    kept = {k: meta[k] for k in ("val_bpb", "imported_from") if k in meta}
+    if "path" in kept.get("imported_from", {}):  # the folder it came from, on this machine: its name is enough
+        kept["imported_from"] = {**kept["imported_from"], "path": Path(kept["imported_from"]["path"]).name}
     _write_json(out / "primechat.json", {"format": "primechat", "stage": stage, "tag": tag, "step": step,
-                                         "model_config": config.to_dict(),
-                                         **{k: meta[k] for k in ("val_bpb", "imported_from") if k in meta}})
+                                         "model_config": config.to_dict(), **kept})
     return tensors
 
 

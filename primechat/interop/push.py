@@ -2,11 +2,12 @@
 
 Exports the model as `primechat export hf` does (a folder transformers loads, with remote code for what its NanoChat
 architecture cannot express), writes a model card README.md (architecture, how to use it from transformers and from
-primechat, and the report card's sections from <home>/report/ when the model was trained in this home), creates the
-repo if needed and uploads it all in one commit through huggingface_hub, so HF_TOKEN, HF_ENDPOINT and `hf auth login`
-work as usual. `primechat pull` brings it back.
+primechat, and the sections of the report card in <home>/report/ about this model and the checkpoints it grew from,
+when it was trained in this home), creates the repo if needed and uploads it all in one commit through
+huggingface_hub, so HF_TOKEN, HF_ENDPOINT and `hf auth login` work as usual. `primechat pull` brings it back.
 """
 
+import re
 import tempfile
 from pathlib import Path
 
@@ -26,15 +27,59 @@ def stage_name(stage: str, meta: dict) -> str:
     return STAGE_NAMES[stage]
 
 
-def report_card() -> list[str]:
-    """The home's report card for the model card: the summary table, then each section (headings one level down,
-    timestamps dropped)."""
+def lineage(stage: str, tag: str, step: int, meta: dict) -> list[tuple[str, str, int, dict | None]]:
+    """The pushed checkpoint, then the one it grew from, and so on: (stage, tag, step, source) each, source as its
+    meta records it (None for a base model, or where the chain leaves this home)."""
+    from primechat.train.checkpoint import checkpoint_dir, load_meta
+
+    chain = [(stage, tag, step, meta.get("source"))]
+    while (source := chain[-1][3]) and len(chain) < len(report.STAGES):
+        try:
+            meta = load_meta(checkpoint_dir(source["stage"], source["tag"]), source["step"])
+        except (OSError, ValueError):  # deleted, or never here
+            meta = {}
+        chain.append((source["stage"], source["tag"], source["step"], meta.get("source")))
+    return chain
+
+
+def describes(text: str, tag_named: str | None, stage: str, tag: str, step: int, source: dict | None) -> bool:
+    """Whether a section is about this checkpoint: the tag it names, and the step (`model: sft_d4_000020`) or the
+    source (`source: mid d4 step 108`) where it names one."""
+    values = report.section_values(text)
+    if tag_named != tag or values.get("model", f"{stage}_{tag}_{step:06d}") != f"{stage}_{tag}_{step:06d}":
+        return False
+    return not (source and "source" in values) or values["source"] == f"{source['stage']} {source['tag']} step " \
+                                                                       f"{source['step']}"
+
+
+def section_stage(slug: str, text: str) -> str | None:
+    """The stage a section reports on: its `model: <stage>_<tag>_<step>` line, or the stage it trains."""
+    model = report.section_values(text).get("model", "")
+    if model.split("_")[0] in report.STAGES:
+        return model.split("_")[0]
+    return next((stage for stage, (_, training, _) in report.STAGES.items() if training == slug), None)
+
+
+def local_paths_dropped(line: str) -> str:
+    """`- mixture: /home/me/x.yaml` -> `- mixture: x.yaml`: the card names no folder of this machine."""
+    if m := re.fullmatch(r"(- .+?: )([/~]\S*)", line):
+        return m.group(1) + Path(m.group(2)).name
+    return line
+
+
+def report_card(stage: str, tag: str, step: int, meta: dict) -> list[str]:
+    """The sections of the home's report card about this model and the checkpoints it grew from (headings one
+    level down, timestamps and local paths dropped), after their summary table; other models' sections left out."""
+    chain = {s: (t, n, source) for s, t, n, source in lineage(stage, tag, step, meta)}
     sections = report.read_sections()
+    tags = report.section_tags(sections)
+    sections = {slug: text for slug, text in sections.items()
+                if (s := section_stage(slug, text)) in chain and describes(text, tags.get(slug), s, *chain[s])}
     if not sections:
         return []
     lines = ["### Summary", "", report.summary_table(sections), ""]
     for text in sections.values():
-        lines += ["#" + line if line.startswith("#") else line for line in text.splitlines()
+        lines += ["#" + line if line.startswith("#") else local_paths_dropped(line) for line in text.splitlines()
                   if not line.startswith("timestamp:")]
         lines.append("")
     return lines
@@ -84,7 +129,8 @@ def model_card(repo_id: str, info: dict) -> str:
               "plain generation does not run the tool.", "",
               "## Use it with primechat", "", "```bash", f"primechat pull {repo_id}",
               f"primechat chat -i {info['stage']} -g {repo_id.split('/')[-1]}", "```", ""]
-    card = [] if imported else report_card()  # the home's report card describes a model trained here
+    # the home's report card describes models trained here
+    card = [] if imported else report_card(info["stage"], info["tag"], info["step"], meta)
     if card:
         lines += ["## Report card", "", *card]
     lines += ["## Limitations", "",
