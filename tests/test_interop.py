@@ -266,6 +266,7 @@ def test_import_from_another_folder_tells_the_stage_from_the_meta_and_says_so(ho
     ("not-a-folder", "not a folder"),
     ("base-dir", "no model_<step>.pt in {root}, but in mid_checkpoints/d2 below it: give one of them"),
     ("stage-dir", "but in d2 below it: give one of them"),
+    ("primechat", "this is a primechat checkpoint, which chat and serve use as it is"),
 ])
 def test_import_problems_are_one_line_errors(home, tmp_path, tokenizer, capsys, problem, message):
     config = GPTConfig(vocab_size=tokenizer.vocab_size, **SIZES, **OCT)
@@ -289,6 +290,9 @@ def test_import_problems_are_one_line_errors(home, tmp_path, tokenizer, capsys, 
         assert run(nanochat, folder) == 0
     elif problem == "not-a-folder":
         argv = [tmp_path / "nope"]
+    elif problem == "primechat":  # a checkpoint folder of another primechat home, laid out like nanochat's
+        meta = json.loads((folder / "meta_001234.json").read_text())
+        (folder / "meta_001234.json").write_text(json.dumps({**meta, "model_config": config.to_dict()}))
     elif problem in ("base-dir", "stage-dir"):  # nanochat's base dir, or a stage's folder, instead of a checkpoint's
         argv = [root if problem == "base-dir" else folder.parent]
         message = message.format(root=root.resolve())

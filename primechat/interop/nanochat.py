@@ -17,13 +17,14 @@ Checkpoints from between those (nanochat changed RoPE base and QK scale along th
 --qk-scale by hand; the weights cannot tell them.
 """
 
+import dataclasses
 import json
 import re
 from pathlib import Path
 
 import torch
 
-from primechat.common import UserError
+from primechat.common import UserError, home_dir
 from primechat.interop import install_checkpoint
 from primechat.train.checkpoint import STAGE_DIRS, checkpoint_dir, load_meta, saved_steps
 
@@ -83,6 +84,10 @@ def convert_config(state: dict, model_config: dict, layout: str | None = None, r
     if missing:
         raise UserError(f"the meta file's model_config lacks {', '.join(missing)}: not a nanochat checkpoint")
     unknown = sorted(set(model_config) - KNOWN_FIELDS)
+    if unknown and set(unknown) <= {f.name for f in dataclasses.fields(GPTConfig)}:  # primechat's own meta
+        raise UserError(f"this is a primechat checkpoint, which chat and serve use as it is: copy its folder into "
+                        f"{home_dir()}/<stage>_checkpoints/ (with the tokenizer.pkl it was trained with), or point "
+                        f"PRIMECHAT_HOME at the home it is in; nothing was imported")
     if unknown:
         raise UserError(f"the meta file's model_config has fields primechat does not know ({', '.join(unknown)}): "
                         f"a newer nanochat; nothing was imported")
