@@ -4,7 +4,8 @@ What a base-training run will be (parameters, FLOPs, tokens, steps, batch), what
 disk, memory per GPU and the largest device batch that fits) and what it costs (hours and dollars for base training
 and, estimated, for the whole pipeline). The model and the plan come from `primechat.train.base` itself
 (`model_config`, `make_plan` on a model built on the meta device), so planner and trainer cannot disagree.
-`--arch nanochat-2025` plans nanochat's Oct 2025 model and horizon rule instead, to check against its published runs.
+`--arch nanochat-2025` plans nanochat's Oct 2025 model and horizon rule instead, to check against its published runs
+(`train base --arch nanochat-2025` trains that model to primechat's horizon: not the same run).
 
 Memory and time are estimates. Memory counts weights, gradients, optimizer state and what autograd keeps for the
 backward pass (calibrated on nanochat's published device batches); time divides the FLOPs by an MFU figure whose
@@ -354,7 +355,7 @@ def print_rows(title: str, rows: list[tuple[str, str]]):
 
 def print_figures(f: Figures):
     nanochat = f.arch == "nanochat-2025"
-    per = "per parameter, nanochat Oct 2025's rule" if nanochat else "per scaling parameter"
+    per = "per parameter" if nanochat else "per scaling parameter"
     rows = [(f"params: {name}", f"{n:,}") for name, n in f.params.items() if n or name in ("scaling", "total")]
     rows += [("FLOPs per token", f"{f.flops_per_token:.4e}"),
              ("total FLOPs", f"{f.total_flops:.4e}"),
@@ -366,6 +367,9 @@ def print_figures(f: Figures):
     if not nanochat:
         rows.append(("LR batch scale / Muon weight decay", f"{f.batch_lr_scale:.3f} / {f.weight_decay:.4f}"))
     print_rows(f"plan: d{f.depth}, {f.arch} architecture, on {f.hardware}", rows)
+    if nanochat:
+        print("  (nanochat's Oct 2025 horizon: 20 tokens per parameter and a 524,288-token batch unless given; "
+              "`train base --arch nanochat-2025` keeps primechat's)")
 
     read = "nanochat's Oct 2025 loader streams documents across rows and crops nothing" if nanochat else \
         f"of which best-fit packing crops ~{CROPPED:.0%} (nanochat's figure at seq len 2048)"

@@ -402,7 +402,9 @@ def test_arch_nanochat_2025_trains_the_model_an_oct_2025_import_would_be(corpus,
     one budget: exactly the model primechat makes of a nanochat Oct 2025 checkpoint of that size."""
     from primechat.interop.nanochat import convert_config
     home = make_home(corpus, tmp_path / "home")
-    ok(train(home, "--num-iterations", 12, "--arch", "nanochat-2025", "--aspect-ratio", 32, "--head-dim", 32))
+    result = ok(train(home, "--num-iterations", 12, "--arch", "nanochat-2025", "--aspect-ratio", 32, "--head-dim", 32))
+    assert "d2, nanochat-2025 (Oct 2025: whole-prefix attention" in result.stdout  # the start-up table says which
+    assert "params: value_embeds" not in result.stdout  # rows of what this model does not have are left out
     meta = json.loads((ckpt(home) / "meta_000012.json").read_text())
     state = load_model(home, 12)
     assert not any(name.startswith(("value_embeds", "smear", "backout", "resid_lambdas")) for name in state)
@@ -416,6 +418,7 @@ def test_arch_nanochat_2025_trains_the_model_an_oct_2025_import_would_be(corpus,
 
 def test_the_start_up_table_expects_the_time_of_training_and_of_each_validation(run_a):
     _, result = run_a
+    assert "d2, primechat (windows SSSL: 128, 128)" in result.stdout
     rows = {line.strip().split("  ")[0]: line for line in result.stdout.splitlines() if line.startswith("  ")}
     assert "TFLOP/s" in rows["expected time"]
     assert "4 × 2,048 tokens" in rows["of which validation"]  # steps 0, 5, 10 and the last, 12

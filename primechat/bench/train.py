@@ -11,7 +11,7 @@ import time
 
 import torch
 
-from primechat.common import compute_dtype, compute_init, peak_flops
+from primechat.common import UserError, compute_dtype, compute_init, peak_flops
 from primechat.fp8 import check_device as check_fp8_device, enable_fp8
 from primechat.model import GPT, config_for_depth
 from primechat.optim import build_optimizer
@@ -32,6 +32,8 @@ def add_arguments(p):
 
 
 def main(args):
+    if args.steps < 1 or args.warmup < 0 or args.device_batch_size < 1 or args.max_seq_len < 1:
+        raise UserError("--steps, --device-batch-size and --max-seq-len must be positive, --warmup at least 0")
     device, _, _ = compute_init(args.device_type)
     config = config_for_depth(args.depth, args.vocab_size, args.max_seq_len, window_pattern=args.window_pattern)
     with torch.device("meta"):

@@ -216,7 +216,11 @@ def expected_time(plan: Plan, args, step: int, device, world: int) -> list[tuple
 
 def print_plan(model: GPT, plan: Plan, args, world: int, device, step: int, speed_rows: list):
     counts = model.num_params()
-    rows = [(f"params: {name}", f"{n:,}") for name, n in counts.items()]
+    design = ("nanochat-2025 (Oct 2025: whole-prefix attention, no value embeddings, smear, backout or lambdas)"
+              if args.arch == "nanochat-2025" else
+              f"primechat (windows {model.config.window_pattern}: {', '.join(map(str, model.config.window_sizes()))})")
+    rows = [("model", f"d{args.depth}, {design}")]
+    rows += [(f"params: {name}", f"{n:,}") for name, n in counts.items() if n or name in ("scaling", "total")]
     rows += [("FLOPs per token", f"{plan.flops_per_token:.4e}"),
              ("total FLOPs", f"{plan.flops_per_token * plan.target_tokens:.4e}"),
              ("tokens", f"{plan.target_tokens:,} ({plan.target_tokens / counts['scaling']:.1f} per scaling param)"),
