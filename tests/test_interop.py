@@ -444,21 +444,15 @@ def test_an_interrupted_export_leaves_the_earlier_export_whole(home, tmp_path, t
 
 @pytest.mark.parametrize("where,message", [
     ("file", "is a file: give a folder"),
-    ("under-file", "give a folder you can write to"),
-    ("read-only", "give a folder you can write to"),
+    ("under-file", "give a folder you can write to"),  # any OSError of the write, as a read-only parent's
 ])
 def test_export_to_a_bad_folder_is_a_one_line_error(home, tmp_path, tokenizer, capsys, where, message):
-    import os
     config = GPTConfig(vocab_size=tokenizer.vocab_size, **SIZES, **OCT)
     save_checkpoint(checkpoint_dir("sft", "d2"), 7, random_state(config, seed=1),
                     {"step": 7, "model_config": config.to_dict()})
     tokenizer.save(checkpoint_dir("sft", "d2"))
     (tmp_path / "a-file").write_text("x")
-    (tmp_path / "locked").mkdir(mode=0o555)
-    if where == "read-only" and os.access(tmp_path / "locked", os.W_OK):
-        pytest.skip("running as root: permissions are not enforced")
-    out = {"file": tmp_path / "a-file", "under-file": tmp_path / "a-file" / "hf",
-           "read-only": tmp_path / "locked" / "hf"}[where]
+    out = {"file": tmp_path / "a-file", "under-file": tmp_path / "a-file" / "hf"}[where]
     capsys.readouterr()
     assert run(hf, out) == 2
     err = capsys.readouterr().err.strip()
